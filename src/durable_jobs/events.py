@@ -257,6 +257,11 @@ class EventBus:
             self._streams = (*self._streams, stream)
         return stream
 
+    @property
+    def has_subscribers(self) -> bool:
+        """Whether anyone listens: lets the hot path skip building events nobody reads."""
+        return bool(self._streams)
+
     def publish(self, event: Event) -> None:
         """Offer ``event`` to each subscription; a full one drops its oldest event."""
         for stream in self._streams:

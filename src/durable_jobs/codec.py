@@ -1,0 +1,92 @@
+"""JSON encoding of job arguments and results, and typed decoding for handlers."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import uuid
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, is_typeddict
+
+__all__ = ["Decoder", "decoder_for", "dumps", "loads"]
+
+
+def _default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    model_dump = getattr(value, "model_dump", None)
+    if model_dump is not None and hasattr(type(value), "model_fields"):
+        return model_dump(mode="json")
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
+
+
+# ASCII output keeps lone surrogates and control characters as escapes, so any Python
+# string round-trips through any database's text column unchanged.
+_ENCODER = json.JSONEncoder(default=_default, allow_nan=False, separators=(",", ":"))
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON.
+
+    Raises ``TypeError`` for anything JSON cannot represent, NaN and infinities included,
+    so bad arguments fail at enqueue rather than in the worker.
+    """
+    try:
+        return _ENCODER.encode(value).encode("ascii")
+    except ValueError as exc:  # allow_nan=False reports NaN/inf as ValueError
+        raise TypeError(f"arguments cannot be encoded as JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise TypeError("arguments cannot be encoded as JSON: nesting too deep") from exc
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def loads(data: bytes | str | None) -> Any:
+    """Decode JSON bytes (``None`` decodes to ``None``)."""
+    if data is None:
+        return None
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+Decoder = Callable[[bytes], Any]
+
+
+def _is_typed(annotation: Any) -> bool:
+    if not isinstance(annotation, type):
+        return False
+    return (
+        dataclasses.is_dataclass(annotation)
+        or is_typeddict(annotation)
+        or hasattr(annotation, "model_validate_json")
+    )
+
+
+@lru_cache(maxsize=1024)
+def decoder_for(annotation: Any) -> Decoder:
+    """A function decoding JSON into ``annotation``.
+
+    Dataclasses, pydantic models and TypedDicts are validated by pydantic; anything else
+    gets the plain decoded JSON value.
+    """
+    if not _is_typed(annotation):
+        return loads
+    from pydantic import TypeAdapter  # only handlers with typed arguments pay for pydantic
+
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    return adapter.validate_json

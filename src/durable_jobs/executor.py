@@ -1,0 +1,153 @@
+"""Run one job: resolve its handler, decode, call, and classify what happened.
+
+The executor never writes to storage: it returns an ``Outcome`` that the worker's
+completer stores, so storage writes can be batched and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import codec, context
+from .errors import NoRetry, RetryAfter
+from .events import JobStarted
+from .handler import Handler
+from .job import Job, utcnow
+from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["Executor", "RunOutcome"]
+
+log = logging.getLogger("durable_jobs")
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """What one run of a job came to.
+
+    ``kind`` is ``"completed"``, ``"retry"`` (wait until ``run_at``), ``"failed"``
+    (permanently) or ``"unknown"`` (no handler for the job type in this worker).
+    """
+
+    job: Job
+    kind: str
+    result: bytes | None = None
+    error: BaseException | None = None
+    run_at: datetime | None = None
+    duration: timedelta = timedelta(0)
+
+    @property
+    def error_text(self) -> str:
+        """The error as stored in ``Job.last_error``: type and message."""
+        return describe(self.error) if self.error is not None else ""
+
+
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` for ``last_error``; a ``NoRetry`` shows its own message."""
+    if isinstance(error, NoRetry | RetryAfter):
+        return f"{type(error).__name__}: {error.message}"
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _backoff_for(job: Job, handler: Handler | None) -> Backoff:
+    if job.backoff is not None:
+        try:
+            return backoff_from_json(job.backoff)
+        except (ValueError, TypeError):
+            log.warning("job %s has an unreadable backoff policy; using the default", job.id)
+    if handler is not None and "backoff" in handler.defaults:
+        policy: Backoff = handler.defaults["backoff"]
+        return policy
+    return DEFAULT_BACKOFF
+
+
+class Executor:
+    """Runs jobs of one worker; sync handlers in the calling thread, async ones awaited."""
+
+    def __init__(self, queue: Queue, worker_id: str) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+
+    def prepare(self, job: Job) -> tuple[Handler, Callable[[], Any]] | RunOutcome:
+        """The handler and a zero-argument call of it, or the outcome when it cannot run."""
+        handler = self.queue.handler(job.type)
+        if handler is None:
+            return RunOutcome(job, "unknown")
+        if not handler.takes_arg:
+            return handler, handler.fn
+        try:
+            arg = handler.decode_args(job.args)
+        except Exception as exc:
+            error = NoRetry(f"cannot decode arguments of {job.type!r}: {exc}")
+            return RunOutcome(job, "failed", error=error)
+        return handler, lambda: handler.fn(arg)
+
+    def run(self, job: Job) -> RunOutcome:
+        """Run a job with a sync handler to its outcome."""
+        prepared = self.prepare(job)
+        if isinstance(prepared, RunOutcome):
+            return prepared
+        handler, call = prepared
+        token = self._begin(job)
+        started = time.monotonic()
+        try:
+            value = call()
+        except BaseException as exc:
+            return self.classify(job, handler, exc, started)
+        finally:
+            context.leave(token)
+        return self._success(job, handler, value, started)
+
+    async def run_async(self, job: Job) -> RunOutcome:
+        """Run a job with an async handler to its outcome."""
+        prepared = self.prepare(job)
+        if isinstance(prepared, RunOutcome):
+            return prepared
+        handler, call = prepared
+        token = self._begin(job)
+        started = time.monotonic()
+        try:
+            value = await call()
+        except BaseException as exc:
+            return self.classify(job, handler, exc, started)
+        finally:
+            context.leave(token)
+        return self._success(job, handler, value, started)
+
+    def _begin(self, job: Job) -> Any:
+        token = context.enter(context.JobContext(job, self.queue, self.worker_id))
+        self.queue.hooks.fire_start(job)
+        if self.queue.bus.has_subscribers:
+            self.queue.bus.publish(JobStarted(job))
+        return token
+
+    def _success(self, job: Job, handler: Handler, value: Any, started: float) -> RunOutcome:
+        duration = timedelta(seconds=time.monotonic() - started)
+        try:
+            result = None if value is None else codec.dumps(value)
+        except TypeError as exc:
+            # Retrying cannot make the same return value serialisable.
+            error = NoRetry(f"result of {job.type!r} cannot be stored: {exc}")
+            return RunOutcome(job, "failed", error=error, duration=duration)
+        return RunOutcome(job, "completed", result=result, duration=duration)
+
+    def classify(
+        self, job: Job, handler: Handler | None, error: BaseException, started: float
+    ) -> RunOutcome:
+        """Turn a handler's exception into a retry or a permanent failure."""
+        duration = timedelta(seconds=time.monotonic() - started)
+        if isinstance(error, NoRetry) or job.attempt > job.max_retries:
+            return RunOutcome(job, "failed", error=error, duration=duration)
+        if isinstance(error, RetryAfter):
+            delay = error.delay
+        else:
+            delay = _backoff_for(job, handler).delay(job.attempt)
+        return RunOutcome(job, "retry", error=error, run_at=utcnow() + delay, duration=duration)

@@ -1,0 +1,74 @@
+"""The data the library stores: jobs, their statuses and durable-call checkpoints. No I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+__all__ = ["Checkpoint", "Job", "JobStatus", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life (a ``str`` subclass: compares equal to its value)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRYING = "retrying"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for statuses a job never leaves on its own."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+@dataclass
+class Job:
+    """One unit of work. ``args`` and ``result`` hold JSON bytes."""
+
+    id: str = field(default="", kw_only=True)
+    type: str
+    args: bytes = b"null"
+    queue: str = "default"
+    priority: int = 0
+    status: JobStatus = JobStatus.PENDING
+    attempt: int = 0
+    max_retries: int = 3
+    last_error: str | None = None
+    run_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    result: bytes | None = None
+    #: JSON of the backoff policy given at enqueue, if any (registration default otherwise).
+    backoff: bytes | None = None
+    #: The worker holding the job's lock while it runs.
+    locked_by: str | None = None
+    heartbeat_at: datetime | None = None
+
+
+@dataclass
+class Checkpoint:
+    """The saved outcome of one durable call inside a job.
+
+    ``scope`` is empty for the job's own calls; a call made inside a step is keyed by
+    the enclosing step's path (``"2"``, ``"2.0"``...), so nested steps keep their own
+    numbering and never shift the calls that follow them.
+    """
+
+    id: str = ""
+    job_id: str = ""
+    call_index: int = 0
+    call_type: str = ""
+    result: bytes | None = None
+    error: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    scope: str = ""

@@ -1,0 +1,365 @@
+"""``Queue``: the handler registry and the enqueueing side. It never sees SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+
+from . import codec
+from .events import EventBus, EventStream, Hooks, JobEnqueued
+from .handler import Handler, inspect_handler
+from .job import Job, JobStatus, utcnow
+from .retry import Backoff
+from .storage import SQLStorage, Storage
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
+    from .worker import Worker
+
+__all__ = ["DEFAULT_DATABASE_URL", "Queue"]
+
+DEFAULT_DATABASE_URL = "sqlite:///jobs.db"
+DEFAULT_QUEUE = "default"
+DEFAULT_RETRIES = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REGISTER_OPTIONS = frozenset({"priority", "retries", "queue", "backoff", "delay"})
+_ENQUEUE_OPTIONS = _REGISTER_OPTIONS | {"at", "connection"}
+
+
+def _check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if abs(value) > 2**31 - 1:
+        raise ValueError(f"{name} is out of range: {value!r}")
+    return value
+
+
+def _check_delay(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        delay = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"delay must be a finite number of seconds, got {value!r}")
+        delay = timedelta(seconds=value)
+    else:
+        raise ValueError(f"delay must be a timedelta or seconds, got {value!r}")
+    if delay < timedelta(0):
+        raise ValueError(f"delay must not be negative, got {value!r}")
+    return delay
+
+
+def _check_at(value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValueError(f"at must be a datetime, got {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _check_queue_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ValueError(f"queue must be a non-empty name of at most 200 characters, got {value!r}")
+    if "\x00" in value:
+        raise ValueError("queue name must not contain NUL characters")
+    return value
+
+
+def _check_backoff(value: Any) -> Backoff:
+    if not (callable(getattr(value, "delay", None)) and callable(getattr(value, "to_json", None))):
+        raise ValueError(
+            f"backoff must be a policy such as jobs.exponential() or jobs.constant(5), "
+            f"got {value!r}"
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _check_job_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200 or "\x00" in value:
+        raise ValueError(
+            f"job type must be a non-empty name of at most 200 characters, got {value!r}"
+        )
+    return value
+
+
+def check_options(
+    options: Mapping[str, Any], allowed: frozenset[str], where: str
+) -> dict[str, Any]:
+    """Validate job options, returning them normalised; raises ``ValueError`` on bad input."""
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) for {where}: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "priority":
+            checked[key] = _check_int("priority", value)
+        elif key == "retries":
+            checked[key] = _check_int("retries", value, minimum=0)
+        elif key == "delay":
+            checked[key] = _check_delay(value)
+        elif key == "at":
+            checked[key] = _check_at(value)
+        elif key == "queue":
+            checked[key] = _check_queue_name(value)
+        elif key == "backoff":
+            checked[key] = _check_backoff(value)
+        else:
+            checked[key] = value
+    if "delay" in checked and "at" in checked:
+        raise ValueError("give either delay or at, not both")
+    return checked
+
+
+class Queue:
+    """Registers handlers, enqueues jobs and makes workers.
+
+    ``Queue(storage)``, ``Queue("postgresql://...")`` (migrated on first use) or
+    ``Queue()`` for ``$SDJ_DATABASE_URL``, else ``sqlite:///jobs.db``.
+    """
+
+    def __init__(self, storage: Storage | str | None = None) -> None:
+        if storage is None:
+            storage = os.environ.get("SDJ_DATABASE_URL") or DEFAULT_DATABASE_URL
+        self._needs_migrate = isinstance(storage, str)
+        self._storage: Storage = SQLStorage(storage) if isinstance(storage, str) else storage
+        self._migrate_lock = threading.Lock()
+        self._handlers: dict[str, Handler] = {}
+        self._names: dict[Callable[..., Any], str] = {}
+        self.hooks = Hooks()
+        self.bus = EventBus()
+        self.schedules: dict[str, tuple[Schedule, Any, dict[str, Any]]] = {}
+        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"Queue({self._storage!r})"
+
+    # -- storage ------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        """The storage this queue uses (migrated first when the queue was given a URL)."""
+        if self._needs_migrate:
+            with self._migrate_lock:
+                if self._needs_migrate:
+                    self._storage.migrate()
+                    self._needs_migrate = False
+        return self._storage
+
+    # -- registry -----------------------------------------------------------------------
+
+    def register(self, name: str, fn: Callable[..., Any], **options: Any) -> None:
+        """Register ``fn`` as the handler of job type ``name``.
+
+        ``options`` (priority, retries, queue, backoff, delay) are defaults for jobs of
+        this type. Registering a name twice or an unusable function raises ``ValueError``.
+        """
+        _check_job_name(name)
+        if name in self._handlers:
+            raise ValueError(f"a handler for {name!r} is already registered")
+        defaults = check_options(options, _REGISTER_OPTIONS, f"register({name!r})")
+        handler = inspect_handler(name, fn, defaults)
+        self._handlers[name] = handler
+        self._names.setdefault(fn, name)
+
+    def job(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
+        """Decorator form of ``register``; the name defaults to the function's name."""
+
+        def decorate(fn: F) -> F:
+            self.register(name or fn.__name__, fn, **options)
+            return fn
+
+        return decorate
+
+    def handler(self, name: str) -> Handler | None:
+        """The registered handler of ``name``, if any."""
+        return self._handlers.get(name)
+
+    @property
+    def job_types(self) -> list[str]:
+        """The names of all registered job types."""
+        return list(self._handlers)
+
+    def resolve_name(self, name_or_fn: str | Callable[..., Any]) -> str:
+        """The job type for a name or a registered function."""
+        if isinstance(name_or_fn, str):
+            return _check_job_name(name_or_fn)
+        try:
+            return self._names[name_or_fn]
+        except (KeyError, TypeError):
+            raise ValueError(f"{name_or_fn!r} is not a registered handler") from None
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    def build_job(
+        self, name_or_fn: str | Callable[..., Any], args: Any, options: Mapping[str, Any]
+    ) -> Job:
+        """Validate and encode a job without storing it."""
+        name = self.resolve_name(name_or_fn)
+        opts = check_options(options, _ENQUEUE_OPTIONS, f"enqueue({name!r})")
+        handler = self._handlers.get(name)
+        if handler is not None:
+            opts = {**handler.defaults, **opts}
+            if "at" in options:
+                opts.pop("delay", None)
+        now = utcnow()
+        run_at = opts.get("at") or (now + opts["delay"] if "delay" in opts else None)
+        backoff = opts.get("backoff")
+        return Job(
+            type=name,
+            args=codec.dumps(args),
+            queue=opts.get("queue", DEFAULT_QUEUE),
+            priority=opts.get("priority", 0),
+            status=JobStatus.PENDING,
+            max_retries=opts.get("retries", DEFAULT_RETRIES),
+            run_at=run_at,
+            backoff=None if backoff is None else backoff.to_json(),
+        )
+
+    def enqueue(self, name: str | Callable[..., Any], args: Any = None, **options: Any) -> str:
+        """Enqueue a job; returns its id.
+
+        Options: ``priority``, ``retries``, ``delay`` (timedelta or seconds), ``at``
+        (datetime; naive means UTC), ``queue``, ``backoff``, and ``connection`` (a
+        SQLAlchemy ``Connection`` whose transaction the insert joins). Bad input raises
+        ``TypeError``/``ValueError`` before anything is written.
+        """
+        connection = options.pop("connection", None)
+        job = self.build_job(name, args, options)
+        self._store([job], connection)
+        return job.id
+
+    def enqueue_many(
+        self,
+        items: Iterable[tuple[Any, ...]],
+        *,
+        connection: sa.Connection | None = None,
+    ) -> list[str]:
+        """Enqueue ``(name, args)`` or ``(name, args, options)`` items all-or-nothing."""
+        jobs = []
+        for position, item in enumerate(items):
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise ValueError(
+                    f"item {position} must be (name, args) or (name, args, options), got {item!r}"
+                )
+            options = item[2] if len(item) == 3 else {}
+            if not isinstance(options, Mapping):
+                raise ValueError(f"item {position}: options must be a dict, got {options!r}")
+            if "connection" in options:
+                raise ValueError("give connection to enqueue_many itself, not per item")
+            jobs.append(self.build_job(item[0], item[1], options))
+        self._store(jobs, connection)
+        return [job.id for job in jobs]
+
+    async def enqueue_async(
+        self, name: str | Callable[..., Any], args: Any = None, **options: Any
+    ) -> str:
+        """``enqueue`` for asyncio code: the database work runs off the event loop."""
+        connection = options.pop("connection", None)
+        job = self.build_job(name, args, options)  # bad input raises here, in the caller
+        await asyncio.to_thread(self._store, [job], connection)
+        return job.id
+
+    def _store(self, jobs: Sequence[Job], connection: sa.Connection | None) -> None:
+        storage = self.storage
+        if connection is not None or len(jobs) > 1:
+            if not isinstance(storage, SQLStorage):
+                for job in jobs:
+                    storage.enqueue(job)
+            else:
+                storage.enqueue_many(jobs, connection=connection)
+        elif jobs:
+            storage.enqueue(jobs[0])
+        now = utcnow()
+        due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
+        for worker in list(self._workers):
+            worker.wake(due)
+        if self.bus.has_subscribers:
+            for job in jobs:
+                self.bus.publish(JobEnqueued(job))
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with ``job_id``, or None."""
+        return self.storage.get_job(job_id)
+
+    # -- schedules ----------------------------------------------------------------------
+
+    def schedule(self, name: str, schedule: Schedule, args: Any = None, **options: Any) -> None:
+        """Enqueue a job of type ``name`` at each fire time of ``schedule``.
+
+        Needs a worker running with ``scheduler=True``.
+        """
+        _check_job_name(name)
+        if name in self.schedules:
+            raise ValueError(f"a schedule named {name!r} is already registered")
+        codec.dumps(args)
+        checked = check_options(options, _REGISTER_OPTIONS, f"schedule({name!r})")
+        self.schedules[name] = (schedule, args, checked)
+
+    # -- workers, hooks, events ---------------------------------------------------------
+
+    def worker(
+        self,
+        queues: Mapping[str, int] | Sequence[str] | None = None,
+        *,
+        scheduler: bool = False,
+        lock_timeout: timedelta | float = 30,
+        poll_interval: timedelta | float = 1.0,
+        worker_id: str | None = None,
+    ) -> Worker:
+        """A worker for ``queues`` (name -> concurrency; default ``{"default": 10}``)."""
+        from .worker import Worker  # the worker depends on the queue, not the reverse
+
+        worker = Worker(
+            self,
+            queues,
+            scheduler=scheduler,
+            lock_timeout=lock_timeout,
+            poll_interval=poll_interval,
+            worker_id=worker_id,
+        )
+        return worker
+
+    def attach(self, worker: Worker) -> None:
+        """Let a running worker of this queue be woken by this process's enqueues."""
+        self._workers.add(worker)
+
+    def detach(self, worker: Worker) -> None:
+        """Stop waking ``worker``."""
+        self._workers.discard(worker)
+
+    def on_job_start(self, fn: F) -> F:
+        """Call ``fn(job)`` when a job starts running."""
+        self.hooks.on_job_start(fn)
+        return fn
+
+    def on_job_complete(self, fn: F) -> F:
+        """Call ``fn(job)`` after a job's completion is stored."""
+        self.hooks.on_job_complete(fn)
+        return fn
+
+    def on_job_fail(self, fn: F) -> F:
+        """Call ``fn(job, error)`` after a job failed permanently."""
+        self.hooks.on_job_fail(fn)
+        return fn
+
+    def on_retry(self, fn: F) -> F:
+        """Call ``fn(job, error)`` after a failed run was scheduled to retry."""
+        self.hooks.on_retry(fn)
+        return fn
+
+    def events(self, maxsize: int = 1000) -> EventStream:
+        """Subscribe to what this queue's workers do (a bounded, lossy stream)."""
+        return self.bus.subscribe(maxsize)

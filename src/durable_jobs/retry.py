@@ -1,0 +1,112 @@
+"""Backoff policies: how long a failed job waits before its next run. Pure."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+__all__ = ["Backoff", "backoff_from_json", "constant", "exponential"]
+
+
+class Backoff(Protocol):
+    """A policy mapping the failed run's number (1 after the first run) to a wait."""
+
+    def delay(self, attempt: int) -> timedelta:
+        """The wait before the run after ``attempt``."""
+        ...
+
+    def to_json(self) -> bytes:
+        """A JSON form stored with jobs, read back by ``backoff_from_json``."""
+        ...
+
+
+def _non_negative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"backoff {name} must be a number, got {value!r}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"backoff {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Exponential:
+    """``base * factor ** (attempt - 1)`` seconds, capped at ``max``, spread by ``jitter``."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    max: float = 300.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("base", "factor", "max", "jitter"):
+            _non_negative(name, getattr(self, name))
+        if self.factor < 1:
+            raise ValueError(f"backoff factor must be >= 1, got {self.factor!r}")
+        if self.jitter > 1:
+            raise ValueError(f"backoff jitter must be between 0 and 1, got {self.jitter!r}")
+
+    def delay(self, attempt: int) -> timedelta:
+        # Cap the exponent first: factor ** attempt overflows a float long before it matters.
+        exponent = min(max(attempt - 1, 0), 1000)
+        try:
+            seconds = min(self.max, self.base * self.factor**exponent)
+        except OverflowError:
+            seconds = self.max
+        if self.jitter:
+            # Jitter spreads retries of jobs that failed together, so they do not retry together.
+            seconds *= 1 + random.uniform(-self.jitter, self.jitter)
+        return timedelta(seconds=max(seconds, 0.0))
+
+    def to_json(self) -> bytes:
+        fields = {"base": self.base, "factor": self.factor, "max": self.max, "jitter": self.jitter}
+        return json.dumps({"kind": "exponential", **fields}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """The same wait after every failed run."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _non_negative("seconds", self.seconds)
+
+    def delay(self, attempt: int) -> timedelta:
+        return timedelta(seconds=self.seconds)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"kind": "constant", "seconds": self.seconds}).encode()
+
+
+def exponential(
+    base: float = 1,
+    factor: float = 2,
+    max: float = 300,
+    jitter: float = 0.1,
+) -> Exponential:
+    """Exponential backoff (the default policy)."""
+    return Exponential(base, factor, max, jitter)
+
+
+def constant(seconds: float | timedelta) -> Constant:
+    """Wait the same time (seconds or a timedelta) after every failure."""
+    if isinstance(seconds, timedelta):
+        seconds = seconds.total_seconds()
+    return Constant(seconds)
+
+
+DEFAULT_BACKOFF = Exponential()
+
+
+def backoff_from_json(data: bytes) -> Backoff:
+    """Rebuild a policy stored with a job; unknown forms raise ``ValueError``."""
+    spec: dict[str, Any] = json.loads(data)
+    kind = spec.pop("kind", None)
+    if kind == "exponential":
+        return Exponential(**spec)
+    if kind == "constant":
+        return Constant(**spec)
+    raise ValueError(f"unknown backoff policy {kind!r}")

@@ -1,0 +1,9 @@
+"""Storage: the protocol workers and queues rely on, and its SQL implementation.
+
+All SQL of the library lives in this package.
+"""
+
+from .protocol import Storage
+from .sql import Outcome, SQLStorage, WorkerInfo
+
+__all__ = ["Outcome", "SQLStorage", "Storage", "WorkerInfo"]

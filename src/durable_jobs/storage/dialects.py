@@ -1,0 +1,384 @@
+"""Everything that differs between SQLite and PostgreSQL, side by side under the same names.
+
+Both dialects take the same named parameters (``:name`` for SQLite, ``%(name)s`` for
+psycopg), so ``SQLStorage`` builds one parameter dict and runs either text.
+``tests/unit/test_dialects.py`` checks that both define every statement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+JOB_COLUMNS = (
+    "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
+    "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at"
+)
+INSERT_COLUMNS = (
+    "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
+    "updated_at, backoff"
+)
+CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
+WORKER_COLUMNS = "id, host, pid, queues, types, started_at, heartbeat_at"
+
+# Statement names every dialect defines (checked by a unit test).
+STATEMENTS = (
+    "insert_job",
+    "claim",
+    "complete",
+    "complete_many",
+    "fail",
+    "release",
+    "heartbeat_job",
+    "heartbeat_worker_jobs",
+    "upsert_worker",
+    "delete_worker",
+    "live_workers",
+    "prune_workers",
+    "reap",
+    "get_job",
+    "jobs_by_status",
+    "due_jobs",
+    "save_checkpoint",
+    "get_checkpoints",
+    "delete_checkpoints",
+    "schema_versions",
+    "record_version",
+)
+
+
+class Dialect:
+    """Base of the per-database pieces; subclasses fill in the SQL texts."""
+
+    name: ClassVar[str]
+    migrations: ClassVar[tuple[tuple[str, ...], ...]]
+    sql: ClassVar[dict[str, str]]
+
+    def time_param(self, value: datetime | None) -> Any:
+        """A datetime as the driver should bind it."""
+        return value
+
+    def time_value(self, value: Any) -> datetime | None:
+        """A timestamp read from the database as an aware UTC datetime."""
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        """A list of strings as a single bound parameter."""
+        return list(values)
+
+
+_SQLITE_MIGRATION_1 = (
+    """CREATE TABLE sdj_jobs (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        args TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        last_error TEXT,
+        run_at TEXT NOT NULL,
+        started_at TEXT,
+        completed_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        result TEXT,
+        backoff TEXT,
+        locked_by TEXT,
+        heartbeat_at TEXT
+    )""",
+    # Serves the claim: the due jobs of one queue in dequeue order, and nothing else.
+    """CREATE INDEX sdj_jobs_dequeue ON sdj_jobs (queue, priority DESC, run_at)
+        WHERE status IN ('pending', 'retrying')""",
+    "CREATE INDEX sdj_jobs_running ON sdj_jobs (locked_by) WHERE status = 'running'",
+    "CREATE INDEX sdj_jobs_status ON sdj_jobs (status, created_at)",
+    """CREATE TABLE sdj_checkpoints (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        scope TEXT NOT NULL DEFAULT '',
+        call_index INTEGER NOT NULL,
+        call_type TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE (job_id, scope, call_index)
+    )""",
+    """CREATE TABLE sdj_workers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        queues TEXT NOT NULL,
+        types TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL
+    )""",
+)
+
+
+class SQLiteDialect(Dialect):
+    """SQLite: writes serialise on the database lock, so claims run in IMMEDIATE transactions.
+
+    Timestamps are stored as fixed-width ISO text in UTC, which sorts chronologically
+    and stays readable in the ``sqlite3`` shell.
+    """
+
+    name = "sqlite"
+    migrations = (_SQLITE_MIGRATION_1,)
+
+    def time_param(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    def time_value(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values))
+
+    sql: ClassVar[dict[str, str]] = {
+        "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
+        " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff)",
+        # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
+        # select-and-update atomic, and rowid breaks ties in enqueue order.
+        # Claims return the enqueue-order key last, to restore dequeue order in Python.
+        "claim": f"""UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+            WHERE id IN (
+                SELECT id FROM sdj_jobs
+                WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
+                  AND type NOT IN (SELECT value FROM json_each(:skip))
+                ORDER BY priority DESC, run_at, rowid
+                LIMIT :limit)
+            RETURNING {JOB_COLUMNS}, rowid""",
+        "complete": """UPDATE sdj_jobs SET status = 'completed', result = :result,
+            completed_at = :now, updated_at = :now, locked_by = NULL, heartbeat_at = NULL
+            WHERE id = :id AND status = 'running'
+              AND (:worker IS NULL OR (locked_by = :worker AND attempt = :attempt))
+            RETURNING id""",
+        # SQLite runs "complete" once per job inside one transaction instead.
+        "complete_many": "",
+        "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
+            run_at = COALESCE(:run_at, run_at), completed_at = :completed_at,
+            updated_at = :now, locked_by = NULL, heartbeat_at = NULL
+            WHERE id = :id AND status = 'running'
+              AND (:worker IS NULL OR (locked_by = :worker AND attempt = :attempt))
+            RETURNING id""",
+        "release": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, updated_at = :now
+            WHERE id = :id AND status = 'running' AND locked_by = :worker AND attempt = :attempt""",
+        "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = :now
+            WHERE id = :id AND status = 'running' AND locked_by = :worker""",
+        "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = :now
+            WHERE status = 'running' AND locked_by = :worker""",
+        "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
+            VALUES (:id, :host, :pid, :queues, :types, :now, :now)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                queues = excluded.queues, types = excluded.types""",
+        "delete_worker": "DELETE FROM sdj_workers WHERE id = :id",
+        "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers WHERE heartbeat_at >= :cutoff",
+        "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < :cutoff",
+        "reap": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
+            completed_at = CASE WHEN attempt > max_retries THEN :now ELSE NULL END,
+            last_error = :error, run_at = :now, updated_at = :now,
+            locked_by = NULL, heartbeat_at = NULL
+            WHERE status = 'running' AND heartbeat_at < :cutoff
+            RETURNING id""",
+        "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = :id",
+        "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = :status
+            ORDER BY created_at, rowid LIMIT :limit""",
+        "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= :now
+            ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
+        "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
+            VALUES (:id, :job_id, :call_index, :call_type, :result, :error, :now, :scope)
+            ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
+                result = excluded.result, error = excluded.error""",
+        "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
+            WHERE job_id = :job_id ORDER BY scope, call_index""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :job_id",
+        "schema_versions": "SELECT version FROM sdj_schema_version",
+        "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
+        " VALUES (:version, :now)",
+    }
+    create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
+        version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"""
+
+
+_POSTGRES_MIGRATION_1 = (
+    """CREATE TABLE sdj_jobs (
+        id TEXT PRIMARY KEY,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        type TEXT NOT NULL,
+        args TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        last_error TEXT,
+        run_at TIMESTAMPTZ NOT NULL,
+        started_at TIMESTAMPTZ,
+        completed_at TIMESTAMPTZ,
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        result TEXT,
+        backoff TEXT,
+        locked_by TEXT,
+        heartbeat_at TIMESTAMPTZ
+    )""",
+    """CREATE INDEX sdj_jobs_dequeue ON sdj_jobs (queue, priority DESC, run_at, seq)
+        WHERE status IN ('pending', 'retrying')""",
+    "CREATE INDEX sdj_jobs_running ON sdj_jobs (locked_by) WHERE status = 'running'",
+    "CREATE INDEX sdj_jobs_status ON sdj_jobs (status, created_at)",
+    """CREATE TABLE sdj_checkpoints (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        scope TEXT NOT NULL DEFAULT '',
+        call_index INTEGER NOT NULL,
+        call_type TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_at TIMESTAMPTZ NOT NULL,
+        UNIQUE (job_id, scope, call_index)
+    )""",
+    """CREATE TABLE sdj_workers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        queues TEXT NOT NULL,
+        types TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL
+    )""",
+)
+
+# Any constant works as long as every process uses the same one.
+MIGRATION_LOCK_KEY = 0x5D1_0B5
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks."""
+
+    name = "postgresql"
+    migrations = (_POSTGRES_MIGRATION_1,)
+
+    sql: ClassVar[dict[str, str]] = {
+        # Notifying in the same statement costs no extra round trip; PostgreSQL delivers
+        # the notification only when the insert commits.
+        "insert_job": f"""WITH ins AS (
+                INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s, %(args)s,
+                    %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
+                    %(now)s, %(now)s, %(backoff)s)
+                RETURNING queue, run_at)
+            SELECT pg_notify('sdj_jobs', queue) FROM ins WHERE run_at <= %(now)s""",
+        "claim": f"""WITH next AS (
+                SELECT id FROM sdj_jobs
+                WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
+                  AND run_at <= %(now)s AND NOT (type = ANY(%(skip)s))
+                ORDER BY priority DESC, run_at, seq
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED)
+            UPDATE sdj_jobs AS j SET status = 'running', attempt = j.attempt + 1,
+                locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+                updated_at = %(now)s
+            FROM next WHERE j.id = next.id
+            RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))}, j.seq""",
+        "complete": """WITH done AS (
+                UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
+                    completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL,
+                    heartbeat_at = NULL
+                WHERE id = %(id)s AND status = 'running'
+                  AND (%(worker)s::text IS NULL
+                       OR (locked_by = %(worker)s AND attempt = %(attempt)s::int))
+                RETURNING id),
+            gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
+            SELECT id FROM done""",
+        # One statement completes a whole batch and drops the batch's checkpoints.
+        "complete_many": """WITH v AS (
+                SELECT * FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(results)s::text[])
+                    AS v(id, attempt, result)),
+            done AS (
+                UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
+                    completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL,
+                    heartbeat_at = NULL
+                FROM v WHERE j.id = v.id AND j.status = 'running'
+                  AND j.locked_by = %(worker)s AND j.attempt = v.attempt
+                RETURNING j.id),
+            gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
+            SELECT id FROM done""",
+        "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
+            run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
+            updated_at = %(now)s, locked_by = NULL, heartbeat_at = NULL
+            WHERE id = %(id)s AND status = 'running'
+              AND (%(worker)s::text IS NULL
+                   OR (locked_by = %(worker)s AND attempt = %(attempt)s::int))
+            RETURNING id""",
+        "release": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND attempt = %(attempt)s""",
+        "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
+        "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
+            WHERE status = 'running' AND locked_by = %(worker)s""",
+        "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
+            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                queues = excluded.queues, types = excluded.types""",
+        "delete_worker": "DELETE FROM sdj_workers WHERE id = %(id)s",
+        "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers"
+        " WHERE heartbeat_at >= %(cutoff)s",
+        "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < %(cutoff)s",
+        "reap": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
+            completed_at = CASE WHEN attempt > max_retries THEN %(now)s ELSE NULL END,
+            last_error = %(error)s, run_at = %(now)s, updated_at = %(now)s,
+            locked_by = NULL, heartbeat_at = NULL
+            WHERE status = 'running' AND heartbeat_at < %(cutoff)s
+            RETURNING id""",
+        "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s",
+        "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = %(status)s
+            ORDER BY created_at, seq LIMIT %(limit)s""",
+        "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+            ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
+        "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
+            VALUES (%(id)s, %(job_id)s, %(call_index)s, %(call_type)s, %(result)s, %(error)s,
+                %(now)s, %(scope)s)
+            ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
+                result = excluded.result, error = excluded.error""",
+        "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
+            WHERE job_id = %(job_id)s ORDER BY scope, call_index""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(job_id)s",
+        "schema_versions": "SELECT version FROM sdj_schema_version",
+        "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
+        " VALUES (%(version)s, %(now)s)",
+    }
+    create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
+        version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"""
+    copy_jobs = f"COPY sdj_jobs ({INSERT_COLUMNS}) FROM STDIN"
+    notify = "SELECT pg_notify('sdj_jobs', q) FROM unnest(%(queues)s::text[]) AS q"
+    lock_migrations = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+
+def dialect_for(name: str) -> Dialect:
+    """The dialect for a SQLAlchemy dialect name."""
+    if name == "sqlite":
+        return SQLiteDialect()
+    if name == "postgresql":
+        return PostgresDialect()
+    raise ValueError(
+        f"unsupported database {name!r}: simple-durable-jobs runs on sqlite and postgresql"
+    )

@@ -1,0 +1,606 @@
+"""``SQLStorage``: the storage protocol on SQLite and PostgreSQL through SQLAlchemy engines.
+
+SQLAlchemy provides engines, pooling, URLs and users' connections; the statements
+themselves are plain SQL per dialect (``dialects.py``), run on the driver's cursor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from ..job import Checkpoint, Job, JobStatus, utcnow
+from .dialects import MIGRATION_LOCK_KEY, Dialect, PostgresDialect, SQLiteDialect, dialect_for
+
+__all__ = ["Outcome", "SQLStorage", "WorkerInfo"]
+
+log = logging.getLogger("durable_jobs")
+
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as recorded in the database."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    types: list[str]
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A successful run to store: the job's id, the run (attempt) and its JSON result."""
+
+    job_id: str
+    attempt: int
+    result: bytes | None
+
+
+def _normalise_url(url: str | sa.URL) -> sa.URL:
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy raises ArgumentError with a terse message
+        raise ValueError(f"invalid database URL {str(url)!r}: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        # psycopg 3 is this library's PostgreSQL driver whatever the URL names.
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return parsed
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string()!r}: "
+        "use sqlite:///path.db, sqlite:// (in memory) or postgresql://user@host/db"
+    )
+
+
+def _is_memory_sqlite(url: sa.URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _create_engine(url: sa.URL) -> sa.Engine:
+    if _is_memory_sqlite(url):
+        # One shared connection: every thread must see the same in-memory database.
+        return sa.create_engine(
+            url,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+            isolation_level="AUTOCOMMIT",
+        )
+    if url.get_backend_name() == "sqlite":
+        return sa.create_engine(
+            url,
+            pool_size=8,
+            max_overflow=32,
+            connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
+            isolation_level="AUTOCOMMIT",
+        )
+    # Autocommit: most statements stand alone, and then cost one round trip, not three.
+    return sa.create_engine(
+        url,
+        pool_size=10,
+        max_overflow=40,
+        connect_args={"options": "-c TimeZone=UTC"},
+        isolation_level="AUTOCOMMIT",
+    )
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        # WAL lets readers run beside the single writer; the busy timeout makes writers
+        # from other processes wait for the lock instead of failing.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+class SQLStorage:
+    """Job storage on SQLite or PostgreSQL.
+
+    ``SQLStorage("sqlite:///jobs.db")``, ``SQLStorage("postgresql://user@host/db")`` or
+    ``SQLStorage(engine)`` with an existing SQLAlchemy ``Engine``. Call ``migrate()``
+    once (it is idempotent and safe to run from many processes at once).
+    """
+
+    def __init__(self, url_or_engine: str | sa.URL | sa.Engine) -> None:
+        if isinstance(url_or_engine, sa.Engine):
+            self.engine = url_or_engine
+            self._owns_engine = False
+        else:
+            self.engine = _create_engine(_normalise_url(url_or_engine))
+            self._owns_engine = True
+        self.dialect: Dialect = dialect_for(self.engine.dialect.name)
+        self._sql = self.dialect.sql
+        self.is_sqlite = isinstance(self.dialect, SQLiteDialect)
+        self.is_memory = self.is_sqlite and _is_memory_sqlite(self.engine.url)
+        if self.is_sqlite:
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+        # SQLite allows one writer at a time: threads of this process queue on a lock
+        # rather than spinning in SQLite's busy handler. An in-memory database is one
+        # shared connection, so every use is serialised.
+        self._write_lock = threading.RLock()
+        self._migrated = False
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def url(self) -> str:
+        """The database URL with the password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Close pooled connections (only those of an engine this storage created)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # -- connections --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _cursor(self, *, write: bool = False, atomic: bool = False) -> Iterator[Any]:
+        """A driver cursor inside a transaction, committed on exit.
+
+        ``write`` marks statements that take SQLite's write lock; ``atomic`` groups several
+        statements into one transaction (single statements are atomic by themselves).
+        """
+        lock = self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                with self._transaction(raw, write=write, atomic=atomic) as cur:
+                    yield cur
+            finally:
+                raw.close()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @contextlib.contextmanager
+    def _transaction(self, raw: Any, *, write: bool, atomic: bool) -> Iterator[Any]:
+        cur = raw.cursor()
+        try:
+            if self.is_sqlite and write:
+                # Taking the write lock up front avoids the deadlock of two deferred
+                # transactions that both read and then try to write.
+                cur.execute("BEGIN IMMEDIATE")
+                yield cur
+            elif atomic and not self.is_sqlite:
+                with raw.driver_connection.transaction():
+                    yield cur
+            else:
+                yield cur
+            # Commits what an engine without autocommit began implicitly; else a no-op.
+            raw.commit()
+        except BaseException as exc:
+            self._abort(raw, exc)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
+
+    def _abort(self, raw: Any, exc: BaseException) -> None:
+        try:
+            raw.rollback()
+        except Exception:
+            raw.invalidate()
+            return
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        if isinstance(exc, dbapi_error) and self.engine.dialect.is_disconnect(
+            exc, raw.dbapi_connection, None
+        ):
+            raw.invalidate()
+
+    def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
+        with self._cursor(write=write) as cur:
+            cur.execute(self._sql[name], params)
+            return cur.fetchall() if cur.description else []
+
+    # -- schema -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema. Idempotent; concurrent callers apply each step once."""
+        d = self.dialect
+        with self._cursor(write=True, atomic=True) as cur:
+            if isinstance(d, PostgresDialect):
+                # Serialises concurrent migrators; released when the transaction ends.
+                cur.execute(d.lock_migrations, {"key": MIGRATION_LOCK_KEY})
+            cur.execute(d.create_version_table)  # type: ignore[attr-defined]
+            cur.execute(d.sql["schema_versions"])
+            applied = {row[0] for row in cur.fetchall()}
+            now = d.time_param(utcnow())
+            for version, statements in enumerate(d.migrations, start=1):
+                if version in applied:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(d.sql["record_version"], {"version": version, "now": now})
+        self._migrated = True
+
+    def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+        with self._cursor() as cur:
+            cur.execute(self.dialect.create_version_table)  # type: ignore[attr-defined]
+            cur.execute(self._sql["schema_versions"])
+            return max((row[0] for row in cur.fetchall()), default=0)
+
+    # -- rows ---------------------------------------------------------------------------
+
+    def _job(self, row: Sequence[Any]) -> Job:
+        t = self.dialect.time_value
+        created_at = t(row[12])
+        updated_at = t(row[13])
+        assert created_at is not None and updated_at is not None
+        return Job(
+            id=row[0],
+            type=row[1],
+            args=row[2].encode(),
+            queue=row[3],
+            priority=row[4],
+            status=JobStatus(row[5]),
+            attempt=row[6],
+            max_retries=row[7],
+            last_error=row[8],
+            run_at=t(row[9]),
+            started_at=t(row[10]),
+            completed_at=t(row[11]),
+            created_at=created_at,
+            updated_at=updated_at,
+            result=None if row[14] is None else row[14].encode(),
+            backoff=None if row[15] is None else row[15].encode(),
+            locked_by=row[16],
+            heartbeat_at=t(row[17]),
+        )
+
+    def _checkpoint(self, row: Sequence[Any]) -> Checkpoint:
+        created_at = self.dialect.time_value(row[6])
+        assert created_at is not None
+        return Checkpoint(
+            id=row[0],
+            job_id=row[1],
+            call_index=row[2],
+            call_type=row[3],
+            result=None if row[4] is None else row[4].encode(),
+            error=row[5],
+            created_at=created_at,
+            scope=row[7],
+        )
+
+    def _insert_params(self, job: Job, now: datetime) -> dict[str, Any]:
+        t = self.dialect.time_param
+        return {
+            "id": job.id,
+            "type": job.type,
+            "args": job.args.decode(),
+            "queue": job.queue,
+            "priority": job.priority,
+            "status": job.status.value,
+            "max_retries": job.max_retries,
+            "run_at": t(job.run_at or now),
+            "now": t(now),
+            "backoff": None if job.backoff is None else job.backoff.decode(),
+        }
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    def enqueue(self, job: Job, *, connection: sa.Connection | None = None) -> str:
+        """Store a new job (in ``connection``'s transaction when given); returns its id."""
+        return self.enqueue_many([job], connection=connection)[0]
+
+    def enqueue_many(
+        self, jobs: Sequence[Job], *, connection: sa.Connection | None = None
+    ) -> list[str]:
+        """Store jobs all-or-nothing in one transaction; returns their ids in order."""
+        now = utcnow()
+        for job in jobs:
+            if not job.id:
+                job.id = str(uuid.uuid4())
+            job.run_at = job.run_at or now
+            job.created_at = job.updated_at = now
+        if not jobs:
+            return []
+        params = [self._insert_params(job, now) for job in jobs]
+        if connection is not None:
+            self._enqueue_in(connection, params)
+        elif len(params) == 1:
+            self._run("insert_job", params[0])
+        elif isinstance(self.dialect, PostgresDialect):
+            self._copy_jobs(params, now)
+        else:
+            with self._cursor(write=True) as cur:
+                cur.executemany(self._sql["insert_job"], params)
+        return [job.id for job in jobs]
+
+    def _enqueue_in(self, connection: sa.Connection, params: list[dict[str, Any]]) -> None:
+        # The caller's transaction decides when (and whether) the jobs become visible.
+        if connection.engine.dialect.name != self.engine.dialect.name:
+            raise ValueError("connection belongs to a different kind of database than storage")
+        connection.exec_driver_sql(self._sql["insert_job"], params)
+
+    def _copy_jobs(self, params: list[dict[str, Any]], now: datetime) -> None:
+        d = self.dialect
+        assert isinstance(d, PostgresDialect)
+        columns = [c.strip() for c in d.copy_jobs.split("(")[1].split(")")[0].split(",")]
+        with self._cursor(write=True, atomic=True) as cur:
+            with cur.copy(d.copy_jobs) as copy:
+                for p in params:
+                    copy.write_row(
+                        [
+                            p["now"]
+                            if c in ("created_at", "updated_at")
+                            else (0 if c == "attempt" else p[c])
+                            for c in columns
+                        ]
+                    )
+            due = sorted({p["queue"] for p in params if p["run_at"] <= now})
+            if due:
+                cur.execute(d.notify, {"queues": due})
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def claim(
+        self,
+        queue: str,
+        worker_id: str,
+        limit: int,
+        *,
+        skip_types: Sequence[str] = (),
+        now: datetime | None = None,
+    ) -> list[Job]:
+        """Claim up to ``limit`` due jobs of ``queue`` for ``worker_id`` in one statement.
+
+        Jobs come back in dequeue order: priority (higher first), run time, enqueue order.
+        Job types in ``skip_types`` are left for other workers.
+        """
+        params = {
+            "queue": queue,
+            "worker": worker_id,
+            "limit": limit,
+            "now": self.dialect.time_param(now or utcnow()),
+            "skip": self.dialect.list_param(skip_types),
+        }
+        rows = self._run("claim", params)
+        # RETURNING gives no order guarantee; restore the dequeue order.
+        rows.sort(key=lambda r: (-r[4], r[9], r[18]))
+        return [self._job(row) for row in rows]
+
+    def dequeue(self, queues: Sequence[str], worker_id: str) -> Job | None:
+        """Claim the next due job of the first of ``queues`` that has one."""
+        for queue in queues:
+            jobs = self.claim(queue, worker_id, 1)
+            if jobs:
+                return jobs[0]
+        return None
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def complete(
+        self,
+        job_id: str,
+        result: bytes | None = None,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Mark a running job completed and delete its checkpoints.
+
+        With ``worker_id`` and ``attempt`` the completion is fenced: it is rejected (False)
+        unless that worker still holds that run's lock.
+        """
+        params = {
+            "id": job_id,
+            "result": None if result is None else result.decode(),
+            "worker": worker_id,
+            "attempt": attempt,
+            "now": self.dialect.time_param(utcnow()),
+        }
+        if isinstance(self.dialect, PostgresDialect):
+            return bool(self._run("complete", params))
+        with self._cursor(write=True) as cur:
+            return self._sqlite_complete(cur, params)
+
+    def _sqlite_complete(self, cur: Any, params: dict[str, Any]) -> bool:
+        cur.execute(self._sql["complete"], params)
+        if not cur.fetchall():
+            return False
+        cur.execute(self._sql["delete_checkpoints"], {"job_id": params["id"]})
+        return True
+
+    def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> set[str]:
+        """Complete many runs of ``worker_id`` in one transaction; returns the ids accepted."""
+        if not outcomes:
+            return set()
+        now = self.dialect.time_param(utcnow())
+        if isinstance(self.dialect, PostgresDialect):
+            params = {
+                "ids": [o.job_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "results": [None if o.result is None else o.result.decode() for o in outcomes],
+                "worker": worker_id,
+                "now": now,
+            }
+            return {row[0] for row in self._run("complete_many", params)}
+        accepted = set()
+        with self._cursor(write=True) as cur:
+            for o in outcomes:
+                params = {
+                    "id": o.job_id,
+                    "result": None if o.result is None else o.result.decode(),
+                    "worker": worker_id,
+                    "attempt": o.attempt,
+                    "now": now,
+                }
+                if self._sqlite_complete(cur, params):
+                    accepted.add(o.job_id)
+        return accepted
+
+    def fail(
+        self,
+        job_id: str,
+        err_msg: str,
+        run_at: datetime | None,
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record a failed run: ``retrying`` until ``run_at``, or ``failed`` when it is None.
+
+        Fenced like ``complete`` when ``worker_id`` and ``attempt`` are given.
+        """
+        now = utcnow()
+        t = self.dialect.time_param
+        params = {
+            "id": job_id,
+            "status": (JobStatus.FAILED if run_at is None else JobStatus.RETRYING).value,
+            "error": err_msg,
+            "run_at": t(run_at),
+            "completed_at": t(now) if run_at is None else None,
+            "now": t(now),
+            "worker": worker_id,
+            "attempt": attempt,
+        }
+        return bool(self._run("fail", params))
+
+    def release(self, worker_id: str, jobs: Sequence[tuple[str, int]]) -> None:
+        """Give back claimed runs that never started, without counting them as attempts."""
+        now = self.dialect.time_param(utcnow())
+        params = [
+            {"id": job_id, "attempt": attempt, "worker": worker_id, "now": now}
+            for job_id, attempt in jobs
+        ]
+        if params:
+            with self._cursor(write=True, atomic=True) as cur:
+                cur.executemany(self._sql["release"], params)
+
+    # -- locks and workers --------------------------------------------------------------
+
+    def heartbeat(self, job_id: str, worker_id: str) -> None:
+        """Extend the lock of one running job held by ``worker_id``."""
+        now = self.dialect.time_param(utcnow())
+        self._run("heartbeat_job", {"id": job_id, "worker": worker_id, "now": now})
+
+    def heartbeat_worker(
+        self, worker_id: str, *, host: str, pid: int, queues: Sequence[str], types: Sequence[str]
+    ) -> None:
+        """Record a worker as alive and extend the locks of all jobs it runs, in one go."""
+        now = self.dialect.time_param(utcnow())
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["heartbeat_worker_jobs"], {"worker": worker_id, "now": now})
+            cur.execute(
+                self._sql["upsert_worker"],
+                {
+                    "id": worker_id,
+                    "host": host,
+                    "pid": pid,
+                    "queues": json.dumps(list(queues)),
+                    "types": json.dumps(sorted(types)),
+                    "now": now,
+                },
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+        self._run("delete_worker", {"id": worker_id})
+
+    def live_workers(self, max_age: timedelta) -> list[WorkerInfo]:
+        """Workers whose last heartbeat is within ``max_age``."""
+        cutoff = self.dialect.time_param(utcnow() - max_age)
+        t = self.dialect.time_value
+        workers = []
+        for row in self._run("live_workers", {"cutoff": cutoff}, write=False):
+            started, beat = t(row[5]), t(row[6])
+            assert started is not None and beat is not None
+            workers.append(
+                WorkerInfo(
+                    row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), started, beat
+                )
+            )
+        return workers
+
+    def prune_workers(self, max_age: timedelta) -> None:
+        """Forget workers whose last heartbeat is older than ``max_age``."""
+        self._run("prune_workers", {"cutoff": self.dialect.time_param(utcnow() - max_age)})
+
+    def release_stale_locks(self, timeout: timedelta | float) -> int:
+        """Take back running jobs whose heartbeat is older than ``timeout``; returns how many.
+
+        Each becomes ``retrying`` (the lost run counts as an attempt), or ``failed`` when
+        its retries are spent.
+        """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        now = utcnow()
+        t = self.dialect.time_param
+        params = {
+            "now": t(now),
+            "cutoff": t(now - timedelta(seconds=seconds)),
+            "error": f"WorkerLost: no heartbeat for {seconds:g} s; the run was taken back",
+        }
+        return len(self._run("reap", params))
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job | None:
+        """One job by id, or None."""
+        rows = self._run("get_job", {"id": job_id}, write=False)
+        return self._job(rows[0]) if rows else None
+
+    def get_jobs_by_status(self, status: JobStatus | str, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs with ``status``, oldest first."""
+        params = {"status": JobStatus(status).value, "limit": limit}
+        return [self._job(row) for row in self._run("jobs_by_status", params, write=False)]
+
+    def get_due_jobs(self, limit: int) -> list[Job]:
+        """Jobs waiting to run whose run time has come, in dequeue order."""
+        params = {"now": self.dialect.time_param(utcnow()), "limit": limit}
+        return [self._job(row) for row in self._run("due_jobs", params, write=False)]
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save_checkpoint(self, cp: Checkpoint) -> None:
+        """Store the outcome of a durable call (replacing one at the same position)."""
+        if not cp.id:
+            cp.id = str(uuid.uuid4())
+        params = {
+            "id": cp.id,
+            "job_id": cp.job_id,
+            "call_index": cp.call_index,
+            "call_type": cp.call_type,
+            "result": None if cp.result is None else cp.result.decode(),
+            "error": cp.error,
+            "now": self.dialect.time_param(cp.created_at),
+            "scope": cp.scope,
+        }
+        self._run("save_checkpoint", params)
+
+    def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """A job's checkpoints, in call order."""
+        rows = self._run("get_checkpoints", {"job_id": job_id}, write=False)
+        return [self._checkpoint(row) for row in rows]
+
+    def delete_checkpoints(self, job_id: str) -> None:
+        """Remove all checkpoints of a job."""
+        self._run("delete_checkpoints", {"job_id": job_id})
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as aware UTC; a naive datetime is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,612 @@
+"""``Worker``: claims jobs, runs them in slots, stores outcomes, and stops gracefully.
+
+Threads of one worker:
+
+- the dispatcher claims as many due jobs as a queue has free slots, in one statement;
+- slot threads run sync handlers; one event-loop thread runs async handlers;
+- the completer stores outcomes in batches (one statement for many completions) and
+  then fires hooks and events, so they only ever report what is committed;
+- the maintenance thread heartbeats running jobs and takes back stale ones;
+- on PostgreSQL a listener turns ``NOTIFY`` into immediate wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue as queue_mod
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from functools import partial
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .events import JobCompleted, JobFailed, JobRetrying
+from .executor import Executor, RunOutcome
+from .job import Job, JobStatus, utcnow
+from .maintenance import Heartbeat, Reaper
+from .storage import Outcome, SQLStorage
+from .storage.notify import PostgresListener
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("durable_jobs")
+
+DEFAULT_CONCURRENCY = 10
+_MAX_BATCH = 500
+_MAX_BACKOFF = 5.0
+
+
+def _seconds(name: str, value: timedelta | float) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(
+            f"{name} must be a positive number of seconds or a timedelta, got {value!r}"
+        )
+    return float(seconds)
+
+
+def _parse_queues(queues: Mapping[str, int] | Sequence[str] | None) -> dict[str, int]:
+    if queues is None:
+        return {"default": DEFAULT_CONCURRENCY}
+    if isinstance(queues, str):
+        raise ValueError(
+            f"queues must be a list of names or a name -> concurrency dict, got {queues!r}"
+        )
+    pairs = (
+        queues.items()
+        if isinstance(queues, Mapping)
+        else ((q, DEFAULT_CONCURRENCY) for q in queues)
+    )
+    parsed: dict[str, int] = {}
+    for name, concurrency in pairs:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"queue names must be non-empty strings, got {name!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(
+                f"concurrency of queue {name!r} must be an int >= 1, got {concurrency!r}"
+            )
+        parsed[name] = concurrency
+    if not parsed:
+        raise ValueError("a worker needs at least one queue")
+    return parsed
+
+
+class Worker:
+    """Runs the jobs of some queues with a concurrency limit per queue.
+
+    Made by ``Queue.worker()``. ``run()`` blocks (SIGINT/SIGTERM stop it gracefully),
+    ``start()`` runs in the background, ``stop()`` drains, and ``with`` does both.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        queues: Mapping[str, int] | Sequence[str] | None = None,
+        *,
+        scheduler: bool = False,
+        lock_timeout: timedelta | float = 30,
+        poll_interval: timedelta | float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.concurrency = _parse_queues(queues)
+        self.scheduler = scheduler
+        self.lock_timeout = _seconds("lock_timeout", lock_timeout)
+        self.poll_interval = _seconds("poll_interval", poll_interval)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._slots = sum(self.concurrency.values())
+        self._executor = Executor(queue, self.id)
+        self._lock = threading.Condition()
+        self._inflight = dict.fromkeys(self.concurrency, 0)
+        self._active: dict[str, Job] = {}
+        self._maybe_work = dict.fromkeys(self.concurrency, True)
+        self._generation = dict.fromkeys(self.concurrency, 0)
+        self._skip: dict[str, float] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._service_stop = threading.Event()
+        self._state = "new"
+        self._state_lock = threading.Lock()
+        self._stop_callbacks: list[Callable[[], None]] = []
+        self._tasks: queue_mod.SimpleQueue[Job | None] = queue_mod.SimpleQueue()
+        self._outcomes: queue_mod.SimpleQueue[RunOutcome | None] = queue_mod.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._services: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._completer: threading.Thread | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._give_up_at = float("inf")
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} queues={self.concurrency} {self._state}>"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start working in background threads and return at once."""
+        with self._state_lock:
+            if self._state != "new":
+                raise RuntimeError(f"worker already {self._state}; make a new one to start again")
+            self._state = "running"
+        self.queue.storage  # noqa: B018 - migrates a URL-made queue before threads race to
+        self._heartbeat = Heartbeat(
+            self.queue.storage,
+            self.id,
+            list(self.concurrency),
+            lambda: self.queue.job_types,
+            self._running_jobs,
+        )
+        self._reaper = Reaper(self.queue.storage, timedelta(seconds=self.lock_timeout))
+        self._run_service("heartbeat", self._heartbeat.run_once)  # listed as live before claiming
+        for handler_name in self.queue.job_types:
+            handler = self.queue.handler(handler_name)
+            if handler is not None and handler.is_async:
+                self._start_loop()
+                break
+        for n in range(self._slots):
+            self._spawn(f"slot-{n}", self._slot_loop, self._threads)
+        self._completer = self._spawn("completer", self._completer_loop, [])
+        self._spawn("maintenance", self._maintenance_loop, self._services)
+        storage = self.queue.storage
+        if isinstance(storage, SQLStorage) and not storage.is_sqlite:
+            listener = PostgresListener(storage.engine)
+            self._spawn(
+                "listener",
+                lambda: listener.run(self._on_notify, self.wake_all, self._service_stop),
+                self._services,
+            )
+        self.queue.attach(self)
+        self._dispatcher = self._spawn("dispatcher", self._dispatch_loop, [])
+        log.info(
+            "worker %s started: queues %s, lock timeout %gs",
+            self.id,
+            self.concurrency,
+            self.lock_timeout,
+            extra={"worker_id": self.id},
+        )
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop claiming, let running jobs finish (up to ``timeout`` s), release the rest.
+
+        Thread-safe and idempotent.
+        """
+        with self._state_lock:
+            state = self._state
+            if state == "new":
+                self._state = "stopped"
+                self._stopped.set()
+            elif state == "running":
+                self._state = "stopping"
+        self._request_stop()
+        if state != "running":
+            self._stopped.wait(timeout if state == "stopping" else 0)
+            return
+        self._drain(timeout)
+
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._give_up_at = deadline
+        self._stopping.set()
+        self._wake.set()
+        assert self._dispatcher is not None and self._completer is not None
+        self._dispatcher.join()
+        with self._lock:
+            self._lock.wait_for(
+                lambda: not any(self._inflight.values()), max(0.0, deadline - time.monotonic())
+            )
+            unfinished = sum(self._inflight.values())
+        for _ in self._threads:
+            self._tasks.put(None)
+        self._outcomes.put(None)
+        self._completer.join(max(0.0, deadline - time.monotonic()) + 1)
+        if unfinished:
+            log.warning(
+                "worker %s stopped with %d job(s) still running; they will be retried after "
+                "the lock timeout",
+                self.id,
+                unfinished,
+            )
+        self._service_stop.set()
+        for thread in self._services:
+            thread.join(5)
+        self._stop_loop()
+        self._run_service("unregister", lambda: self._remove_worker())
+        self.queue.detach(self)
+        with self._state_lock:
+            self._state = "stopped"
+        self._stopped.set()
+        log.info("worker %s stopped", self.id, extra={"worker_id": self.id})
+
+    def _remove_worker(self) -> None:
+        storage = self.queue.storage
+        if isinstance(storage, SQLStorage):
+            storage.remove_worker(self.id)
+
+    def _request_stop(self) -> None:
+        self._stop_requested.set()
+        for callback in list(self._stop_callbacks):
+            callback()
+
+    def run(self) -> None:
+        """Work until ``stop()``, SIGINT or SIGTERM, then drain and return."""
+        restore = self._install_signal_handlers()
+        try:
+            self.start()
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for signum, previous in restore.items():
+                signal.signal(signum, previous)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log.info("worker %s received %s; draining", self.id, signal.Signals(signum).name)
+            self._request_stop()
+
+        return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    async def run_async(self) -> None:
+        """``run()`` for asyncio programs; cancelling the task drains gracefully too."""
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+
+        def resolve() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(resolve)
+
+        self._stop_callbacks.append(notify)
+        await asyncio.to_thread(self.start)
+        try:
+            await stopped
+        finally:
+            await asyncio.to_thread(self.stop)
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and the end of ``stop()``."""
+        return self._state in ("running", "stopping")
+
+    # -- wake-ups -----------------------------------------------------------------------
+
+    def wake(self, queues: Sequence[str] | set[str]) -> None:
+        """Look for jobs in ``queues`` now rather than at the next poll."""
+        touched = False
+        with self._lock:
+            for name in queues:
+                if name in self._maybe_work:
+                    self._maybe_work[name] = True
+                    self._generation[name] += 1
+                    touched = True
+        if touched:
+            self._wake.set()
+
+    def wake_all(self) -> None:
+        """Look for jobs in every queue now."""
+        self.wake(list(self.concurrency))
+
+    def _on_notify(self, queue_name: str) -> None:
+        self.wake((queue_name,))
+
+    # -- dispatching --------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        next_poll = time.monotonic() + self.poll_interval
+        failures = 0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                # Delayed and retrying jobs become due without any notification.
+                self.wake_all()
+                next_poll = now + self.poll_interval
+            self._wake.clear()
+            try:
+                claimed = self._claim_round()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                wait = min(_MAX_BACKOFF, 0.05 * 2**failures)
+                log.warning("claiming jobs failed (%s); retrying in %.2f s", exc, wait)
+                self._stopping.wait(wait)
+                self.wake_all()
+                continue
+            if not claimed:
+                self._wake.wait(max(0.0, next_poll - time.monotonic()))
+
+    def _claim_round(self) -> bool:
+        if self._outcomes.qsize() > self._slots:
+            return False  # the completer is behind: let it catch up before claiming more
+        claimed_any = False
+        skip = self._skip_types()
+        for name, limit in self.concurrency.items():
+            with self._lock:
+                free = limit - self._inflight[name]
+                if free <= 0 or not self._maybe_work[name]:
+                    continue
+                generation = self._generation[name]
+            jobs = self._claim(name, free, skip)
+            with self._lock:
+                if len(jobs) < free and self._generation[name] == generation:
+                    self._maybe_work[name] = False
+                self._inflight[name] += len(jobs)
+                for job in jobs:
+                    self._active[job.id] = job
+            for job in jobs:
+                self._dispatch(job)
+            claimed_any = claimed_any or bool(jobs)
+        return claimed_any
+
+    def _claim(self, queue_name: str, limit: int, skip: list[str]) -> list[Job]:
+        storage = self.queue.storage
+        if isinstance(storage, SQLStorage):
+            return storage.claim(queue_name, self.id, limit, skip_types=skip)
+        jobs = []
+        for _ in range(limit):
+            job = storage.dequeue([queue_name], self.id)
+            if job is None:
+                break
+            jobs.append(job)
+        return jobs
+
+    def _skip_types(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            for name in [n for n, until in self._skip.items() if until <= now]:
+                del self._skip[name]
+            return list(self._skip)
+
+    def _dispatch(self, job: Job) -> None:
+        handler = self.queue.handler(job.type)
+        if handler is not None and handler.is_async and self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._run_async_job(job), self._loop)
+        else:
+            self._tasks.put(job)
+
+    def _slot_loop(self) -> None:
+        while (job := self._tasks.get()) is not None:
+            if self._stopping.is_set():
+                self._finish(RunOutcome(job, "release"))
+                continue
+            try:
+                outcome = self._executor.run(job)
+            except BaseException as exc:  # the slot must survive anything a handler does
+                outcome = self._executor.classify(job, None, exc, time.monotonic())
+            self._finish(outcome)
+
+    async def _run_async_job(self, job: Job) -> None:
+        if self._stopping.is_set():
+            self._finish(RunOutcome(job, "release"))
+            return
+        try:
+            outcome = await self._executor.run_async(job)
+        except BaseException as exc:
+            outcome = self._executor.classify(job, None, exc, time.monotonic())
+        self._finish(outcome)
+
+    def _finish(self, outcome: RunOutcome) -> None:
+        with self._lock:
+            self._inflight[outcome.job.queue] -= 1
+            self._lock.notify_all()
+        self._outcomes.put(outcome)
+        self._wake.set()
+
+    def _running_jobs(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(job.id, job.attempt) for job in self._active.values()]
+
+    # -- async handlers -----------------------------------------------------------------
+
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._spawn("async", loop.run_forever, [])
+
+    def _stop_loop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        self._loop = None
+
+    # -- storing outcomes ---------------------------------------------------------------
+
+    def _completer_loop(self) -> None:
+        done = False
+        while not done:
+            batch = [self._outcomes.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._outcomes.get_nowait())
+                except queue_mod.Empty:
+                    break
+            done = None in batch
+            self._store([o for o in batch if o is not None])
+            self._wake.set()
+
+    def _store(self, batch: list[RunOutcome]) -> None:
+        storage = self.queue.storage
+        accepted: set[str] = set()
+        completions = [o for o in batch if o.kind == "completed"]
+        if completions and isinstance(storage, SQLStorage):
+            outcomes = [Outcome(o.job.id, o.job.attempt, o.result) for o in completions]
+            accepted |= self._retrying(lambda: storage.complete_many(self.id, outcomes)) or set()
+        for o in batch:
+            if o.kind == "completed" and not isinstance(storage, SQLStorage):
+                self._retrying(partial(storage.complete, o.job.id))
+                accepted.add(o.job.id)
+            if o.kind == "unknown":
+                self._retrying(partial(self._resolve_unknown, o))
+            if o.kind in ("retry", "failed") and self._retrying(partial(self._fail, o)):
+                accepted.add(o.job.id)
+        releases = [(o.job.id, o.job.attempt) for o in batch if o.kind == "release"]
+        if releases and isinstance(storage, SQLStorage):
+            self._retrying(lambda: storage.release(self.id, releases))
+        with self._lock:
+            for outcome in batch:
+                self._active.pop(outcome.job.id, None)
+        for outcome in batch:
+            if outcome.job.id in accepted:
+                self._report(outcome)
+            elif outcome.kind in ("completed", "retry", "failed"):
+                log.warning(
+                    "outcome of job %s rejected: the worker lost its lock",
+                    outcome.job.id,
+                    extra={"job_id": outcome.job.id, "worker_id": self.id},
+                )
+
+    def _retrying(self, write: Callable[[], Any]) -> Any:
+        """Run a storage write until it succeeds; a lost outcome would mean a second run."""
+        failures = 0
+        while True:
+            try:
+                return write()
+            except Exception as exc:
+                failures += 1
+                if time.monotonic() >= self._give_up_at:
+                    log.error("could not store an outcome before the stop timeout: %s", exc)
+                    return None
+                wait = min(_MAX_BACKOFF, 0.05 * 2**failures)
+                log.warning("storing an outcome failed (%s); retrying in %.2f s", exc, wait)
+                time.sleep(wait)
+
+    def _fail(self, o: RunOutcome) -> bool:
+        storage = self.queue.storage
+        if isinstance(storage, SQLStorage):
+            return storage.fail(
+                o.job.id, o.error_text, o.run_at, worker_id=self.id, attempt=o.job.attempt
+            )
+        storage.fail(o.job.id, o.error_text, o.run_at)
+        return True
+
+    def _resolve_unknown(self, o: RunOutcome) -> None:
+        """A job type this worker has no handler for: leave it to a worker that has one."""
+        storage = self.queue.storage
+        job = o.job
+        if isinstance(storage, SQLStorage):
+            others = storage.live_workers(timedelta(seconds=self.lock_timeout))
+            if any(
+                w.id != self.id and job.type in w.types and job.queue in w.queues for w in others
+            ):
+                storage.release(self.id, [(job.id, job.attempt)])
+                with self._lock:
+                    self._skip[job.type] = time.monotonic() + self.lock_timeout
+                o.kind = "release"
+                return
+        o.kind = "failed"
+        o.error = LookupError(
+            f"no handler registered for job type {job.type!r} in any live worker of queue "
+            f"{job.queue!r}"
+        )
+        o.run_at = None
+
+    def _report(self, o: RunOutcome) -> None:
+        job = o.job
+        hooks, bus = self.queue.hooks, self.queue.bus
+        extra = {
+            "job_id": job.id,
+            "job_type": job.type,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "worker_id": self.id,
+        }
+        now = utcnow()
+        job.updated_at = now
+        job.locked_by = None
+        if o.kind == "completed":
+            job.status, job.result, job.completed_at = JobStatus.COMPLETED, o.result, now
+            log.debug("job %s (%s) completed", job.id, job.type, extra=extra)
+            hooks.fire_complete(job)
+            if bus.has_subscribers:
+                bus.publish(JobCompleted(job, o.duration))
+            return
+        assert o.error is not None
+        job.last_error = o.error_text
+        if o.kind == "retry":
+            assert o.run_at is not None
+            job.status, job.run_at = JobStatus.RETRYING, o.run_at
+            log.info(
+                "job %s (%s) failed on attempt %d, retrying at %s: %s",
+                job.id,
+                job.type,
+                job.attempt,
+                o.run_at.isoformat(),
+                job.last_error,
+                extra=extra,
+            )
+            hooks.fire_retry(job, o.error)
+            if bus.has_subscribers:
+                bus.publish(JobRetrying(job, job.attempt, o.error, o.run_at))
+        else:
+            job.status, job.completed_at = JobStatus.FAILED, now
+            log.info(
+                "job %s (%s) failed permanently: %s", job.id, job.type, job.last_error, extra=extra
+            )
+            hooks.fire_fail(job, o.error)
+            if bus.has_subscribers:
+                bus.publish(JobFailed(job, o.error))
+
+    # -- maintenance --------------------------------------------------------------------
+
+    def _maintenance_loop(self) -> None:
+        beat_every = self.lock_timeout / 5
+        reap_every = self.lock_timeout / 2
+        next_beat = time.monotonic() + beat_every
+        next_reap = time.monotonic()
+        while not self._service_stop.wait(max(0.0, min(next_beat, next_reap) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_beat:
+                self._run_service("heartbeat", self._heartbeat.run_once)
+                next_beat = now + beat_every
+            if now >= next_reap:
+                if self._run_service("reaper", self._reaper.run_once):
+                    self.wake_all()
+                next_reap = now + reap_every
+
+    def _run_service(self, name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            log.warning(
+                "worker %s: %s failed: %s", self.id, name, exc, extra={"worker_id": self.id}
+            )
+            return None
+
+    def _spawn(
+        self, name: str, target: Callable[[], Any], group: list[threading.Thread]
+    ) -> threading.Thread:
+        # Daemon threads: a handler that never returns must not keep the process alive
+        # after stop() has given up on it.
+        thread = threading.Thread(target=target, name=f"sdj-{name}", daemon=True)
+        thread.start()
+        group.append(thread)
+        return thread
