@@ -86,7 +86,30 @@ def decoder_for(annotation: Any) -> Decoder:
     """
     if not _is_typed(annotation):
         return loads
-    from pydantic import TypeAdapter  # only handlers with typed arguments pay for pydantic
+    from pydantic import PydanticUserError, TypeAdapter  # only typed handlers pay for pydantic
 
-    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    except PydanticUserError:
+        # pydantic cannot validate typing.TypedDict before Python 3.12: check the keys.
+        return _typeddict_decoder(annotation)
     return adapter.validate_json
+
+
+def _typeddict_decoder(annotation: Any) -> Decoder:
+    required: frozenset[str] = annotation.__required_keys__
+    known = required | annotation.__optional_keys__
+
+    def decode(data: bytes) -> Any:
+        value = loads(data)
+        if not isinstance(value, dict):
+            raise ValueError(f"{annotation.__name__} expects a JSON object, got {value!r}")
+        missing, unknown = required - value.keys(), value.keys() - known
+        if missing or unknown:
+            raise ValueError(
+                f"{annotation.__name__}: missing keys {sorted(missing)}, unknown keys "
+                f"{sorted(unknown)}"
+            )
+        return value
+
+    return decode

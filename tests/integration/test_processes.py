@@ -1,0 +1,139 @@
+"""Real worker processes: exactly-once draining, SIGKILL recovery and SIGTERM draining."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import durable_jobs as jobs
+from tests.helpers import wait_for
+from tests.procs.app import RUNS_TABLE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+class Workers:
+    """Starts worker processes of tests/procs/app.py and kills what is left at the end."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, concurrency: int = 10, lock_timeout: float = 5) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "SDJ_DATABASE_URL": self.db_url}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.procs.app", str(concurrency), str(lock_timeout)],
+            cwd=ROOT,
+            env=env,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def workers(db_url: str) -> Iterator[Workers]:
+    w = Workers(db_url)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def runs_queue(queue: jobs.Queue) -> jobs.Queue:
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql(RUNS_TABLE)
+        conn.exec_driver_sql("DELETE FROM test_runs")
+    return queue
+
+
+def runs(queue: jobs.Queue) -> list[tuple[str, int]]:
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    with storage.engine.connect() as conn:
+        return [(r[0], r[1]) for r in conn.execute(sa.text("SELECT job_id, pid FROM test_runs"))]
+
+
+def count(queue: jobs.Queue, status: str) -> int:
+    return len(queue.storage.get_jobs_by_status(status, 100_000))
+
+
+def test_three_processes_drain_each_job_exactly_once(
+    runs_queue: jobs.Queue, workers: Workers
+) -> None:
+    ids = runs_queue.enqueue_many([("record", n) for n in range(1000)])
+    procs = [workers.start(concurrency=5) for _ in range(3)]
+    wait_for(lambda: count(runs_queue, "completed") == 1000, timeout=90, interval=0.1)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(30) for proc in procs] == [0, 0, 0]
+    executed = runs(runs_queue)
+    assert sorted(job_id for job_id, _ in executed) == sorted(ids)  # each exactly once
+    assert len({pid for _, pid in executed}) >= 2, "the work was not shared between processes"
+    for job_id in ids[:20]:
+        job = runs_queue.get_job(job_id)
+        assert job is not None and job.attempt == 1 and job.result is not None
+
+
+def test_job_of_a_sigkilled_worker_is_taken_back_and_finished(
+    runs_queue: jobs.Queue, workers: Workers, tmp_path: Path
+) -> None:
+    marker = tmp_path / "running"
+    job_id = runs_queue.enqueue("hang", str(marker), retries=2)
+    first = workers.start(lock_timeout=1)
+    wait_for(marker.exists, timeout=30)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    job = runs_queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.RUNNING
+    workers.start(lock_timeout=1)
+    wait_for(lambda: runs_queue.get_job(job_id).status == "completed", timeout=30)  # type: ignore[union-attr]
+    job = runs_queue.get_job(job_id)
+    assert job is not None and job.attempt == 2 and job.result == b'"recovered"'
+    assert job.last_error is not None and "WorkerLost" in job.last_error
+    assert len(runs(runs_queue)) == 2
+
+
+def test_a_job_that_always_kills_its_worker_ends_failed(
+    runs_queue: jobs.Queue, workers: Workers, tmp_path: Path
+) -> None:
+    marker = tmp_path / "running"
+    job_id = runs_queue.enqueue("hang", str(marker), retries=0)
+    first = workers.start(lock_timeout=1)
+    wait_for(marker.exists, timeout=30)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    workers.start(lock_timeout=1)
+    wait_for(lambda: runs_queue.get_job(job_id).status == "failed", timeout=30)  # type: ignore[union-attr]
+    job = runs_queue.get_job(job_id)
+    assert job is not None and job.attempt == 1
+    assert len(runs(runs_queue)) == 1
+
+
+def test_sigterm_drains_the_running_job_and_exits_zero(
+    runs_queue: jobs.Queue, workers: Workers, tmp_path: Path
+) -> None:
+    marker = tmp_path / "running"
+    job_id = runs_queue.enqueue("slow", str(marker))
+    proc = workers.start()
+    wait_for(marker.exists, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    job = runs_queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.COMPLETED
+    assert job.result == b'"slept"'

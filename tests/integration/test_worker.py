@@ -1,0 +1,482 @@
+"""Queue + worker on real databases: ordering, timing, retries, concurrency and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypedDict
+
+import pydantic
+import pytest
+
+import durable_jobs as jobs
+from tests.helpers import wait_for
+
+FAST = {"poll_interval": 0.05, "lock_timeout": 5}
+
+
+def status(queue: jobs.Queue, job_id: str) -> jobs.JobStatus:
+    job = queue.get_job(job_id)
+    assert job is not None
+    return job.status
+
+
+def finished(queue: jobs.Queue, *ids: str) -> bool:
+    return all(status(queue, i) in (jobs.JobStatus.COMPLETED, jobs.JobStatus.FAILED) for i in ids)
+
+
+def test_priority_then_run_time_then_enqueue_order(queue: jobs.Queue) -> None:
+    order: list[str] = []
+    queue.register("t", order.append)
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    queue.enqueue("t", "low-1")
+    queue.enqueue("t", "high", priority=10)
+    queue.enqueue("t", "low-2")
+    queue.enqueue("t", "low-early", at=past)
+    ids = queue.enqueue_many([("t", "mid-1", {"priority": 5}), ("t", "mid-2", {"priority": 5})])
+    with queue.worker({"default": 1}, **FAST):
+        wait_for(lambda: len(order) == 6)
+    assert order == ["high", "mid-1", "mid-2", "low-early", "low-1", "low-2"]
+    assert finished(queue, *ids)
+
+
+def test_delay_and_at_do_not_run_early(queue: jobs.Queue) -> None:
+    ran: dict[str, datetime] = {}
+    queue.register("t", lambda name: ran.setdefault(name, datetime.now(UTC)))
+    start = datetime.now(UTC)
+    queue.enqueue("t", "delay", delay=0.6)
+    queue.enqueue("t", "delta", delay=timedelta(milliseconds=400))
+    at = (start + timedelta(milliseconds=500)).replace(tzinfo=None)  # naive means UTC
+    queue.enqueue("t", "at", at=at)
+    queue.enqueue("t", "now")
+    with queue.worker(**FAST):
+        wait_for(lambda: len(ran) == 4)
+    assert ran["now"] - start < timedelta(seconds=0.5)
+    assert ran["delay"] >= start + timedelta(seconds=0.6)
+    assert ran["delta"] >= start + timedelta(seconds=0.4)
+    assert ran["at"] >= start + timedelta(seconds=0.5)
+
+
+def test_named_queue_isolation(queue: jobs.Queue) -> None:
+    seen: list[str] = []
+    queue.register("t", seen.append)
+    a = queue.enqueue("t", "a", queue="alpha")
+    b = queue.enqueue("t", "b", queue="beta")
+    with queue.worker(["alpha"], **FAST):
+        wait_for(lambda: status(queue, a) == jobs.JobStatus.COMPLETED)
+    assert seen == ["a"]
+    assert status(queue, b) == jobs.JobStatus.PENDING
+
+
+def test_concurrency_never_exceeded(queue: jobs.Queue) -> None:
+    lock = threading.Lock()
+    current = {"default": 0, "other": 0}
+    peak = {"default": 0, "other": 0}
+
+    def work(q: str) -> None:
+        with lock:
+            current[q] += 1
+            peak[q] = max(peak[q], current[q])
+        time.sleep(0.01)  # holds the slot so that overlap is possible
+        with lock:
+            current[q] -= 1
+
+    queue.register("work", work)
+    ids = queue.enqueue_many(
+        [("work", "default") for _ in range(60)]
+        + [("work", "other", {"queue": "other"}) for _ in range(30)]
+    )
+    with queue.worker({"default": 3, "other": 2}, **FAST):
+        wait_for(lambda: finished(queue, ids[-1], ids[59]), timeout=30)
+        wait_for(lambda: len(queue.storage.get_jobs_by_status("completed", 100)) == 90)
+    assert peak == {"default": 3, "other": 2}
+
+
+def test_async_handlers_share_the_concurrency_limit(queue: jobs.Queue) -> None:
+    current, peak = [0], [0]
+
+    @queue.job()
+    async def sleepy(n: int) -> int:
+        current[0] += 1
+        peak[0] = max(peak[0], current[0])
+        await asyncio.sleep(0.02)
+        current[0] -= 1
+        return n * 2
+
+    ids = queue.enqueue_many([("sleepy", n) for n in range(20)])
+    with queue.worker({"default": 4}, **FAST):
+        wait_for(lambda: finished(queue, *ids), timeout=30)
+    assert peak[0] == 4
+    job = queue.get_job(ids[3])
+    assert job is not None and job.result == b"6"
+
+
+def test_results_and_current_job(queue: jobs.Queue) -> None:
+    seen: list[jobs.Job] = []
+
+    @queue.job()
+    def echo(x: dict[str, int]) -> dict[str, object]:
+        seen.append(jobs.current_job())
+        return {"got": x, "attempt": jobs.current_job().attempt}
+
+    job_id = queue.enqueue(echo, {"a": 1})
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.COMPLETED
+    assert job.result == b'{"got":{"a":1},"attempt":1}'
+    assert seen[0].id == job_id and seen[0].started_at is not None
+    with pytest.raises(jobs.NotInJobError):
+        jobs.current_job()
+
+
+@dataclass
+class DataArgs:
+    name: str
+    count: int = 1
+
+
+class ModelArgs(pydantic.BaseModel):
+    when: datetime
+    tags: list[str]
+
+
+class DictArgs(TypedDict):
+    x: int
+
+
+def test_typed_arguments(queue: jobs.Queue) -> None:
+    got: dict[str, object] = {}
+
+    @queue.job()
+    def data(a: DataArgs) -> None:
+        got["data"] = a
+
+    @queue.job()
+    def model(a: ModelArgs) -> None:
+        got["model"] = a
+
+    @queue.job()
+    def typed(a: DictArgs) -> None:
+        got["typed"] = a
+
+    @queue.job()
+    def plain(a):  # type: ignore[no-untyped-def]
+        got["plain"] = a
+
+    @queue.job()
+    def nothing() -> None:
+        got["nothing"] = True
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    queue.enqueue(data, DataArgs("n", 2))
+    queue.enqueue(model, ModelArgs(when=when, tags=["a"]))
+    queue.enqueue(typed, {"x": 3})
+    queue.enqueue(plain, [1, {"k": None}])
+    queue.enqueue(nothing)
+    with queue.worker(**FAST):
+        wait_for(lambda: len(got) == 5)
+    assert got["data"] == DataArgs("n", 2)
+    assert got["model"] == ModelArgs(when=when, tags=["a"])
+    assert got["typed"] == {"x": 3}
+    assert got["plain"] == [1, {"k": None}]
+
+
+def test_undecodable_arguments_fail_permanently(queue: jobs.Queue) -> None:
+    @queue.job(retries=5)
+    def data(a: DataArgs) -> None:
+        raise AssertionError("must not run")
+
+    job_id = queue.enqueue("data", {"unexpected": 1})
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED and job.attempt == 1
+    assert job.last_error is not None and "cannot decode arguments of 'data'" in job.last_error
+
+
+def test_unknown_job_type_fails_naming_the_type(queue: jobs.Queue) -> None:
+    queue.register("known", lambda: None)
+    job_id = queue.enqueue("mystery-type", {"a": 1})
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED
+    assert job.last_error is not None and "mystery-type" in job.last_error
+
+
+def test_unknown_type_is_left_to_a_worker_that_knows_it(queue: jobs.Queue) -> None:
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+
+    def expert_alive() -> None:
+        storage.heartbeat_worker("expert", host="h", pid=1, queues=["default"], types=["special"])
+
+    expert_alive()
+    queue.register("other", lambda: None)
+    job_id = queue.enqueue("special")
+    with queue.worker(poll_interval=0.05, lock_timeout=1) as worker:
+        # The job is claimed, seen to be unknown here but known to a live worker, and
+        # handed back without using up an attempt.
+        wait_for(lambda: "special" in worker._skip_types())
+        job = queue.get_job(job_id)
+        assert job is not None and job.status == jobs.JobStatus.PENDING and job.attempt == 0
+        # Once no live worker knows the type, the job fails naming it.
+        storage.remove_worker("expert")
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED
+    assert job.last_error is not None and "'special'" in job.last_error
+
+
+def test_retries_then_failed_with_attempt_counts(queue: jobs.Queue) -> None:
+    attempts: list[int] = []
+
+    @queue.job(retries=2, backoff=jobs.constant(0.01))
+    def flaky() -> None:
+        attempts.append(jobs.current_job().attempt)
+        raise ValueError("boom")
+
+    job_id = queue.enqueue(flaky)
+    zero = queue.enqueue(flaky, retries=0)
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id, zero))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED
+    assert job.attempt == 3 and job.last_error == "ValueError: boom"
+    once = queue.get_job(zero)
+    assert once is not None and once.attempt == 1 and once.status == jobs.JobStatus.FAILED
+    assert sorted(attempts) == [1, 1, 2, 3]
+
+
+def test_retry_then_success_and_retrying_status(queue: jobs.Queue) -> None:
+    @queue.job(backoff=jobs.constant(0.3))
+    def later() -> str:
+        if jobs.current_job().attempt == 1:
+            raise RuntimeError("first run fails")
+        return "ok"
+
+    job_id = queue.enqueue(later)
+    with queue.worker(**FAST):
+        job = wait_for(lambda: (j := queue.get_job(job_id)) and j.status == "retrying" and j)
+        assert job.last_error == "RuntimeError: first run fails"
+        assert job.run_at is not None and job.run_at > datetime.now(UTC)
+        wait_for(lambda: finished(queue, job_id))
+    final = queue.get_job(job_id)
+    assert final is not None and final.status == jobs.JobStatus.COMPLETED
+    assert final.result == b'"ok"' and final.attempt == 2
+
+
+def test_no_retry_fails_at_once(queue: jobs.Queue) -> None:
+    @queue.job(retries=5)
+    def bad() -> None:
+        try:
+            raise KeyError("x")
+        except KeyError as err:
+            raise jobs.NoRetry(err) from err
+
+    job_id = queue.enqueue(bad)
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED and job.attempt == 1
+    assert job.last_error == "NoRetry: KeyError: 'x'"
+
+
+def test_retry_after_waits_exactly_that_long(queue: jobs.Queue) -> None:
+    runs: list[datetime] = []
+
+    @queue.job(retries=1)
+    def limited() -> None:
+        runs.append(datetime.now(UTC))
+        raise jobs.RetryAfter(timedelta(milliseconds=700), "rate limited")
+
+    job_id = queue.enqueue(limited)
+    with queue.worker(**FAST):
+        retrying = wait_for(lambda: (j := queue.get_job(job_id)) and j.status == "retrying" and j)
+        assert retrying.run_at is not None
+        assert timedelta(milliseconds=650) <= retrying.run_at - runs[0] <= timedelta(seconds=1)
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED and job.attempt == 2
+    assert job.last_error == "RetryAfter: rate limited"
+    assert runs[1] - runs[0] >= timedelta(milliseconds=700)
+
+
+def test_graceful_stop_finishes_running_and_releases_unstarted(queue: jobs.Queue) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    @queue.job()
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    running_id = queue.enqueue(slow)
+    worker = queue.worker({"default": 1}, **FAST)
+    worker.start()
+    assert started.wait(10)
+    waiting = queue.enqueue_many([("slow", None) for _ in range(3)])
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10})
+    stopper.start()
+    wait_for(lambda: worker._stopping.is_set())
+    release.set()
+    stopper.join(15)
+    assert not stopper.is_alive() and not worker.running
+    job = queue.get_job(running_id)
+    assert job is not None and job.status == jobs.JobStatus.COMPLETED and job.result == b'"done"'
+    for job_id in waiting:
+        rest = queue.get_job(job_id)
+        assert rest is not None and rest.status == jobs.JobStatus.PENDING and rest.attempt == 0
+    worker.stop()  # idempotent
+
+
+def test_claimed_but_unstarted_jobs_are_released_without_an_attempt(
+    queue: jobs.Queue,
+) -> None:
+    queue.register("t", lambda: None)
+    worker = queue.worker({"default": 2}, **FAST)
+    # Drive the pieces by hand so that claimed jobs sit unstarted when stop begins.
+    claimed = queue.storage.claim("default", worker.id, 2)  # type: ignore[attr-defined]
+    worker.start()
+    worker._stopping.set()
+    for job in claimed:
+        with worker._lock:
+            worker._inflight["default"] += 1
+            worker._active[job.id] = job
+        worker._dispatch(job)
+    worker.stop(timeout=10)
+    for job in claimed:
+        stored = queue.get_job(job.id)
+        assert stored is not None and stored.status == jobs.JobStatus.PENDING
+        assert stored.attempt == 0 and stored.locked_by is None
+
+
+def test_stop_is_thread_safe_and_context_manager_stops(queue: jobs.Queue) -> None:
+    with queue.worker(**FAST) as worker:
+        assert worker.running
+        threads = [threading.Thread(target=worker.stop) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert not worker.running
+    with pytest.raises(RuntimeError):
+        worker.start()
+
+
+def test_run_async_drains_on_cancel(queue: jobs.Queue) -> None:
+    done = threading.Event()
+    queue.register("t", lambda: done.set())
+
+    async def main() -> None:
+        worker = queue.worker(**FAST)
+        task = asyncio.create_task(worker.run_async())
+        job_id = await queue.enqueue_async("t")
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not worker.running
+        job = queue.get_job(job_id)
+        assert job is not None and job.status == jobs.JobStatus.COMPLETED
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_in_process_wake_up_beats_the_poll(queue: jobs.Queue) -> None:
+    done = threading.Event()
+    queue.register("t", lambda: done.set())
+    with queue.worker(poll_interval=30, lock_timeout=5) as worker:
+        # After the first (empty) claim, only a wake-up can make the worker look again.
+        wait_for(lambda: not worker._maybe_work["default"])
+        queue.enqueue("t")
+        assert done.wait(5), "the enqueue did not wake the worker"
+
+
+def test_stale_lock_is_taken_back_and_retried(queue: jobs.Queue) -> None:
+    ran = threading.Event()
+    queue.register("t", lambda: ran.set())
+    job_id = queue.enqueue("t", retries=1)
+    dead = queue.storage.claim("default", "dead-worker", 1)  # type: ignore[attr-defined]
+    assert dead[0].id == job_id
+    with queue.worker(poll_interval=0.05, lock_timeout=0.5):
+        assert ran.wait(10)
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.COMPLETED and job.attempt == 2
+
+
+def test_stale_job_without_retries_left_fails(queue: jobs.Queue) -> None:
+    queue.register("t", lambda: None)
+    job_id = queue.enqueue("t", retries=0)
+    queue.storage.claim("default", "dead-worker", 1)  # type: ignore[attr-defined]
+    with queue.worker(poll_interval=0.05, lock_timeout=0.5):
+        wait_for(lambda: finished(queue, job_id))
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.FAILED
+    assert job.last_error is not None and "WorkerLost" in job.last_error
+
+
+def test_completion_from_a_worker_that_lost_its_lock_is_rejected(queue: jobs.Queue) -> None:
+    entered = threading.Event()
+    proceed = threading.Event()
+    completions: list[str] = []
+    queue.on_job_complete(lambda job: completions.append(job.id))
+
+    @queue.job()
+    def slow() -> str:
+        entered.set()
+        proceed.wait(10)
+        return "late"
+
+    job_id = queue.enqueue(slow)
+    with queue.worker(**FAST) as worker:
+        assert entered.wait(10)
+        # Another worker takes the job over, as the reaper would after a lost heartbeat.
+        storage = queue.storage
+        assert storage.release_stale_locks(-1) == 1
+        taken = storage.claim("default", "thief", 1, now=datetime.now(UTC) + timedelta(1))  # type: ignore[attr-defined]
+        assert taken and taken[0].id == job_id
+        proceed.set()
+        wait_for(lambda: not worker._active)  # the outcome was offered to storage
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == jobs.JobStatus.RUNNING and job.locked_by == "thief"
+    assert completions == []
+
+
+def test_hooks_fire_after_the_outcome_is_stored(queue: jobs.Queue) -> None:
+    events: list[tuple[str, str, jobs.JobStatus | None]] = []
+
+    def record(kind: str) -> object:
+        def hook(job: jobs.Job, error: BaseException | None = None) -> None:
+            stored = queue.get_job(job.id)
+            events.append((kind, job.type, stored.status if stored else None))
+
+        return hook
+
+    queue.on_job_start(record("start"))
+    queue.on_job_complete(record("complete"))
+    queue.on_job_fail(record("fail"))
+    queue.on_retry(record("retry"))
+
+    @queue.job(retries=1, backoff=jobs.constant(0))
+    def bad() -> None:
+        raise ValueError("x")
+
+    queue.register("good", lambda: None)
+    ids = [queue.enqueue("good"), queue.enqueue("bad")]
+    with queue.worker({"default": 1}, **FAST):
+        wait_for(lambda: finished(queue, *ids))
+        wait_for(lambda: len(events) == 6)
+    assert ("complete", "good", jobs.JobStatus.COMPLETED) in events
+    assert ("retry", "bad", jobs.JobStatus.RETRYING) in events
+    assert ("fail", "bad", jobs.JobStatus.FAILED) in events
+    assert events.index(("start", "good", jobs.JobStatus.RUNNING)) < events.index(
+        ("complete", "good", jobs.JobStatus.COMPLETED)
+    )
