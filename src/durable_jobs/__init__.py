@@ -14,6 +14,7 @@ queue.worker().run()
 from importlib.metadata import PackageNotFoundError, version
 
 from .context import current_job
+from .durable import call, call_async
 from .errors import DurableJobsError, NondeterminismError, NoRetry, NotInJobError, RetryAfter
 from .events import (
     CheckpointSaved,
@@ -59,6 +60,8 @@ __all__ = [
     "Storage",
     "Worker",
     "__version__",
+    "call",
+    "call_async",
     "constant",
     "current_job",
     "exponential",

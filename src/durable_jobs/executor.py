@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import codec, context
-from .errors import NoRetry, RetryAfter
+from .errors import NondeterminismError, NoRetry, RetryAfter
 from .events import JobStarted
 from .handler import Handler
 from .job import Job, utcnow
@@ -144,7 +144,9 @@ class Executor:
     ) -> RunOutcome:
         """Turn a handler's exception into a retry or a permanent failure."""
         duration = timedelta(seconds=time.monotonic() - started)
-        if isinstance(error, NoRetry) or job.attempt > job.max_retries:
+        # A replay that diverges from its checkpoints would diverge again on every retry.
+        permanent = isinstance(error, NoRetry | NondeterminismError)
+        if permanent or job.attempt > job.max_retries:
             return RunOutcome(job, "failed", error=error, duration=duration)
         if isinstance(error, RetryAfter):
             delay = error.delay

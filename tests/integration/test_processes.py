@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import signal
 import subprocess
 import sys
@@ -28,8 +29,12 @@ class Workers:
         self.db_url = db_url
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, concurrency: int = 10, lock_timeout: float = 5) -> subprocess.Popen[bytes]:
+    def start(
+        self, concurrency: int = 10, lock_timeout: float = 5, marker: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SDJ_DATABASE_URL": self.db_url}
+        if marker is not None:
+            env["SDJ_TEST_MARKER"] = str(marker)
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.procs.app", str(concurrency), str(lock_timeout)],
             cwd=ROOT,
@@ -137,3 +142,21 @@ def test_sigterm_drains_the_running_job_and_exits_zero(
     job = runs_queue.get_job(job_id)
     assert job is not None and job.status == jobs.JobStatus.COMPLETED
     assert job.result == b'"slept"'
+
+
+def test_workflow_resumes_from_its_checkpoints_after_sigkill(
+    runs_queue: jobs.Queue, workers: Workers, tmp_path: Path
+) -> None:
+    marker = tmp_path / "in-step-3"
+    job_id = runs_queue.enqueue("five_steps")
+    first = workers.start(lock_timeout=1, marker=marker)
+    wait_for(marker.exists, timeout=30)  # the worker is in the middle of step 3
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    workers.start(lock_timeout=1, marker=marker)
+    wait_for(lambda: runs_queue.get_job(job_id).status == "completed", timeout=30)  # type: ignore[union-attr]
+    job = runs_queue.get_job(job_id)
+    assert job is not None and job.attempt == 2 and job.result == b"[10,20,30,40,50]"
+    steps = Counter(label for label, _ in runs(runs_queue))
+    assert steps == {"step1": 1, "step2": 1, "step3": 2, "step4": 1, "step5": 1}
+    assert runs_queue.storage.get_checkpoints(job_id) == []

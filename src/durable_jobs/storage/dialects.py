@@ -200,10 +200,15 @@ class SQLiteDialect(Dialect):
         "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= :now
             ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
+        # Fenced like completions: only the run holding the job's lock may add steps.
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
-            VALUES (:id, :job_id, :call_index, :call_type, :result, :error, :now, :scope)
+            SELECT :id, :job_id, :call_index, :call_type, :result, :error, :now, :scope
+            WHERE :worker IS NULL OR EXISTS (
+                SELECT 1 FROM sdj_jobs WHERE id = :job_id AND status = 'running'
+                  AND locked_by = :worker AND attempt = :attempt)
             ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
-                result = excluded.result, error = excluded.error""",
+                result = excluded.result, error = excluded.error
+            RETURNING id""",
         "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
             WHERE job_id = :job_id ORDER BY scope, call_index""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :job_id",
@@ -355,10 +360,14 @@ class PostgresDialect(Dialect):
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
             ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
-            VALUES (%(id)s, %(job_id)s, %(call_index)s, %(call_type)s, %(result)s, %(error)s,
-                %(now)s, %(scope)s)
+            SELECT %(id)s, %(job_id)s, %(call_index)s, %(call_type)s, %(result)s, %(error)s,
+                %(now)s, %(scope)s
+            WHERE %(worker)s::text IS NULL OR EXISTS (
+                SELECT 1 FROM sdj_jobs WHERE id = %(job_id)s AND status = 'running'
+                  AND locked_by = %(worker)s AND attempt = %(attempt)s::int)
             ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
-                result = excluded.result, error = excluded.error""",
+                result = excluded.result, error = excluded.error
+            RETURNING id""",
         "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
             WHERE job_id = %(job_id)s ORDER BY scope, call_index""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(job_id)s",

@@ -42,7 +42,7 @@ class Storage(Protocol):
         """
         ...
 
-    def save_checkpoint(self, cp: Checkpoint) -> None:
+    def save_checkpoint(self, cp: Checkpoint) -> bool | None:
         """Store the outcome of a durable call."""
         ...
 

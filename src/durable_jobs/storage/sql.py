@@ -575,8 +575,14 @@ class SQLStorage:
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def save_checkpoint(self, cp: Checkpoint) -> None:
-        """Store the outcome of a durable call (replacing one at the same position)."""
+    def save_checkpoint(
+        self, cp: Checkpoint, *, worker_id: str | None = None, attempt: int | None = None
+    ) -> bool:
+        """Store the outcome of a durable call (replacing one at the same position).
+
+        With ``worker_id`` and ``attempt`` the write is fenced: it is rejected (False)
+        unless that run still holds the job's lock.
+        """
         if not cp.id:
             cp.id = str(uuid.uuid4())
         params = {
@@ -588,8 +594,10 @@ class SQLStorage:
             "error": cp.error,
             "now": self.dialect.time_param(cp.created_at),
             "scope": cp.scope,
+            "worker": worker_id,
+            "attempt": attempt,
         }
-        self._run("save_checkpoint", params)
+        return bool(self._run("save_checkpoint", params))
 
     def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """A job's checkpoints, in call order."""

@@ -1,0 +1,222 @@
+"""Durable calls: workflow steps whose outcomes are checkpointed and replayed.
+
+``call()`` finds the running job through the context variable, so this module needs
+neither the worker nor the queue module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec, context
+from .errors import NondeterminismError, NoRetry, StaleJobError
+from .events import CheckpointSaved
+from .handler import Handler
+from .job import Checkpoint
+from .retry import DEFAULT_BACKOFF, Backoff
+from .storage import SQLStorage
+
+__all__ = ["call", "call_async"]
+
+_CALL_OPTIONS = frozenset({"retries", "backoff"})
+
+# The path of the step whose body is running ("" in the job itself): nested calls are
+# numbered within their step, so they never shift the numbering around them. A context
+# variable rather than a stack, so concurrent async steps each see their own path.
+_scope: ContextVar[str] = ContextVar("durable_jobs_scope", default="")
+
+
+@dataclass
+class _Replay:
+    """One run's view of its job's checkpoints and the next call index per scope."""
+
+    checkpoints: dict[tuple[str, int], Checkpoint]
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def next_index(self, scope: str) -> int:
+        index = self.counters.get(scope, 0)
+        self.counters[scope] = index + 1
+        return index
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A call about to run or replay."""
+
+    ctx: context.JobContext
+    replay: _Replay
+    handler: Handler
+    scope: str
+    index: int
+    args: bytes
+    retries: int
+    backoff: Backoff
+
+    @property
+    def path(self) -> str:
+        return f"{self.scope}.{self.index}" if self.scope else str(self.index)
+
+
+def _replay_state(ctx: context.JobContext) -> _Replay:
+    replay = ctx.durable.get("replay")
+    if replay is None:
+        loaded = ctx.queue.storage.get_checkpoints(ctx.job.id)
+        replay = _Replay({(cp.scope, cp.call_index): cp for cp in loaded})
+        ctx.durable["replay"] = replay
+    assert isinstance(replay, _Replay)
+    return replay
+
+
+def _prepare(name: str, args: Any, options: dict[str, Any]) -> tuple[_Step, Checkpoint | None]:
+    from .queue import check_options  # options are validated like enqueue's
+
+    ctx = context.current_context()
+    opts = check_options(options, _CALL_OPTIONS, f"call({name!r})")
+    handler = ctx.queue.handler(name)
+    if handler is None:
+        raise LookupError(f"no handler registered for durable call {name!r}")
+    encoded = codec.dumps(args)
+    replay = _replay_state(ctx)
+    scope = _scope.get()
+    index = replay.next_index(scope)
+    backoff = opts.get("backoff") or handler.defaults.get("backoff") or DEFAULT_BACKOFF
+    step = _Step(ctx, replay, handler, scope, index, encoded, opts.get("retries", 0), backoff)
+    return step, replay.checkpoints.get((scope, index))
+
+
+def _replayed(step: _Step, cp: Checkpoint) -> Any:
+    if cp.call_type != step.handler.name:
+        raise NondeterminismError(
+            f"durable call {step.path} of job {step.ctx.job.id} is {step.handler.name!r} on "
+            f"this run but was {cp.call_type!r} when it was checkpointed; the workflow's "
+            "calls must happen in the same order on every run"
+        )
+    if cp.error is not None:
+        raise NoRetry(cp.error)
+    return step.handler.decode_result(cp.result or b"null")
+
+
+def _record(step: _Step, result: bytes | None, error: str | None) -> None:
+    job = step.ctx.job
+    cp = Checkpoint(
+        job_id=job.id,
+        call_index=step.index,
+        call_type=step.handler.name,
+        result=result,
+        error=error,
+        scope=step.scope,
+    )
+    storage = step.ctx.queue.storage
+    if isinstance(storage, SQLStorage):
+        stored = storage.save_checkpoint(cp, worker_id=step.ctx.worker_id, attempt=job.attempt)
+    else:
+        stored = storage.save_checkpoint(cp) is not False
+    if not stored:
+        raise StaleJobError(f"job {job.id} lost its lock; step {step.path} was not recorded")
+    step.replay.checkpoints[(step.scope, step.index)] = cp
+    bus = step.ctx.queue.bus
+    if bus.has_subscribers:
+        bus.publish(CheckpointSaved(job, cp))
+
+
+def _succeeded(step: _Step, value: Any) -> Any:
+    result = codec.dumps(value)
+    _record(step, result, None)
+    # Decoding what was stored gives the same value on the first run and on replays.
+    return step.handler.decode_result(result)
+
+
+def _arguments(step: _Step) -> tuple[Any, ...]:
+    return (step.handler.decode_args(step.args),) if step.handler.takes_arg else ()
+
+
+def call(name: str, args: Any = None, **options: Any) -> Any:
+    """Run the registered handler ``name`` as a checkpointed step of the current job.
+
+    On a later run of the job, a step that already has a checkpoint returns its saved
+    result (decoded into the handler's return annotation) without running. A ``NoRetry``
+    from the step is checkpointed and raised again on replay; other errors are retried
+    in place up to ``retries`` (default 0, waiting by ``backoff``) and then propagate,
+    uncheckpointed, so the job's own retry runs the step again.
+
+    Raises ``NotInJobError`` outside a handler and ``NondeterminismError`` when the
+    replayed call names a different handler than its checkpoint.
+    """
+    step, cp = _prepare(name, args, options)
+    if cp is not None:
+        return _replayed(step, cp)
+    for attempt in range(step.retries + 1):
+        token = _scope.set(step.path)
+        try:
+            step.replay.counters.pop(step.path, None)  # nested calls renumber per attempt
+            value = _run_sync(step.handler.fn, _arguments(step))
+        except NoRetry as exc:
+            _record(step, None, exc.message)
+            raise
+        except Exception:
+            if attempt == step.retries:
+                raise
+            time.sleep(step.backoff.delay(attempt + 1).total_seconds())
+        else:
+            return _succeeded(step, value)
+        finally:
+            _scope.reset(token)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _run_sync(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    value = fn(*args)
+    if not asyncio.iscoroutine(value):
+        return value
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(value)  # a sync job calling an async step
+    value.close()
+    raise RuntimeError(
+        "an async step was called with call() inside a running event loop; "
+        "use 'await jobs.call_async(...)' there"
+    )
+
+
+async def call_async(name: str, args: Any = None, **options: Any) -> Any:
+    """``call()`` for async handlers: ``await jobs.call_async(name, args)``.
+
+    Sync steps and storage writes run in threads so they never block the event loop.
+    """
+    ctx = context.current_context()
+    if "replay" not in ctx.durable:
+        await asyncio.to_thread(_replay_state, ctx)
+    step, cp = _prepare(name, args, options)
+    if cp is not None:
+        return _replayed(step, cp)
+    storage_call = asyncio.to_thread
+    for attempt in range(step.retries + 1):
+        token = _scope.set(step.path)
+        try:
+            step.replay.counters.pop(step.path, None)
+            value = await _run_async(step.handler, _arguments(step))
+        except NoRetry as exc:
+            await storage_call(_record, step, None, exc.message)
+            raise
+        except Exception:
+            if attempt == step.retries:
+                raise
+            await asyncio.sleep(step.backoff.delay(attempt + 1).total_seconds())
+        else:
+            return await storage_call(_succeeded, step, value)
+        finally:
+            _scope.reset(token)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def _run_async(handler: Handler, args: tuple[Any, ...]) -> Any:
+    if handler.is_async:
+        coro: Awaitable[Any] = handler.fn(*args)
+        return await coro
+    return await asyncio.to_thread(handler.fn, *args)
