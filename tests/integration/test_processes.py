@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
