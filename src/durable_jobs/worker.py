@@ -544,7 +544,13 @@ class Worker:
         job.locked_by = None
         if o.kind == "completed":
             job.status, job.result, job.completed_at = JobStatus.COMPLETED, o.result, now
-            log.debug("job %s (%s) completed", job.id, job.type, extra=extra)
+            log.info(
+                "job %s (%s) completed in %.3f s",
+                job.id,
+                job.type,
+                o.duration.total_seconds(),
+                extra=extra,
+            )
             hooks.fire_complete(job)
             if bus.has_subscribers:
                 bus.publish(JobCompleted(job, o.duration))
