@@ -1,0 +1,77 @@
+"""Opening the database a command names, with errors a person can act on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+
+from ..storage import SQLStorage
+from . import ops
+from .errors import DATABASE_ERRORS, CLIError, describe_database_error
+
+__all__ = ["DEFAULT_URL", "DatabaseUrl", "JsonFlag", "open_storage"]
+
+DEFAULT_URL = "sqlite:///jobs.db"
+
+DatabaseUrl = Annotated[
+    str,
+    typer.Option(
+        "--database-url",
+        envvar="SDJ_DATABASE_URL",
+        help="sqlite:///path.db or postgresql://user@host/db.",
+        show_envvar=True,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@contextlib.contextmanager
+def open_storage(url: str, *, create: bool = False) -> Iterator[SQLStorage]:
+    """A connected storage for ``url``, closed on exit.
+
+    ``create`` migrates the schema (commands that write jobs, like ``jobs.Queue(url)``);
+    otherwise the database must already hold it, so a mistyped URL is reported rather
+    than silently given an empty new database.
+    """
+    if not create:
+        _check_sqlite_file_exists(url)
+    try:
+        storage = SQLStorage(url)
+    except ValueError as exc:  # SQLStorage's message names the URL and what is accepted
+        raise CLIError(str(exc)) from None
+    try:
+        _connect(storage)
+        if create:
+            storage.migrate()
+        elif not ops.has_schema(storage):
+            raise CLIError(f"{storage.url} has no sdj tables; run `sdj migrate` first")
+        yield storage
+    finally:
+        storage.close()
+
+
+def _connect(storage: SQLStorage) -> None:
+    try:
+        with storage.engine.connect():
+            pass
+    except DATABASE_ERRORS as exc:
+        raise CLIError(f"cannot connect to {storage.url}: {describe_database_error(exc)}") from None
+
+
+def _check_sqlite_file_exists(url: str) -> None:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # SQLStorage reports the bad URL
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if not Path(parsed.database).exists():
+        raise CLIError(
+            f"database file {parsed.database} does not exist; run `sdj migrate` to create it "
+            "or pass --database-url"
+        )

@@ -1,0 +1,93 @@
+"""``sdj jobs``: list, inspect, retry and delete jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..job import JobStatus
+from . import ops, render
+from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, open_storage
+
+__all__ = ["jobs_app"]
+
+jobs_app = typer.Typer(help="List, inspect, retry and delete jobs.", no_args_is_help=True)
+
+JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
+
+
+@jobs_app.command("list")
+def list_jobs(
+    status: Annotated[
+        JobStatus | None, typer.Option(help="Only jobs with this status.", show_default=False)
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="Only jobs of this queue.")] = None,
+    job_type: Annotated[
+        str | None, typer.Option("--type", help="Only jobs of this type.", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 50,
+    database_url: DatabaseUrl = DEFAULT_URL,
+    as_json: JsonFlag = False,
+) -> None:
+    """List jobs, newest first."""
+    with open_storage(database_url) as storage:
+        jobs = ops.list_jobs(storage, status=status, queue=queue, job_type=job_type, limit=limit)
+    if as_json:
+        render.print_json([render.job_dict(job) for job in jobs])
+    else:
+        render.console().print(render.jobs_table(jobs))
+
+
+@jobs_app.command("show")
+def show_job(
+    job_id: JobId, database_url: DatabaseUrl = DEFAULT_URL, as_json: JsonFlag = False
+) -> None:
+    """Show one job with its checkpoints (the saved results of its durable calls)."""
+    with open_storage(database_url) as storage:
+        job = ops.get_job(storage, job_id)
+        checkpoints = storage.get_checkpoints(job_id)
+    if as_json:
+        data = render.job_dict(job)
+        data["checkpoints"] = [render.checkpoint_dict(cp) for cp in checkpoints]
+        render.print_json(data)
+        return
+    out = render.console()
+    for table in render.job_detail(job, checkpoints):
+        out.print(table)
+
+
+@jobs_app.command("retry")
+def retry_job(
+    job_id: JobId, database_url: DatabaseUrl = DEFAULT_URL, as_json: JsonFlag = False
+) -> None:
+    """Run a failed or retrying job again now, with its full retry budget.
+
+    The job becomes pending with its attempt count reset to 0. Its checkpoints are kept,
+    so a workflow resumes after its last completed step; last_error stays until the
+    next run.
+    """
+    with open_storage(database_url) as storage:
+        job = ops.retry_job(storage, job_id)
+    if as_json:
+        render.print_json(render.job_dict(job))
+    else:
+        typer.echo(f"job {job.id} ({job.type}) is pending again on queue {job.queue!r}")
+
+
+@jobs_app.command("delete")
+def delete_job(
+    job_id: JobId,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete a running job too (its worker goes on).")
+    ] = False,
+    database_url: DatabaseUrl = DEFAULT_URL,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete a job and its checkpoints. A running job needs --force."""
+    with open_storage(database_url) as storage:
+        job = ops.delete_job(storage, job_id, force=force)
+    if as_json:
+        render.print_json(render.job_dict(job))
+    else:
+        typer.echo(f"deleted job {job.id} ({job.type}, {job.status.value})")

@@ -1,0 +1,238 @@
+"""Output: Rich tables for people, JSON for scripts. No database access."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..job import Checkpoint, Job, JobStatus
+from .ops import QueueStats
+
+__all__ = [
+    "checkpoint_dict",
+    "console",
+    "duration",
+    "job_detail",
+    "job_dict",
+    "jobs_table",
+    "print_json",
+    "records_table",
+    "stats_dict",
+    "stats_table",
+    "status_text",
+    "timestamp",
+]
+
+PIPE_WIDTH = 200
+STATUS_STYLES = {
+    JobStatus.PENDING: "white",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.COMPLETED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.RETRYING: "yellow",
+}
+
+
+def console() -> Console:
+    """A console on the current stdout (made per call so test runners can capture it).
+
+    Output to a pipe or file gets wide lines rather than Rich's default of 80 columns,
+    so tables stay whole for grep and friends.
+    """
+    out = Console(highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = PIPE_WIDTH
+    return out
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _json_value(raw: bytes | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def timestamp(value: datetime | None) -> str:
+    """A UTC time to the second, or a dash."""
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(value: timedelta) -> str:
+    """``"850ms"``, ``"12.3s"``, ``"4m05s"`` or ``"3h12m"``."""
+    seconds = value.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def status_text(status: JobStatus) -> str:
+    """The status in its colour, as Rich markup."""
+    return f"[{STATUS_STYLES[status]}]{status.value}[/]"
+
+
+def _first_line(text: str | None) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+# --- jobs -----------------------------------------------------------------------------
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as JSON-ready data; ``args`` and ``result`` decoded."""
+    return {
+        "id": job.id,
+        "type": job.type,
+        "queue": job.queue,
+        "status": job.status.value,
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "max_retries": job.max_retries,
+        "args": _json_value(job.args),
+        "result": _json_value(job.result),
+        "last_error": job.last_error,
+        "run_at": _iso(job.run_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "locked_by": job.locked_by,
+        "heartbeat_at": _iso(job.heartbeat_at),
+    }
+
+
+def checkpoint_dict(cp: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as JSON-ready data."""
+    return {
+        "call_index": cp.call_index,
+        "scope": cp.scope,
+        "call_type": cp.call_type,
+        "result": _json_value(cp.result),
+        "error": cp.error,
+        "created_at": _iso(cp.created_at),
+    }
+
+
+def jobs_table(jobs: Sequence[Job]) -> Table:
+    """One row per job, in the order given; full ids, to copy into other commands."""
+    table = Table(title=f"{len(jobs)} job(s)", title_justify="left", box=box.SIMPLE)
+    table.add_column("ID", no_wrap=True, min_width=36)
+    table.add_column("TYPE", min_width=8)
+    table.add_column("QUEUE", min_width=7)
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("RUNS", justify="right", no_wrap=True)
+    table.add_column("PRIO", justify="right")
+    table.add_column("RUN AT (UTC)")
+    table.add_column("LAST ERROR", no_wrap=True, overflow="ellipsis")
+    for job in jobs:
+        table.add_row(
+            job.id,
+            job.type,
+            job.queue,
+            status_text(job.status),
+            f"{job.attempt}/{job.max_retries + 1}",
+            str(job.priority),
+            timestamp(job.run_at),
+            _first_line(job.last_error),
+        )
+    return table
+
+
+def job_detail(job: Job, checkpoints: Sequence[Checkpoint]) -> list[Table]:
+    """A job's fields, then its checkpoints (if any)."""
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column()
+    for key, value in job_dict(job).items():
+        if key == "status":
+            shown = status_text(job.status)
+        elif key in ("args", "result"):
+            shown = json.dumps(value)
+        else:
+            shown = "-" if value is None else str(value)
+        fields.add_row(key, shown)
+    tables = [fields]
+    if checkpoints:
+        steps = Table(title="checkpoints", title_justify="left")
+        for name in ("CALL", "STEP", "RESULT", "ERROR", "SAVED (UTC)"):
+            steps.add_column(name)
+        for cp in checkpoints:
+            call = f"{cp.scope}.{cp.call_index}" if cp.scope else str(cp.call_index)
+            steps.add_row(
+                call,
+                cp.call_type,
+                _first_line(None if cp.result is None else cp.result.decode()),
+                _first_line(cp.error),
+                timestamp(cp.created_at),
+            )
+        tables.append(steps)
+    return tables
+
+
+# --- stats and records ----------------------------------------------------------------
+
+
+def stats_dict(stats: Sequence[QueueStats], workers: int) -> dict[str, Any]:
+    """Per-queue counts (every status present, zeros included) and live workers."""
+    return {
+        "queues": {
+            s.queue: {
+                **{status.value: s.counts.get(status, 0) for status in JobStatus},
+                "oldest_due_seconds": (
+                    None if s.oldest_due is None else round(s.oldest_due.total_seconds(), 3)
+                ),
+            }
+            for s in stats
+        },
+        "live_workers": workers,
+    }
+
+
+def stats_table(stats: Sequence[QueueStats], workers: int) -> Table:
+    """One row per queue, a column per status, and the wait of the oldest due job."""
+    table = Table(title=f"{workers} live worker(s)", title_justify="left")
+    table.add_column("QUEUE")
+    for status in JobStatus:
+        table.add_column(status_text(status), justify="right")
+    table.add_column("OLDEST DUE", justify="right")
+    for s in stats:
+        table.add_row(
+            s.queue,
+            *(str(s.counts.get(status, 0)) for status in JobStatus),
+            "-" if s.oldest_due is None else duration(s.oldest_due),
+        )
+    if not stats:
+        table.caption = "no jobs"
+    return table
+
+
+def records_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
+    """Rows of any shape, a column per key of the first row."""
+    table = Table(title=title, title_justify="left")
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(column.upper())
+    for row in rows:
+        table.add_row(*("-" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return table

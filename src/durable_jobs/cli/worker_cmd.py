@@ -1,0 +1,209 @@
+"""``sdj worker``: run the workers of a user's queue, in one process or several."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+
+from ..queue import Queue
+from ..storage import SQLStorage
+from .errors import CLIError
+from .loader import load_queue
+
+__all__ = ["parse_queues", "worker"]
+
+log = logging.getLogger("durable_jobs.cli")
+
+# A child that dies this soon after starting failed to start: restarting it would loop.
+_MIN_UPTIME = 5.0
+
+
+def worker(
+    target: Annotated[
+        str,
+        typer.Argument(metavar="MODULE:QUEUE", help="Where your Queue is, e.g. app.tasks:queue."),
+    ],
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Queues and concurrency: default=10,critical=5 (a bare name means 10)."),
+    ] = None,
+    scheduler: Annotated[
+        bool, typer.Option("--scheduler", help="Also fire the queue's schedules.")
+    ] = False,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Worker processes to run (for CPU-bound handlers).")
+    ] = 1,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds without heartbeat before a running job is taken back.")
+    ] = 30.0,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SDJ_DATABASE_URL",
+            show_envvar=True,
+            help="Sets $SDJ_DATABASE_URL before your module is imported; a Queue() made "
+            "without a storage uses it, one made with its own URL keeps that.",
+        ),
+    ] = None,
+) -> None:
+    """Run workers for the Queue defined in MODULE until SIGINT or SIGTERM, then drain."""
+    _configure_logging()
+    if database_url:
+        os.environ["SDJ_DATABASE_URL"] = database_url
+    concurrency = parse_queues(queues)
+    queue = load_queue(target)  # also in the parent of --processes: a bad target fails once
+    if processes > 1:
+        argv = _child_argv(target, queues, scheduler, lock_timeout)
+        raise typer.Exit(_supervise(argv, processes))
+    _log_start(target, queue, concurrency, scheduler, lock_timeout, database_url)
+    try:
+        runner = queue.worker(concurrency, scheduler=scheduler, lock_timeout=lock_timeout)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    runner.run()
+
+
+def parse_queues(text: str | None) -> dict[str, int] | None:
+    """``"default=10,critical=5"`` as a dict; None for the worker's default."""
+    if text is None:
+        return None
+    parsed: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, number = (s.strip() for s in item.partition("="))
+        try:
+            concurrency = int(number) if sep else 10
+        except ValueError:
+            concurrency = 0
+        if not name or concurrency < 1:
+            raise CLIError(f"bad --queues item {item!r}: expected NAME or NAME=CONCURRENCY (>= 1)")
+        parsed[name] = concurrency
+    if not parsed:
+        raise CLIError("--queues names no queue")
+    return parsed
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+
+def _log_start(
+    target: str,
+    queue: Queue,
+    concurrency: dict[str, int] | None,
+    scheduler: bool,
+    lock_timeout: float,
+    database_url: str | None,
+) -> None:
+    storage = queue.storage
+    url = storage.url if isinstance(storage, SQLStorage) else repr(storage)
+    log.info(
+        "sdj worker %s (pid %d): database %s, queues %s, scheduler %s, lock timeout %gs, "
+        "job types %s",
+        target,
+        os.getpid(),
+        url,
+        concurrency or {"default": 10},
+        "on" if scheduler else "off",
+        lock_timeout,
+        ", ".join(sorted(queue.job_types)) or "none",
+    )
+    if (
+        database_url
+        and isinstance(storage, SQLStorage)
+        and not _same_database(sa.make_url(database_url), storage.engine.url)
+    ):
+        log.warning(
+            "%s builds its Queue on %s; --database-url %s is not used by it",
+            target,
+            url,
+            database_url,
+        )
+
+
+def _same_database(given: sa.URL, used: sa.URL) -> bool:
+    def key(url: sa.URL) -> tuple[str, str | None, int | None, str | None]:
+        database = url.database
+        if url.get_backend_name() == "sqlite" and database:
+            database = os.path.abspath(database)
+        return (url.get_backend_name(), url.host, url.port, database)
+
+    return key(given) == key(used)
+
+
+# --- several processes ----------------------------------------------------------------
+
+
+def _child_argv(target: str, queues: str | None, scheduler: bool, lock_timeout: float) -> list[str]:
+    # Children get the database through the inherited $SDJ_DATABASE_URL.
+    argv = [sys.executable, "-m", "durable_jobs.cli", "worker", target, "--processes", "1"]
+    argv += ["--lock-timeout", repr(lock_timeout)]
+    if queues is not None:
+        argv += ["--queues", queues]
+    if scheduler:
+        argv.append("--scheduler")
+    return argv
+
+
+def _supervise(argv: list[str], count: int) -> int:
+    """Run ``count`` worker processes, forward SIGINT/SIGTERM, restart any that die.
+
+    Returns the first non-zero exit code of a child once all have stopped, else 0.
+    """
+    log.info("starting %d worker processes", count)
+    children = [_Child(argv) for _ in range(count)]
+    stop: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping %d worker processes", signal.Signals(signum).name, count)
+        stop.append(signum)
+        for child in children:
+            child.signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop:
+            for i, child in enumerate(children):
+                code = child.process.poll()
+                if code is None or stop:
+                    continue
+                if child.uptime < _MIN_UPTIME:
+                    log.error("worker process %d failed to start (exit %d)", child.pid, code)
+                    forward(signal.SIGTERM, None)
+                    break
+                log.warning("worker process %d exited with %d; restarting it", child.pid, code)
+                children[i] = _Child(argv)
+            time.sleep(0.2)
+        codes = [child.process.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return next((code for code in codes if code != 0), 0)
+
+
+class _Child:
+    """One worker process and when it started."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(argv)
+        self.pid = self.process.pid
+        self.started = time.monotonic()
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
