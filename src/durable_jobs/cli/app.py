@@ -151,8 +151,11 @@ def _declared_schedules(queue: Queue) -> list[dict[str, Any]]:
     ]
 
 
-for command in (migrate, worker, enqueue):
-    app.command()(command)
+# Registered here, in the order --help lists them.
+app.command()(migrate)
+app.command()(worker)
+app.command()(enqueue)
 app.add_typer(jobs_app, name="jobs")
-for command in (stats, schedules, demo):
-    app.command()(command)
+app.command()(stats)
+app.command()(schedules)
+app.command()(demo)
