@@ -60,7 +60,7 @@ def _reset_postgres(url: str) -> None:
     storage = jobs.SQLStorage(url)
     try:
         storage.migrate()
-        with storage.engine.connect() as conn:
+        with storage.engine.begin() as conn:  # commits: the engine is transactional
             conn.exec_driver_sql("TRUNCATE sdj_jobs, sdj_checkpoints, sdj_workers")
             for extra in ("sdj_schedules",):
                 exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (extra,)).scalar()

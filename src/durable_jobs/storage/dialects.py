@@ -49,6 +49,11 @@ STATEMENTS = (
 )
 
 
+def _utc(value: datetime) -> datetime:
+    # Naive datetimes are UTC, as everywhere in the library (astimezone would take local time).
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Dialect:
     """Base of the per-database pieces; subclasses fill in the SQL texts."""
 
@@ -57,8 +62,8 @@ class Dialect:
     sql: ClassVar[dict[str, str]]
 
     def time_param(self, value: datetime | None) -> Any:
-        """A datetime as the driver should bind it."""
-        return value
+        """A datetime as the driver should bind it (aware UTC; naive means UTC)."""
+        return None if value is None else _utc(value)
 
     def time_value(self, value: Any) -> datetime | None:
         """A timestamp read from the database as an aware UTC datetime."""
@@ -134,7 +139,7 @@ class SQLiteDialect(Dialect):
     def time_param(self, value: datetime | None) -> Any:
         if value is None:
             return None
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def time_value(self, value: Any) -> datetime | None:
         if value is None:
@@ -190,7 +195,8 @@ class SQLiteDialect(Dialect):
         "reap": """UPDATE sdj_jobs SET
             status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
             completed_at = CASE WHEN attempt > max_retries THEN :now ELSE NULL END,
-            last_error = :error, run_at = :now, updated_at = :now,
+            last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
+            run_at = :now, updated_at = :now,
             locked_by = NULL, heartbeat_at = NULL
             WHERE status = 'running' AND heartbeat_at < :cutoff
             RETURNING id""",
@@ -349,7 +355,8 @@ class PostgresDialect(Dialect):
         "reap": """UPDATE sdj_jobs SET
             status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
             completed_at = CASE WHEN attempt > max_retries THEN %(now)s ELSE NULL END,
-            last_error = %(error)s, run_at = %(now)s, updated_at = %(now)s,
+            last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
+            run_at = %(now)s, updated_at = %(now)s,
             locked_by = NULL, heartbeat_at = NULL
             WHERE status = 'running' AND heartbeat_at < %(cutoff)s
             RETURNING id""",

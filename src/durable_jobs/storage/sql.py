@@ -82,21 +82,21 @@ def _create_engine(url: sa.URL) -> sa.Engine:
             connect_args={"check_same_thread": False},
             isolation_level="AUTOCOMMIT",
         )
+    # The engine keeps SQLAlchemy's usual transactions, so a user's ``engine.begin()``
+    # around ``enqueue(..., connection=conn)`` really commits or rolls back together;
+    # the storage's own statements run in autocommit (see ``SQLStorage._autocommit``).
     if url.get_backend_name() == "sqlite":
         return sa.create_engine(
             url,
             pool_size=8,
             max_overflow=32,
             connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
-            isolation_level="AUTOCOMMIT",
         )
-    # Autocommit: most statements stand alone, and then cost one round trip, not three.
     return sa.create_engine(
         url,
         pool_size=10,
         max_overflow=40,
         connect_args={"options": "-c TimeZone=UTC"},
-        isolation_level="AUTOCOMMIT",
     )
 
 
@@ -167,13 +167,41 @@ class SQLStorage:
         try:
             raw = self.engine.raw_connection()
             try:
-                with self._transaction(raw, write=write, atomic=atomic) as cur:
+                with (
+                    self._autocommit(raw),
+                    self._transaction(raw, write=write, atomic=atomic) as cur,
+                ):
                     yield cur
             finally:
                 raw.close()
         finally:
             if lock is not None:
                 lock.release()
+
+    @contextlib.contextmanager
+    def _autocommit(self, raw: Any) -> Iterator[None]:
+        """Driver autocommit while the storage uses a pooled connection, then as it was.
+
+        Most statements stand alone, and then cost one round trip, not three; groups of
+        statements open their own transactions (``_transaction``). Switching is a
+        client-side setting on an idle connection: no round trip.
+        """
+        conn = raw.driver_connection
+        attr = "isolation_level" if self.is_sqlite else "autocommit"
+        on = None if self.is_sqlite else True
+        previous = getattr(conn, attr)
+        if previous == on:
+            yield
+            return
+        setattr(conn, attr, on)
+        try:
+            yield
+        finally:
+            try:
+                setattr(conn, attr, previous)
+            except Exception:  # a broken connection: never hand it out again
+                if raw.is_valid:
+                    raw.invalidate()
 
     @contextlib.contextmanager
     def _transaction(self, raw: Any, *, write: bool, atomic: bool) -> Iterator[Any]:
@@ -471,7 +499,7 @@ class SQLStorage:
         params = {
             "id": job_id,
             "status": (JobStatus.FAILED if run_at is None else JobStatus.RETRYING).value,
-            "error": err_msg,
+            "error": storable_text(err_msg),
             "run_at": t(run_at),
             "completed_at": t(now) if run_at is None else None,
             "now": t(now),
@@ -552,7 +580,8 @@ class SQLStorage:
         params = {
             "now": t(now),
             "cutoff": t(now - timedelta(seconds=seconds)),
-            "error": f"WorkerLost: no heartbeat for {seconds:g} s; the run was taken back",
+            # The statement prefixes "WorkerLost: worker <id>".
+            "error": f" sent no heartbeat for {seconds:g} s; the run was taken back",
         }
         return len(self._run("reap", params))
 
@@ -591,7 +620,7 @@ class SQLStorage:
             "call_index": cp.call_index,
             "call_type": cp.call_type,
             "result": None if cp.result is None else cp.result.decode(),
-            "error": cp.error,
+            "error": storable_text(cp.error),
             "now": self.dialect.time_param(cp.created_at),
             "scope": cp.scope,
             "worker": worker_id,
@@ -607,6 +636,23 @@ class SQLStorage:
     def delete_checkpoints(self, job_id: str) -> None:
         """Remove all checkpoints of a job."""
         self._run("delete_checkpoints", {"job_id": job_id})
+
+
+def storable_text(text: str | None) -> str | None:
+    """``text`` as any database can store it: NUL and lone surrogates backslash-escaped.
+
+    Error messages come from arbitrary exceptions; PostgreSQL rejects NUL in text and
+    no UTF-8 database takes lone surrogates, and an outcome must never fail to store.
+    """
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def utc(value: datetime) -> datetime:
