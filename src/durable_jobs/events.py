@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import inspect
 import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -263,9 +264,18 @@ class EventBus:
         return bool(self._streams)
 
     def publish(self, event: Event) -> None:
-        """Offer ``event`` to each subscription; a full one drops its oldest event."""
-        for stream in self._streams:
-            stream._offer(event)
+        """Offer ``event`` to each subscription; a full one drops its oldest event.
+
+        Subscribers get a snapshot of the job as it was when the event happened: the
+        worker goes on updating its own ``Job``, and a ``JobStarted`` read after the job
+        completed must still show it running.
+        """
+        streams = self._streams
+        if not streams:
+            return
+        snapshot = replace(event, job=copy.copy(event.job))
+        for stream in streams:
+            stream._offer(snapshot)
 
     def close(self) -> None:
         """Close every current subscription, ending their iteration (at queue shutdown)."""

@@ -23,7 +23,7 @@ from durable_jobs.events import (
     JobRetrying,
     JobStarted,
 )
-from durable_jobs.job import Checkpoint, Job
+from durable_jobs.job import Checkpoint, Job, JobStatus
 
 WAIT = 5.0  # generous bound for conditions that should hold almost at once
 HOOK_THREAD = "durable_jobs-hooks"
@@ -312,6 +312,15 @@ def test_full_buffer_drops_oldest_and_counts_without_blocking_publish() -> None:
     assert [stream.get(timeout=0) for _ in range(10)] == events[-10:]
 
 
+def test_subscribers_get_a_snapshot_of_the_job_as_it_was_when_published(job: Job) -> None:
+    bus = EventBus()
+    stream = bus.subscribe()
+    bus.publish(JobStarted(job))
+    job.status = JobStatus.COMPLETED  # the worker goes on updating its own Job
+    event = stream.get(timeout=0)
+    assert event is not None and event.job.status == JobStatus.PENDING
+
+
 @pytest.mark.parametrize("maxsize", [0, -1, 1.5, True, "10"])
 def test_maxsize_must_be_a_positive_int(maxsize: object) -> None:
     with pytest.raises(ValueError, match="maxsize"):
@@ -324,7 +333,7 @@ def test_get_returns_none_on_timeout_and_the_event_when_there_is_one() -> None:
     assert stream.get(timeout=0.01) is None
     [event] = started(1)
     bus.publish(event)
-    assert stream.get(timeout=0) is event
+    assert stream.get(timeout=0) == event
 
 
 def test_get_waits_for_an_event_published_from_another_thread() -> None:
@@ -333,7 +342,7 @@ def test_get_waits_for_an_event_published_from_another_thread() -> None:
     [event] = started(1)
     publisher = threading.Thread(target=bus.publish, args=(event,))
     publisher.start()
-    assert stream.get(timeout=WAIT) is event
+    assert stream.get(timeout=WAIT) == event
     publisher.join(WAIT)
 
 
@@ -413,7 +422,7 @@ def test_cancelled_async_consumer_leaves_no_waiter_behind() -> None:
     asyncio.run(wait_then_cancel())
     [event] = started(1)
     bus.publish(event)  # would target the closed loop if the waiter lingered
-    assert stream.get(timeout=0) is event
+    assert stream.get(timeout=0) == event
 
 
 def test_context_manager_closes_and_unsubscribes() -> None:
