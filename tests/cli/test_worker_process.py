@@ -1,0 +1,98 @@
+"""``sdj worker`` as a real process: runs a module's jobs, drains on SIGTERM, exits 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import durable_jobs as jobs
+from tests.cli.conftest import sdj_command
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.slow
+
+MODULE = """
+import os
+import time
+
+import durable_jobs as jobs
+
+queue = jobs.Queue()  # the database comes from --database-url through $SDJ_DATABASE_URL
+
+
+@queue.job()
+def add(numbers: list[int]) -> dict[str, int]:
+    time.sleep(0.05)
+    return {"sum": sum(numbers), "pid": os.getpid()}
+"""
+
+
+Start = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """``start(*args)`` runs ``sdj worker tasks:queue *args`` in ``tmp_path``."""
+    (tmp_path / "tasks.py").write_text(MODULE)
+    procs: list[subprocess.Popen[str]] = []
+
+    def run(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*sdj_command(), "worker", "tasks:queue", *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield run
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def completed_results(queue: jobs.Queue, ids: list[str]) -> list[dict[str, int]] | None:
+    found = [queue.get_job(job_id) for job_id in ids]
+    if not all(job and job.status is jobs.JobStatus.COMPLETED for job in found):
+        return None
+    return [json.loads(job.result or b"null") for job in found if job]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    return output
+
+
+def test_worker_runs_jobs_and_exits_0_on_sigterm(
+    start: Start, db_url: str, queue: jobs.Queue
+) -> None:
+    ids = [queue.enqueue("add", [n, n]) for n in range(5)]
+    proc = start("--database-url", db_url, "--queues", "default=3", "--lock-timeout", "5")
+    results = wait_for(lambda: completed_results(queue, ids), timeout=30)
+    assert [r["sum"] for r in results] == [0, 2, 4, 6, 8]
+    assert {r["pid"] for r in results} == {proc.pid}
+    output = stop(proc)
+    assert "sdj worker tasks:queue" in output and "queues {'default': 3}" in output
+    assert "lock timeout 5s" in output and "job types add" in output
+
+
+def test_worker_processes(start: Start, db_url: str, queue: jobs.Queue) -> None:
+    ids = [queue.enqueue("add", [n]) for n in range(20)]
+    proc = start("--database-url", db_url, "--processes", "2", "--queues", "default=2")
+    results = wait_for(lambda: completed_results(queue, ids), timeout=30)
+    assert proc.pid not in {r["pid"] for r in results}  # children ran them
+    output = stop(proc)
+    assert "starting 2 worker processes" in output
+    assert output.count("sdj worker tasks:queue (pid") == 2
+    assert output.count("stopped") >= 2
