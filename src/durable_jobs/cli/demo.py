@@ -136,10 +136,19 @@ class DemoRun:
         (self.workdir / demo_app.RUNS_FILE).unlink(missing_ok=True)
         with open_storage(self.url, create=True) as storage:
             ids = self._enqueue(demo_app.build_queue(storage))
+            self.console.print(
+                f"enqueued {sum(map(len, ids.values()))} jobs: {THUMBNAILS} thumbnails, a flaky "
+                "API call, a bad file import (NoRetry), a delayed reminder and a 3-step "
+                "order workflow; a tick schedule fires every second"
+            )
             started, started_at = time.monotonic(), utcnow()
             try:
                 self._start_worker(f"{demo_app.QUEUE}=8", scheduler=True)
                 victim = self._start_worker(f"{demo_app.WORKFLOW_QUEUE}=1")
+                self.console.print(
+                    f"started worker 1 for queue {demo_app.QUEUE} with the scheduler and "
+                    f"worker 2 for queue {demo_app.WORKFLOW_QUEUE}, each an `sdj worker` process"
+                )
                 timed_out = not self._watch(storage, ids, victim)
             finally:
                 self._stop_workers()
@@ -209,8 +218,11 @@ class DemoRun:
         from . import demo_app
 
         workload = [i for group in ids.values() for i in group]
+        replacement: WorkerProcess | None = None
+        resumed = False
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeElapsedColumn(), console=self.console) as progress:
+            say = progress.console.print
             task = progress.add_task("starting workers", total=len(workload))
             deadline = time.monotonic() + DEADLINE_SECONDS
             while time.monotonic() < deadline:
@@ -219,24 +231,33 @@ class DemoRun:
                 ticks = sum(run["event"] == "tick" for run in runs)
                 done = sum(status.is_terminal for status in statuses)
                 progress.update(task, completed=done, description=_describe(statuses, ticks))
-                if self.killed is None and _step_started(runs, "render-invoice", victim.pid):
+                if replacement is None and _ran(runs, "step", victim.pid, step="render-invoice"):
                     self._kill(victim)
                     replacement = self._start_worker(victim.queues)
-                    progress.console.print(
-                        f"[red]killed[/] {victim.name} (pid {victim.pid}) with SIGKILL during "
-                        f"step render-invoice; started {replacement.name} "
-                        f"(pid {replacement.pid}) to resume the workflow"
+                    say(
+                        f"[red]killed {victim.name}[/] (pid {victim.pid}) with SIGKILL in the "
+                        f"middle of step render-invoice; started {replacement.name}"
+                    )
+                if replacement and not resumed and _ran(runs, "workflow", replacement.pid):
+                    resumed = True
+                    say(
+                        f"{replacement.name} took the workflow back after the {LOCK_TIMEOUT:g}s "
+                        "lock timeout and resumed it from its last checkpoint"
                     )
                 # The workflow alone takes several seconds, long enough for a 1 s schedule
                 # to fire repeatedly: the report checks that it did.
-                if done == len(workload) and self.killed is not None:
+                if done == len(workload) and resumed:
                     return True
                 time.sleep(_POLL)
         return False
 
 
-def _step_started(runs: list[dict[str, Any]], step: str, pid: int) -> bool:
-    return any(r["event"] == "step" and r["step"] == step and r["pid"] == pid for r in runs)
+def _ran(runs: list[dict[str, Any]], event: str, pid: int, **fields: Any) -> bool:
+    """Whether process ``pid`` recorded ``event`` (with ``fields``)."""
+    return any(
+        run["event"] == event and run["pid"] == pid and fields.items() <= run.items()
+        for run in runs
+    )
 
 
 def _describe(statuses: list[JobStatus], ticks: int) -> str:
