@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
@@ -31,8 +32,9 @@ from .events import JobCompleted, JobFailed, JobRetrying
 from .executor import Executor, RunOutcome
 from .job import Job, JobStatus, utcnow
 from .maintenance import Heartbeat, Reaper
+from .scheduler import Scheduler
 from .storage import Outcome, SQLStorage
-from .storage.notify import PostgresListener
+from .storage.notify import PostgresListener, SQLiteWatcher
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -107,7 +109,12 @@ class Worker:
         self._slots = sum(self.concurrency.values())
         self._executor = Executor(queue, self.id)
         self._lock = threading.Condition()
-        self._inflight = dict.fromkeys(self.concurrency, 0)
+        # Per queue: jobs claimed and not yet finished (running or waiting in _ready),
+        # and how many of them run. Up to twice the concurrency is claimed, so the next
+        # jobs start the moment a slot frees instead of after a claim round trip.
+        self._claimed = dict.fromkeys(self.concurrency, 0)
+        self._running = dict.fromkeys(self.concurrency, 0)
+        self._ready: dict[str, deque[Job]] = {name: deque() for name in self.concurrency}
         self._active: dict[str, Job] = {}
         self._maybe_work = dict.fromkeys(self.concurrency, True)
         self._generation = dict.fromkeys(self.concurrency, 0)
@@ -139,6 +146,8 @@ class Worker:
         with self._state_lock:
             if self._state != "new":
                 raise RuntimeError(f"worker already {self._state}; make a new one to start again")
+            # Before the state changes: a schedule without a handler fails start() cleanly.
+            self._scheduler = Scheduler(self.queue) if self.scheduler else None
             self._state = "running"
         self.queue.storage  # noqa: B018 - migrates a URL-made queue before threads race to
         self._heartbeat = Heartbeat(
@@ -159,14 +168,7 @@ class Worker:
             self._spawn(f"slot-{n}", self._slot_loop, self._threads)
         self._completer = self._spawn("completer", self._completer_loop, [])
         self._spawn("maintenance", self._maintenance_loop, self._services)
-        storage = self.queue.storage
-        if isinstance(storage, SQLStorage) and not storage.is_sqlite:
-            listener = PostgresListener(storage.engine)
-            self._spawn(
-                "listener",
-                lambda: listener.run(self._on_notify, self.wake_all, self._service_stop),
-                self._services,
-            )
+        self._start_listener()
         self.queue.attach(self)
         self._dispatcher = self._spawn("dispatcher", self._dispatch_loop, [])
         log.info(
@@ -203,10 +205,18 @@ class Worker:
         assert self._dispatcher is not None and self._completer is not None
         self._dispatcher.join()
         with self._lock:
+            unstarted = [job for ready in self._ready.values() for job in ready]
+            for ready in self._ready.values():
+                ready.clear()
+            for job in unstarted:
+                self._claimed[job.queue] -= 1
+        for job in unstarted:
+            self._outcomes.put(RunOutcome(job, "release"))
+        with self._lock:
             self._lock.wait_for(
-                lambda: not any(self._inflight.values()), max(0.0, deadline - time.monotonic())
+                lambda: not any(self._claimed.values()), max(0.0, deadline - time.monotonic())
             )
-            unfinished = sum(self._inflight.values())
+            unfinished = sum(self._claimed.values())
         for _ in self._threads:
             self._tasks.put(None)
         self._outcomes.put(None)
@@ -318,6 +328,19 @@ class Worker:
     def _on_notify(self, queue_name: str) -> None:
         self.wake((queue_name,))
 
+    def _start_listener(self) -> None:
+        storage = self.queue.storage
+        if not isinstance(storage, SQLStorage) or storage.is_memory:
+            return  # one process: in-process wake-ups reach every worker
+        watcher = (
+            SQLiteWatcher(storage.engine) if storage.is_sqlite else PostgresListener(storage.engine)
+        )
+        self._spawn(
+            "listener",
+            lambda: watcher.run(self._on_notify, self.wake_all, self._service_stop),
+            self._services,
+        )
+
     # -- dispatching --------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
@@ -350,21 +373,33 @@ class Worker:
         skip = self._skip_types()
         for name, limit in self.concurrency.items():
             with self._lock:
-                free = limit - self._inflight[name]
-                if free <= 0 or not self._maybe_work[name]:
+                # Refill only once the buffer is half empty, so claims come in batches.
+                want = 2 * limit - self._claimed[name]
+                if want < max(1, limit // 2) or not self._maybe_work[name]:
                     continue
                 generation = self._generation[name]
-            jobs = self._claim(name, free, skip)
+            jobs = self._claim(name, want, skip)
             with self._lock:
-                if len(jobs) < free and self._generation[name] == generation:
+                if len(jobs) < want and self._generation[name] == generation:
                     self._maybe_work[name] = False
-                self._inflight[name] += len(jobs)
+                self._claimed[name] += len(jobs)
                 for job in jobs:
                     self._active[job.id] = job
-            for job in jobs:
+                self._ready[name].extend(jobs)
+                startable = self._take_startable(name)
+            for job in startable:
                 self._dispatch(job)
             claimed_any = claimed_any or bool(jobs)
         return claimed_any
+
+    def _take_startable(self, name: str) -> list[Job]:
+        """Claimed jobs of queue ``name`` that free slots can start now (lock held)."""
+        ready, limit = self._ready[name], self.concurrency[name]
+        startable = []
+        while ready and self._running[name] < limit:
+            startable.append(ready.popleft())
+            self._running[name] += 1
+        return startable
 
     def _claim(self, queue_name: str, limit: int, skip: list[str]) -> list[Job]:
         storage = self.queue.storage
@@ -414,11 +449,18 @@ class Worker:
         self._finish(outcome)
 
     def _finish(self, outcome: RunOutcome) -> None:
+        name = outcome.job.queue
         with self._lock:
-            self._inflight[outcome.job.queue] -= 1
+            self._running[name] -= 1
+            self._claimed[name] -= 1
+            startable = [] if self._stopping.is_set() else self._take_startable(name)
+            refill = self._claimed[name] <= self.concurrency[name]
             self._lock.notify_all()
+        for job in startable:
+            self._dispatch(job)
         self._outcomes.put(outcome)
-        self._wake.set()
+        if refill:
+            self._wake.set()
 
     def _running_jobs(self) -> list[tuple[str, int]]:
         with self._lock:
@@ -544,12 +586,13 @@ class Worker:
         job.locked_by = None
         if o.kind == "completed":
             job.status, job.result, job.completed_at = JobStatus.COMPLETED, o.result, now
+            seconds = o.duration.total_seconds()
             log.info(
                 "job %s (%s) completed in %.3f s",
                 job.id,
                 job.type,
-                o.duration.total_seconds(),
-                extra=extra,
+                seconds,
+                extra={**extra, "duration": seconds},
             )
             hooks.fire_complete(job)
             if bus.has_subscribers:
@@ -588,7 +631,10 @@ class Worker:
         reap_every = self.lock_timeout / 2
         next_beat = time.monotonic() + beat_every
         next_reap = time.monotonic()
-        while not self._service_stop.wait(max(0.0, min(next_beat, next_reap) - time.monotonic())):
+        next_fire = time.monotonic() if self._scheduler is not None else float("inf")
+        while not self._service_stop.wait(
+            max(0.0, min(next_beat, next_reap, next_fire) - time.monotonic())
+        ):
             now = time.monotonic()
             if now >= next_beat:
                 self._run_service("heartbeat", self._heartbeat.run_once)
@@ -597,6 +643,10 @@ class Worker:
                 if self._run_service("reaper", self._reaper.run_once):
                     self.wake_all()
                 next_reap = now + reap_every
+            if self._scheduler is not None and now >= next_fire:
+                if self._run_service("scheduler", self._scheduler.run_once):
+                    self.wake_all()
+                next_fire = time.monotonic() + self._scheduler.seconds_until_due()
 
     def _run_service(self, name: str, fn: Callable[[], Any]) -> Any:
         try:

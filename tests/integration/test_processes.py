@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,16 @@ def test_workflow_resumes_from_its_checkpoints_after_sigkill(
     steps = Counter(label for label, _ in runs(runs_queue))
     assert steps == {"step1": 1, "step2": 1, "step3": 2, "step4": 1, "step5": 1}
     assert runs_queue.storage.get_checkpoints(job_id) == []
+
+
+def test_enqueue_from_another_process_wakes_an_idle_worker(queue: jobs.Queue) -> None:
+    done = threading.Event()
+    queue.register("ping", lambda: done.set())
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    url = storage.engine.url.render_as_string(hide_password=False)
+    producer = "import sys, durable_jobs as j; j.Queue(j.SQLStorage(sys.argv[1])).enqueue('ping')"
+    with queue.worker(poll_interval=60, lock_timeout=5) as worker:
+        wait_for(lambda: not worker._maybe_work["default"])  # idle: only a wake-up helps
+        subprocess.run([sys.executable, "-c", producer, url], check=True, timeout=60)
+        assert done.wait(10), "a job enqueued by another process did not wake the worker"

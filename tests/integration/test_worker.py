@@ -338,20 +338,31 @@ def test_graceful_stop_finishes_running_and_releases_unstarted(queue: jobs.Queue
 def test_claimed_but_unstarted_jobs_are_released_without_an_attempt(
     queue: jobs.Queue,
 ) -> None:
-    queue.register("t", lambda: None)
+    release = threading.Event()
+    entered: list[str] = []
+
+    @queue.job()
+    def hold(tag: str) -> None:
+        entered.append(tag)
+        release.wait(10)
+
+    busy = queue.enqueue_many([("hold", "busy-1"), ("hold", "busy-2")])
     worker = queue.worker({"default": 2}, **FAST)
-    # Drive the pieces by hand so that claimed jobs sit unstarted when stop begins.
-    claimed = queue.storage.claim("default", worker.id, 2)  # type: ignore[attr-defined]
     worker.start()
-    worker._stopping.set()
-    for job in claimed:
-        with worker._lock:
-            worker._inflight["default"] += 1
-            worker._active[job.id] = job
-        worker._dispatch(job)
-    worker.stop(timeout=10)
-    for job in claimed:
-        stored = queue.get_job(job.id)
+    wait_for(lambda: len(entered) == 2)
+    waiting = queue.enqueue_many([("hold", "wait-1"), ("hold", "wait-2")])
+    # The worker claims ahead of its free slots: these are locked but not started.
+    wait_for(lambda: all(status(queue, i) == jobs.JobStatus.RUNNING for i in waiting))
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10})
+    stopper.start()
+    wait_for(lambda: worker._stopping.is_set())
+    release.set()
+    stopper.join(15)
+    assert sorted(entered) == ["busy-1", "busy-2"]
+    for job_id in busy:
+        assert status(queue, job_id) == jobs.JobStatus.COMPLETED
+    for job_id in waiting:
+        stored = queue.get_job(job_id)
         assert stored is not None and stored.status == jobs.JobStatus.PENDING
         assert stored.attempt == 0 and stored.locked_by is None
 

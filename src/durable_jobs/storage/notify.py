@@ -1,7 +1,8 @@
-"""Cross-process wake-ups: PostgreSQL LISTEN/NOTIFY. SQLite workers poll instead."""
+"""Cross-process wake-ups: LISTEN/NOTIFY on PostgreSQL, a cheap watch on SQLite files."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["CHANNEL", "PostgresListener"]
+__all__ = ["CHANNEL", "PostgresListener", "SQLiteWatcher"]
 
 log = logging.getLogger("durable_jobs")
 
@@ -60,3 +61,63 @@ class PostgresListener:
                         conn.close()
                     except Exception:
                         log.debug("closing the listener connection failed", exc_info=True)
+
+
+class SQLiteWatcher:
+    """Notices jobs inserted by other processes into a SQLite file, within milliseconds.
+
+    SQLite has no notifications. ``PRAGMA data_version`` changes when another connection
+    commits, and reading it touches only shared memory, so it can be polled often; when
+    it changes, the highest job rowid tells whether jobs were inserted (rather than
+    updated by heartbeats and completions), and only then are workers woken.
+    """
+
+    def __init__(self, engine: sa.Engine, interval: float = 0.002) -> None:
+        self._engine = engine
+        self._interval = interval
+
+    def run(
+        self,
+        on_notify: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        """Report new jobs (as queue names) until ``stop`` is set."""
+        raw = self._engine.raw_connection()
+        conn = raw.driver_connection
+        assert conn is not None
+        raw.detach()
+        try:
+            self._watch(conn, on_notify, on_reconnect, stop)
+        finally:
+            conn.close()
+
+    def _watch(
+        self,
+        conn: Any,
+        on_notify: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM sdj_jobs").fetchone()[0]
+        while not stop.wait(self._interval):
+            try:
+                now = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now == version:
+                    continue
+                version = now
+                # One statement, so rows inserted meanwhile are neither lost nor counted.
+                top, queues = conn.execute(
+                    "SELECT max(rowid), json_group_array(DISTINCT queue) FROM sdj_jobs"
+                    " WHERE rowid > ?",
+                    (last,),
+                ).fetchone()
+            except Exception as exc:  # a locked or replaced file: look at every queue
+                log.warning("watching for new jobs failed (%s)", exc)
+                on_reconnect()
+                continue
+            if top is not None:
+                last = top
+                for queue in json.loads(queues):
+                    on_notify(queue)
