@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -103,13 +105,31 @@ def _create_engine(url: sa.URL) -> sa.Engine:
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     try:
-        # WAL lets readers run beside the single writer; the busy timeout makes writers
-        # from other processes wait for the lock instead of failing.
-        cur.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout makes writers from other processes wait for the lock instead
+        # of failing; WAL lets readers run beside the single writer.
         cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
     finally:
         cur.close()
+
+
+def _use_wal(cur: Any) -> None:
+    # Switching a database to WAL (once: the mode is stored in the file) needs a lock that
+    # SQLite will not wait for while another connection holds one, as when several
+    # processes open a fresh database at once: it fails at once with "database is locked".
+    # Retry within the busy timeout, as a waiting writer would.
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class SQLStorage:
