@@ -17,6 +17,7 @@ from . import codec, context
 from .errors import NondeterminismError, NoRetry, StaleJobError
 from .events import CheckpointSaved
 from .handler import Handler
+from .instrument import wrapped
 from .job import Checkpoint
 from .retry import DEFAULT_BACKOFF, Backoff
 from .storage import SQLStorage
@@ -154,7 +155,12 @@ def call(name: str, args: Any = None, **options: Any) -> Any:
         token = _scope.set(step.path)
         try:
             step.replay.counters.pop(step.path, None)  # nested calls renumber per attempt
-            value = _run_sync(step.handler.fn, _arguments(step))
+            wrappers = step.ctx.queue.instruments.step_run
+            if wrappers:
+                with wrapped(wrappers, step.ctx.job, step.handler.name, step.index):
+                    value = _run_sync(step.handler.fn, _arguments(step))
+            else:
+                value = _run_sync(step.handler.fn, _arguments(step))
         except NoRetry as exc:
             _record(step, None, exc.message)
             raise
@@ -200,7 +206,12 @@ async def call_async(name: str, args: Any = None, **options: Any) -> Any:
         token = _scope.set(step.path)
         try:
             step.replay.counters.pop(step.path, None)
-            value = await _run_async(step.handler, _arguments(step))
+            wrappers = step.ctx.queue.instruments.step_run
+            if wrappers:
+                with wrapped(wrappers, step.ctx.job, step.handler.name, step.index):
+                    value = await _run_async(step.handler, _arguments(step))
+            else:
+                value = await _run_async(step.handler, _arguments(step))
         except NoRetry as exc:
             await storage_call(_record, step, None, exc.message)
             raise

@@ -17,6 +17,7 @@ from . import codec, context
 from .errors import NondeterminismError, NoRetry, RetryAfter
 from .events import JobStarted
 from .handler import Handler
+from .instrument import wrapped
 from .job import Job, utcnow
 from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json
 
@@ -98,8 +99,13 @@ class Executor:
         handler, call = prepared
         token = self._begin(job)
         started = time.monotonic()
+        wrappers = self.queue.instruments.job_run
         try:
-            value = call()
+            if wrappers:
+                with wrapped(wrappers, job):
+                    value = call()
+            else:
+                value = call()
         except BaseException as exc:
             return self.classify(job, handler, exc, started)
         finally:
@@ -114,8 +120,13 @@ class Executor:
         handler, call = prepared
         token = self._begin(job)
         started = time.monotonic()
+        wrappers = self.queue.instruments.job_run
         try:
-            value = await call()
+            if wrappers:
+                with wrapped(wrappers, job):
+                    value = await call()
+            else:
+                value = await call()
         except BaseException as exc:
             return self.classify(job, handler, exc, started)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 __all__ = ["Checkpoint", "Job", "JobStatus", "utcnow"]
 
@@ -53,6 +54,8 @@ class Job:
     #: The worker holding the job's lock while it runs.
     locked_by: str | None = None
     heartbeat_at: datetime | None = None
+    #: JSON-able data that travels with the job for instruments (such as trace context).
+    meta: dict[str, Any] | None = None
 
 
 @dataclass

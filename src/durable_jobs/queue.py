@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from . import codec
 from .events import EventBus, EventStream, Hooks, JobEnqueued
 from .handler import Handler, inspect_handler
+from .instrument import Instruments, wrapped
 from .job import Job, JobStatus, utcnow
 from .retry import Backoff
 from .storage import SQLStorage, Storage
@@ -30,6 +31,7 @@ DEFAULT_QUEUE = "default"
 DEFAULT_RETRIES = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _REGISTER_OPTIONS = frozenset({"priority", "retries", "queue", "backoff", "delay"})
 _ENQUEUE_OPTIONS = _REGISTER_OPTIONS | {"at", "connection"}
@@ -138,6 +140,7 @@ class Queue:
         self._names: dict[Callable[..., Any], str] = {}
         self.hooks = Hooks()
         self.bus = EventBus()
+        self.instruments = Instruments()
         self.schedules: dict[str, tuple[Schedule, Any, dict[str, Any]]] = {}
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
@@ -271,6 +274,20 @@ class Queue:
         return job.id
 
     def _store(self, jobs: Sequence[Job], connection: sa.Connection | None) -> None:
+        if self.instruments.enqueue:
+            with wrapped(self.instruments.enqueue, jobs):
+                self._write(jobs, connection)
+        else:
+            self._write(jobs, connection)
+        now = utcnow()
+        due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
+        for worker in list(self._workers):
+            worker.wake(due)
+        if self.bus.has_subscribers:
+            for job in jobs:
+                self.bus.publish(JobEnqueued(job))
+
+    def _write(self, jobs: Sequence[Job], connection: sa.Connection | None) -> None:
         storage = self.storage
         if connection is not None or len(jobs) > 1:
             if not isinstance(storage, SQLStorage):
@@ -280,13 +297,6 @@ class Queue:
                 storage.enqueue_many(jobs, connection=connection)
         elif jobs:
             storage.enqueue(jobs[0])
-        now = utcnow()
-        due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
-        for worker in list(self._workers):
-            worker.wake(due)
-        if self.bus.has_subscribers:
-            for job in jobs:
-                self.bus.publish(JobEnqueued(job))
 
     # -- reads --------------------------------------------------------------------------
 
@@ -359,6 +369,16 @@ class Queue:
         """Call ``fn(job, error)`` after a failed run was scheduled to retry."""
         self.hooks.on_retry(fn)
         return fn
+
+    def instrument(self, instrument: T) -> T:
+        """Register an instrument (metrics, tracing or your own) on this queue.
+
+        It may have any of ``enqueue(jobs)``, ``job_run(job)`` and
+        ``step_run(job, name, index)``, each returning a context manager that wraps
+        storing new jobs, a handler's run and a durable step (see ``instrument.py``).
+        """
+        self.instruments.add(instrument)
+        return instrument
 
     def events(self, maxsize: int = 1000) -> EventStream:
         """Subscribe to what this queue's workers do (a bounded, lossy stream)."""

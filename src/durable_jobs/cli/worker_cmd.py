@@ -54,6 +54,15 @@ def worker(
             "without a storage uses it, one made with its own URL keeps that.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
+            "(needs simple-durable-jobs[metrics]).",
+        ),
+    ] = None,
 ) -> None:
     """Run workers for the Queue defined in MODULE until SIGINT or SIGTERM, then drain."""
     _configure_logging()
@@ -61,6 +70,9 @@ def worker(
         os.environ["SDJ_DATABASE_URL"] = database_url
     concurrency = parse_queues(queues)
     queue = load_queue(target)  # also in the parent of --processes: a bad target fails once
+    if metrics_port is not None and processes > 1:
+        # Each process counts its own jobs, and they cannot all listen on one port.
+        raise CLIError("--metrics-port needs --processes 1; run one worker per port instead")
     if processes > 1:
         argv = _child_argv(target, queues, scheduler, lock_timeout)
         raise typer.Exit(_supervise(argv, processes))
@@ -69,7 +81,20 @@ def worker(
         runner = queue.worker(concurrency, scheduler=scheduler, lock_timeout=lock_timeout)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if metrics_port is not None:
+        _serve_metrics(queue, metrics_port)
     runner.run()
+
+
+def _serve_metrics(queue: Queue, port: int) -> None:
+    try:
+        from ..metrics import PrometheusMetrics
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        PrometheusMetrics(queue).serve(port)
+    except OSError as exc:
+        raise CLIError(f"cannot serve metrics on port {port}: {exc}") from None
 
 
 def parse_queues(text: str | None) -> dict[str, int] | None:

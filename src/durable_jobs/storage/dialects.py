@@ -46,6 +46,7 @@ STATEMENTS = (
     "delete_checkpoints",
     "schema_versions",
     "record_version",
+    "queue_depths",
 )
 
 
@@ -221,6 +222,9 @@ class SQLiteDialect(Dialect):
         "schema_versions": "SELECT version FROM sdj_schema_version",
         "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
         " VALUES (:version, :now)",
+        # For metrics: served by the dequeue index, which holds only waiting jobs.
+        "queue_depths": """SELECT queue, COUNT(*), MIN(run_at) FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= :now GROUP BY queue""",
     }
     create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"""
@@ -381,6 +385,8 @@ class PostgresDialect(Dialect):
         "schema_versions": "SELECT version FROM sdj_schema_version",
         "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
         " VALUES (%(version)s, %(now)s)",
+        "queue_depths": """SELECT queue, COUNT(*), MIN(run_at) FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
     }
     create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"""

@@ -54,6 +54,15 @@ class Outcome:
     result: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """How many jobs of a queue are due to run, and since when the oldest has waited."""
+
+    queue: str
+    due: int
+    oldest_run_at: datetime | None
+
+
 def _normalise_url(url: str | sa.URL) -> sa.URL:
     try:
         parsed = make_url(url)
@@ -621,6 +630,13 @@ class SQLStorage:
         """Jobs waiting to run whose run time has come, in dequeue order."""
         params = {"now": self.dialect.time_param(utcnow()), "limit": limit}
         return [self._job(row) for row in self._run("due_jobs", params, write=False)]
+
+    def queue_depths(self) -> list[QueueDepth]:
+        """Per queue with due jobs: how many are due now and the oldest one's run time."""
+        t = self.dialect.time_value
+        params = {"now": self.dialect.time_param(utcnow())}
+        rows = self._run("queue_depths", params, write=False)
+        return [QueueDepth(row[0], row[1], t(row[2])) for row in rows]
 
     # -- checkpoints --------------------------------------------------------------------
 
