@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import typing
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
@@ -96,9 +97,32 @@ def decoder_for(annotation: Any) -> Decoder:
     return adapter.validate_json
 
 
+def _typeddict_keys(annotation: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """The required and all known keys of a TypedDict.
+
+    Under ``from __future__ import annotations`` Python 3.11 cannot see ``NotRequired``
+    or ``Required`` in the (string) annotations and counts such keys by the class's
+    totality; resolving the annotations puts them right.
+    """
+    required = set(annotation.__required_keys__)
+    optional = set(annotation.__optional_keys__)
+    try:
+        hints = typing.get_type_hints(annotation, include_extras=True)
+    except Exception:  # unresolvable names: keep what the class computed
+        hints = {}
+    for key, hint in hints.items():
+        origin = typing.get_origin(hint)
+        if origin is typing.NotRequired:
+            required.discard(key)
+            optional.add(key)
+        elif origin is typing.Required:
+            optional.discard(key)
+            required.add(key)
+    return frozenset(required), frozenset(required | optional)
+
+
 def _typeddict_decoder(annotation: Any) -> Decoder:
-    required: frozenset[str] = annotation.__required_keys__
-    known = required | annotation.__optional_keys__
+    required, known = _typeddict_keys(annotation)
 
     def decode(data: bytes) -> Any:
         value = loads(data)

@@ -33,7 +33,11 @@ def _non_negative(name: str, value: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Exponential:
-    """``base * factor ** (attempt - 1)`` seconds, capped at ``max``, spread by ``jitter``."""
+    """``base * factor ** (attempt - 1)`` seconds, spread by ``jitter``, never over ``max``.
+
+    ``jitter=0.1`` moves each wait by up to 10 % either way; ``max`` bounds the result, so
+    once the growth reaches it the waits spread below ``max``.
+    """
 
     base: float = 1.0
     factor: float = 2.0
@@ -57,7 +61,7 @@ class Exponential:
             seconds = self.max
         if self.jitter:
             # Jitter spreads retries of jobs that failed together, so they do not retry together.
-            seconds *= 1 + random.uniform(-self.jitter, self.jitter)
+            seconds = min(self.max, seconds * (1 + random.uniform(-self.jitter, self.jitter)))
         return timedelta(seconds=max(seconds, 0.0))
 
     def to_json(self) -> bytes:
@@ -102,11 +106,19 @@ DEFAULT_BACKOFF = Exponential()
 
 
 def backoff_from_json(data: bytes) -> Backoff:
-    """Rebuild a policy stored with a job; unknown forms raise ``ValueError``."""
-    spec: dict[str, Any] = json.loads(data)
+    """Rebuild a policy stored with a job; unknown or malformed forms raise ``ValueError``."""
+    spec: Any = json.loads(data)  # invalid JSON raises JSONDecodeError, a ValueError
+    if not isinstance(spec, dict):
+        raise ValueError(f"a backoff policy is a JSON object, got {spec!r}")
     kind = spec.pop("kind", None)
-    if kind == "exponential":
-        return Exponential(**spec)
-    if kind == "constant":
-        return Constant(**spec)
-    raise ValueError(f"unknown backoff policy {kind!r}")
+    policies: dict[str, type[Exponential | Constant]] = {
+        "exponential": Exponential,
+        "constant": Constant,
+    }
+    policy = policies.get(kind) if isinstance(kind, str) else None
+    if policy is None:
+        raise ValueError(f"unknown backoff policy {kind!r}")
+    try:
+        return policy(**spec)
+    except TypeError as exc:  # missing or unexpected fields
+        raise ValueError(f"malformed {kind} backoff policy {spec!r}: {exc}") from exc
