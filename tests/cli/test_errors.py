@@ -89,3 +89,12 @@ def test_errors_inside_the_users_module_keep_their_traceback(sdj: Any, app_modul
     name = app_module("import durable_jobs as jobs\nimport no_such_dependency_xyz\n")
     result = sdj("worker", f"{name}:queue")
     assert isinstance(result.exception, ModuleNotFoundError)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_bad_worker_option_fails_before_any_process_starts(
+    sdj: Any, app_module: Any, processes: str
+) -> None:
+    name = app_module("import durable_jobs as jobs\nqueue = jobs.Queue('sqlite://')\n")
+    result = sdj("worker", f"{name}:queue", "--lock-timeout", "-1", "--processes", processes)
+    assert_one_line_error(result, "lock_timeout must be a positive number")

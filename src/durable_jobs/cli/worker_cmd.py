@@ -69,7 +69,12 @@ def worker(
     if database_url:
         os.environ["SDJ_DATABASE_URL"] = database_url
     concurrency = parse_queues(queues)
-    queue = load_queue(target)  # also in the parent of --processes: a bad target fails once
+    # Also in the parent of --processes, so that a mistake fails once, not in every child.
+    queue = load_queue(target)
+    try:
+        runner = queue.worker(concurrency, scheduler=scheduler, lock_timeout=lock_timeout)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if metrics_port is not None and processes > 1:
         # Each process counts its own jobs, and they cannot all listen on one port.
         raise CLIError("--metrics-port needs --processes 1; run one worker per port instead")
@@ -77,10 +82,6 @@ def worker(
         argv = _child_argv(target, queues, scheduler, lock_timeout)
         raise typer.Exit(_supervise(argv, processes))
     _log_start(target, queue, concurrency, scheduler, lock_timeout, database_url)
-    try:
-        runner = queue.worker(concurrency, scheduler=scheduler, lock_timeout=lock_timeout)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
     if metrics_port is not None:
         _serve_metrics(queue, metrics_port)
     runner.run()
@@ -214,7 +215,19 @@ def _supervise(argv: list[str], count: int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return next((code for code in codes if code != 0), 0)
+    statuses = [_exit_status(code, stop) for code in codes]
+    return next((status for status in statuses if status), 0)
+
+
+def _exit_status(code: int, forwarded: list[int]) -> int:
+    """A child's status as a shell reports it; 0 if it died of a signal we forwarded.
+
+    A child that gets the signal before it installed its handlers dies of it, having
+    done no work: for the supervisor that is a clean stop.
+    """
+    if code >= 0:
+        return code
+    return 0 if -code in forwarded else 128 - code
 
 
 class _Child:
