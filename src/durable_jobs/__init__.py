@@ -29,6 +29,7 @@ from .events import (
 from .job import Checkpoint, Job, JobStatus
 from .queue import Queue
 from .retry import Backoff, constant, exponential
+from .schedules import Schedule, cron, daily, every, weekly
 from .storage import SQLStorage, Storage
 from .worker import Worker
 
@@ -57,12 +58,17 @@ __all__ = [
     "Queue",
     "RetryAfter",
     "SQLStorage",
+    "Schedule",
     "Storage",
     "Worker",
     "__version__",
     "call",
     "call_async",
     "constant",
+    "cron",
     "current_job",
+    "daily",
+    "every",
     "exponential",
+    "weekly",
 ]

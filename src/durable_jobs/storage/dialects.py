@@ -21,6 +21,7 @@ INSERT_COLUMNS = (
     "updated_at, backoff"
 )
 CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
+SCHEDULE_COLUMNS = "name, spec, queue, last_fire_at, next_fire_at, updated_at"
 WORKER_COLUMNS = "id, host, pid, queues, types, started_at, heartbeat_at"
 
 # Statement names every dialect defines (checked by a unit test).
@@ -47,6 +48,9 @@ STATEMENTS = (
     "schema_versions",
     "record_version",
     "queue_depths",
+    "insert_unique_job",
+    "upsert_schedule",
+    "list_schedules",
 )
 
 
@@ -127,6 +131,22 @@ _SQLITE_MIGRATION_1 = (
 )
 
 
+_SQLITE_MIGRATION_2 = (
+    # Deduplicates enqueues such as a schedule's fire times; most jobs have no key.
+    "ALTER TABLE sdj_jobs ADD COLUMN unique_key TEXT",
+    """CREATE UNIQUE INDEX sdj_jobs_unique_key ON sdj_jobs (unique_key)
+        WHERE unique_key IS NOT NULL""",
+    """CREATE TABLE sdj_schedules (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        last_fire_at TEXT,
+        next_fire_at TEXT,
+        updated_at TEXT NOT NULL
+    )""",
+)
+
+
 class SQLiteDialect(Dialect):
     """SQLite: writes serialise on the database lock, so claims run in IMMEDIATE transactions.
 
@@ -135,7 +155,7 @@ class SQLiteDialect(Dialect):
     """
 
     name = "sqlite"
-    migrations = (_SQLITE_MIGRATION_1,)
+    migrations = (_SQLITE_MIGRATION_1, _SQLITE_MIGRATION_2)
 
     def time_param(self, value: datetime | None) -> Any:
         if value is None:
@@ -225,6 +245,25 @@ class SQLiteDialect(Dialect):
         # For metrics: served by the dequeue index, which holds only waiting jobs.
         "queue_depths": """SELECT queue, COUNT(*), MIN(run_at) FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= :now GROUP BY queue""",
+        # The WHERE names the partial unique index as the conflict target.
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+            VALUES (:id, :type, :args, :queue, :priority, :status, 0, :max_retries, :run_at,
+                :now, :now, :backoff, :unique_key)
+            ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+            RETURNING id""",
+        # The row only moves forward, so a slow scheduler cannot set it back; a changed
+        # spec starts the schedule afresh.
+        "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
+            VALUES (:name, :spec, :queue, :last_fire_at, :next_fire_at, :now)
+            ON CONFLICT (name) DO UPDATE SET
+                last_fire_at = CASE WHEN sdj_schedules.spec = excluded.spec
+                    THEN COALESCE(excluded.last_fire_at, sdj_schedules.last_fire_at)
+                    ELSE excluded.last_fire_at END,
+                spec = excluded.spec, queue = excluded.queue,
+                next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at
+            WHERE sdj_schedules.spec <> excluded.spec OR sdj_schedules.next_fire_at IS NULL
+                OR excluded.next_fire_at >= sdj_schedules.next_fire_at""",
+        "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
     }
     create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"""
@@ -278,6 +317,20 @@ _POSTGRES_MIGRATION_1 = (
     )""",
 )
 
+_POSTGRES_MIGRATION_2 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN unique_key TEXT",
+    """CREATE UNIQUE INDEX sdj_jobs_unique_key ON sdj_jobs (unique_key)
+        WHERE unique_key IS NOT NULL""",
+    """CREATE TABLE sdj_schedules (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        last_fire_at TIMESTAMPTZ,
+        next_fire_at TIMESTAMPTZ,
+        updated_at TIMESTAMPTZ NOT NULL
+    )""",
+)
+
 # Any constant works as long as every process uses the same one.
 MIGRATION_LOCK_KEY = 0x5D1_0B5
 
@@ -286,7 +339,7 @@ class PostgresDialect(Dialect):
     """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks."""
 
     name = "postgresql"
-    migrations = (_POSTGRES_MIGRATION_1,)
+    migrations = (_POSTGRES_MIGRATION_1, _POSTGRES_MIGRATION_2)
 
     sql: ClassVar[dict[str, str]] = {
         # Notifying in the same statement costs no extra round trip; PostgreSQL delivers
@@ -387,6 +440,27 @@ class PostgresDialect(Dialect):
         " VALUES (%(version)s, %(now)s)",
         "queue_depths": """SELECT queue, COUNT(*), MIN(run_at) FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
+        # Notifies like insert_job, and only when the row was inserted. A SELECT-only CTE
+        # runs only if referenced, hence the notification in the outer query.
+        "insert_unique_job": f"""WITH ins AS (
+                INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key) VALUES (%(id)s, %(type)s,
+                    %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s,
+                    %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(unique_key)s)
+                ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+                RETURNING id, queue, run_at)
+            SELECT id, CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END
+            FROM ins""",
+        "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
+            VALUES (%(name)s, %(spec)s, %(queue)s, %(last_fire_at)s, %(next_fire_at)s, %(now)s)
+            ON CONFLICT (name) DO UPDATE SET
+                last_fire_at = CASE WHEN sdj_schedules.spec = excluded.spec
+                    THEN COALESCE(excluded.last_fire_at, sdj_schedules.last_fire_at)
+                    ELSE excluded.last_fire_at END,
+                spec = excluded.spec, queue = excluded.queue,
+                next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at
+            WHERE sdj_schedules.spec <> excluded.spec OR sdj_schedules.next_fire_at IS NULL
+                OR excluded.next_fire_at >= sdj_schedules.next_fire_at""",
+        "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
     }
     create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"""

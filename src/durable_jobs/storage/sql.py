@@ -25,7 +25,7 @@ from sqlalchemy.pool import StaticPool
 from ..job import Checkpoint, Job, JobStatus, utcnow
 from .dialects import MIGRATION_LOCK_KEY, Dialect, PostgresDialect, SQLiteDialect, dialect_for
 
-__all__ = ["Outcome", "SQLStorage", "WorkerInfo"]
+__all__ = ["Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
 
 log = logging.getLogger("durable_jobs")
 
@@ -52,6 +52,18 @@ class Outcome:
     job_id: str
     attempt: int
     result: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """A schedule as the schedulers last recorded it (``spec`` as in ``Schedule.spec``)."""
+
+    name: str
+    spec: str
+    queue: str
+    last_fire_at: datetime | None
+    next_fire_at: datetime | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,10 +381,7 @@ class SQLStorage:
         """Store jobs all-or-nothing in one transaction; returns their ids in order."""
         now = utcnow()
         for job in jobs:
-            if not job.id:
-                job.id = str(uuid.uuid4())
-            job.run_at = job.run_at or now
-            job.created_at = job.updated_at = now
+            self._stamp(job, now)
         if not jobs:
             return []
         params = [self._insert_params(job, now) for job in jobs]
@@ -386,6 +395,23 @@ class SQLStorage:
             with self._cursor(write=True) as cur:
                 cur.executemany(self._sql["insert_job"], params)
         return [job.id for job in jobs]
+
+    def enqueue_unique(self, job: Job, unique_key: str) -> bool:
+        """Store ``job`` unless a job with ``unique_key`` exists; True if it was stored.
+
+        The database's unique index decides, so of any number of racing callers one stores.
+        """
+        now = utcnow()
+        self._stamp(job, now)
+        params = {**self._insert_params(job, now), "unique_key": unique_key}
+        return bool(self._run("insert_unique_job", params))
+
+    @staticmethod
+    def _stamp(job: Job, now: datetime) -> None:
+        if not job.id:
+            job.id = str(uuid.uuid4())
+        job.run_at = job.run_at or now
+        job.created_at = job.updated_at = now
 
     def _enqueue_in(self, connection: sa.Connection, params: list[dict[str, Any]]) -> None:
         # The caller's transaction decides when (and whether) the jobs become visible.
@@ -637,6 +663,42 @@ class SQLStorage:
         params = {"now": self.dialect.time_param(utcnow())}
         rows = self._run("queue_depths", params, write=False)
         return [QueueDepth(row[0], row[1], t(row[2])) for row in rows]
+
+    # -- schedules ----------------------------------------------------------------------
+
+    def upsert_schedule(
+        self,
+        name: str,
+        spec: str,
+        queue: str,
+        last_fire_at: datetime | None,
+        next_fire_at: datetime | None,
+    ) -> None:
+        """Record a schedule's fire times for listings and for schedulers that start later.
+
+        The row only moves forward: an earlier ``next_fire_at`` is ignored, and a None
+        ``last_fire_at`` keeps the recorded one. A different ``spec`` replaces the row.
+        """
+        t = self.dialect.time_param
+        params = {
+            "name": name,
+            "spec": spec,
+            "queue": queue,
+            "last_fire_at": t(last_fire_at),
+            "next_fire_at": t(next_fire_at),
+            "now": t(utcnow()),
+        }
+        self._run("upsert_schedule", params)
+
+    def list_schedules(self) -> list[ScheduleState]:
+        """Every schedule a scheduler has recorded, by name."""
+        t = self.dialect.time_value
+        states = []
+        for row in self._run("list_schedules", {}, write=False):
+            updated_at = t(row[5])
+            assert updated_at is not None
+            states.append(ScheduleState(row[0], row[1], row[2], t(row[3]), t(row[4]), updated_at))
+        return states
 
     # -- checkpoints --------------------------------------------------------------------
 
