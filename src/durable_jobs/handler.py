@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -26,9 +27,29 @@ class Handler:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+def _annotated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function whose annotations describe a call of ``fn``.
+
+    That is ``fn`` itself for functions and methods, the wrapped function of a
+    ``functools.partial`` and ``__call__`` for other callable objects.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return fn
+    # The bound __call__ of an object (fn is known to be callable).
+    call: Callable[..., Any] = type(fn).__call__.__get__(fn)
+    return call
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    # iscoroutinefunction sees through partials but not an object's async __call__.
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(_annotated(fn))
+
+
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(_annotated(fn))
     except Exception:
         # Unresolvable annotations (forward references to missing names) fall back to
         # plain JSON, rather than making the handler unusable.
@@ -61,7 +82,7 @@ def inspect_handler(name: str, fn: Callable[..., Any], defaults: dict[str, Any])
     return Handler(
         name=name,
         fn=fn,
-        is_async=inspect.iscoroutinefunction(fn),
+        is_async=_is_async(fn),
         takes_arg=takes_arg,
         decode_args=decoder_for(arg_type) if arg_type is not None else loads,
         decode_result=decoder_for(hints["return"]) if "return" in hints else loads,

@@ -53,7 +53,10 @@ def _check_delay(value: Any) -> timedelta:
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"delay must be a finite number of seconds, got {value!r}")
-        delay = timedelta(seconds=value)
+        try:
+            delay = timedelta(seconds=value)
+        except OverflowError:
+            raise ValueError(f"delay is out of range: {value!r}") from None
     else:
         raise ValueError(f"delay must be a timedelta or seconds, got {value!r}")
     if delay < timedelta(0):
@@ -216,7 +219,10 @@ class Queue:
             if "at" in options:
                 opts.pop("delay", None)
         now = utcnow()
-        run_at = opts.get("at") or (now + opts["delay"] if "delay" in opts else None)
+        try:
+            run_at = opts.get("at") or (now + opts["delay"] if "delay" in opts else None)
+        except OverflowError:
+            raise ValueError(f"delay is out of range: {opts['delay']!r}") from None
         backoff = opts.get("backoff")
         return Job(
             type=name,
