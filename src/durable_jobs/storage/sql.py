@@ -462,8 +462,9 @@ class SQLStorage:
             "skip": self.dialect.list_param(skip_types),
         }
         rows = self._run("claim", params)
-        # RETURNING gives no order guarantee; restore the dequeue order.
-        rows.sort(key=lambda r: (-r[4], r[9], r[18]))
+        # RETURNING gives no order guarantee; restore the dequeue order (priority, run
+        # time, then the enqueue-order key the statement returns after the job's columns).
+        rows.sort(key=lambda r: (-r[4], r[9], r[-1]))
         return [self._job(row) for row in rows]
 
     def dequeue(self, queues: Sequence[str], worker_id: str) -> Job | None:
