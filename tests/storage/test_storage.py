@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+import durable_jobs as jobs
 from durable_jobs import codec
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
 from durable_jobs.storage import Outcome, SQLStorage
@@ -919,3 +920,39 @@ def test_save_checkpoint_is_fenced_when_given_the_run(storage: SQLStorage) -> No
     assert storage.save_checkpoint(cp(0), worker_id=W1, attempt=1) is True
     assert storage.save_checkpoint(cp(1)) is True  # unfenced
     assert [c.call_index for c in storage.get_checkpoints(job_id)] == [0, 1]
+
+
+def test_storage_on_an_existing_engine(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        storage = SQLStorage(engine)
+        assert isinstance(storage, jobs.Storage)
+        storage.migrate()  # already migrated: a no-op
+        with engine.begin() as conn:
+            kept = storage.enqueue(make_job(), connection=conn)
+        with pytest.raises(ZeroDivisionError), engine.begin() as conn:
+            dropped = storage.enqueue(make_job(), connection=conn)
+            1 / 0  # noqa: B018
+        assert storage.get_job(dropped) is None
+        assert claim_one(storage).id == kept
+        assert storage.complete(kept, b"1", worker_id=W1, attempt=1)
+        storage.close()  # leaves the caller's engine alone
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM sdj_jobs")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_enqueue_rejects_a_connection_to_another_kind_of_database(
+    storage: SQLStorage, tmp_path: Path
+) -> None:
+    other = ADMIN_URL
+    if not storage.is_sqlite:
+        other = f"sqlite:///{tmp_path / 'other.db'}"
+    engine = sa.create_engine(other)
+    try:
+        with engine.connect() as conn, pytest.raises(ValueError):
+            storage.enqueue(make_job(), connection=conn)
+    finally:
+        engine.dispose()
+    assert count(storage) == 0

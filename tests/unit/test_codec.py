@@ -169,7 +169,18 @@ def test_standard_library_values() -> None:
         {(1, 2): "tuple key"},
         Colour,
     ],
-    ids=repr,
+    ids=[
+        "nan",
+        "inf",
+        "-inf",
+        "nested-nan",
+        "dataclass-inf",
+        "object",
+        "function",
+        "bytes",
+        "tuple-key",
+        "enum-class",
+    ],
 )
 def test_unencodable_values_raise_type_error(value: Any) -> None:
     with pytest.raises(TypeError):
