@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import durable_jobs as jobs
-from durable_jobs.schedules import every
 
 __all__ = ["QUEUE", "WORKFLOW_QUEUE", "build_queue", "queue", "read_runs"]
 
@@ -118,7 +117,7 @@ def build_queue(storage: jobs.Storage | str | None = None) -> jobs.Queue:
         ("send-confirmation", send_confirmation),
     ):
         q.register(name, step, queue=WORKFLOW_QUEUE)
-    q.schedule("tick", every(seconds=1), queue=QUEUE)
+    q.schedule("tick", jobs.every(seconds=1), queue=QUEUE)
     return q
 
 
