@@ -90,6 +90,7 @@ BAD_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("queue not a str", {"queue": 7}),
     ("queue with NUL", {"queue": "a\x00b"}),
     ("queue too long", {"queue": "q" * 201}),
+    ("queue with a lone surrogate", {"queue": "q\udc80"}),  # no database stores it
     ("backoff not a policy", {"backoff": 5}),
 ]
 
@@ -108,7 +109,7 @@ def test_bad_options_raise_value_error_and_write_nothing(
     assert count_jobs(queue) == 0
 
 
-@pytest.mark.parametrize("name", ["", None, 42, "x" * 201, "a\x00b"], ids=repr)
+@pytest.mark.parametrize("name", ["", None, 42, "x" * 201, "a\x00b", "a\ud800"], ids=repr)
 def test_bad_job_names_raise_value_error(queue: jobs.Queue, name: Any) -> None:
     with pytest.raises(ValueError):
         queue.enqueue(name, 1)
