@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 
 JOB_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
-    "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at"
+    "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at, "
+    "meta"
 )
 INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
-    "updated_at, backoff"
+    "updated_at, backoff, meta"
 )
 CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
 SCHEDULE_COLUMNS = "name, spec, queue, last_fire_at, next_fire_at, updated_at"
@@ -146,6 +147,9 @@ _SQLITE_MIGRATION_2 = (
     )""",
 )
 
+# Data that travels with a job for instruments, such as a trace context (JSON).
+_SQLITE_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta TEXT",)
+
 
 class SQLiteDialect(Dialect):
     """SQLite: writes serialise on the database lock, so claims run in IMMEDIATE transactions.
@@ -155,7 +159,7 @@ class SQLiteDialect(Dialect):
     """
 
     name = "sqlite"
-    migrations = (_SQLITE_MIGRATION_1, _SQLITE_MIGRATION_2)
+    migrations = (_SQLITE_MIGRATION_1, _SQLITE_MIGRATION_2, _SQLITE_MIGRATION_3)
 
     def time_param(self, value: datetime | None) -> Any:
         if value is None:
@@ -172,7 +176,7 @@ class SQLiteDialect(Dialect):
 
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
-        " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff)",
+        " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta)",
         # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
@@ -248,7 +252,7 @@ class SQLiteDialect(Dialect):
         # The WHERE names the partial unique index as the conflict target.
         "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
             VALUES (:id, :type, :args, :queue, :priority, :status, 0, :max_retries, :run_at,
-                :now, :now, :backoff, :unique_key)
+                :now, :now, :backoff, :meta, :unique_key)
             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
             RETURNING id""",
         # The row only moves forward, so a slow scheduler cannot set it back; a changed
@@ -331,6 +335,8 @@ _POSTGRES_MIGRATION_2 = (
     )""",
 )
 
+_POSTGRES_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta TEXT",)
+
 # Any constant works as long as every process uses the same one.
 MIGRATION_LOCK_KEY = 0x5D1_0B5
 
@@ -339,7 +345,7 @@ class PostgresDialect(Dialect):
     """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks."""
 
     name = "postgresql"
-    migrations = (_POSTGRES_MIGRATION_1, _POSTGRES_MIGRATION_2)
+    migrations = (_POSTGRES_MIGRATION_1, _POSTGRES_MIGRATION_2, _POSTGRES_MIGRATION_3)
 
     sql: ClassVar[dict[str, str]] = {
         # Notifying in the same statement costs no extra round trip; PostgreSQL delivers
@@ -347,7 +353,7 @@ class PostgresDialect(Dialect):
         "insert_job": f"""WITH ins AS (
                 INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s, %(args)s,
                     %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
-                    %(now)s, %(now)s, %(backoff)s)
+                    %(now)s, %(now)s, %(backoff)s, %(meta)s)
                 RETURNING queue, run_at)
             SELECT pg_notify('sdj_jobs', queue) FROM ins WHERE run_at <= %(now)s""",
         "claim": f"""WITH next AS (
@@ -445,7 +451,7 @@ class PostgresDialect(Dialect):
         "insert_unique_job": f"""WITH ins AS (
                 INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key) VALUES (%(id)s, %(type)s,
                     %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s,
-                    %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(unique_key)s)
+                    %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s, %(unique_key)s)
                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
                 RETURNING id, queue, run_at)
             SELECT id, CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END

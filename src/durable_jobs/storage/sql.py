@@ -338,6 +338,7 @@ class SQLStorage:
             backoff=None if row[15] is None else row[15].encode(),
             locked_by=row[16],
             heartbeat_at=t(row[17]),
+            meta=None if row[18] is None else json.loads(row[18]),
         )
 
     def _checkpoint(self, row: Sequence[Any]) -> Checkpoint:
@@ -367,6 +368,7 @@ class SQLStorage:
             "run_at": t(job.run_at or now),
             "now": t(now),
             "backoff": None if job.backoff is None else job.backoff.decode(),
+            "meta": None if job.meta is None else json.dumps(job.meta),
         }
 
     # -- enqueue ------------------------------------------------------------------------
