@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -16,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import durable_jobs as jobs
 from durable_jobs.metrics import PrometheusMetrics
+from durable_jobs.tracing import OpenTelemetryTracing
 from tests.cli.conftest import sdj_command
 from tests.helpers import wait_for
 
@@ -86,6 +93,8 @@ class Recorder:
 
     @contextlib.contextmanager
     def enqueue(self, jobs_: Sequence[jobs.Job]) -> Iterator[None]:
+        for job in jobs_:
+            job.meta = {"from": "recorder"}
         yield
         self.note("stored", tuple(j.id for j in jobs_))
 
@@ -148,6 +157,37 @@ def test_instrument_wraps_enqueues_runs_and_steps(queue: jobs.Queue) -> None:
             ("run failed", "broken", "KeyError"),
         ]
     )
+    # What an instrument adds to job.meta at enqueue is stored with the job.
+    stored = queue.get_job(ids[0])
+    assert stored is not None and stored.meta == {"from": "recorder"}
+
+
+def test_meta_round_trips_and_migration_3_adds_it_to_older_databases(
+    storage: jobs.SQLStorage,
+) -> None:
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE sdj_jobs DROP COLUMN meta")
+        conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version = 3")
+        conn.execute(
+            sa.text(
+                "INSERT INTO sdj_jobs (id, type, args, queue, priority, status, attempt,"
+                " max_retries, run_at, created_at, updated_at) VALUES"
+                " ('old', 't', 'null', 'default', 0, 'pending', 0, 3, :now, :now, :now)"
+            ),
+            {"now": storage.dialect.time_param(datetime.now(UTC))},
+        )
+    assert storage.schema_version() == 2
+    storage.migrate()
+    assert storage.schema_version() == 3
+    old = storage.get_job("old")
+    assert old is not None and old.meta is None
+    meta = {"trace": {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, "n": [1, 2]}
+    one = storage.enqueue(jobs.Job(type="t", meta=meta))
+    many = storage.enqueue_many([jobs.Job(type="t", meta=meta), jobs.Job(type="t")])  # COPY
+    assert [j.meta for j in map(storage.get_job, [one, *many]) if j] == [meta, meta, None]
+    [claimed, *_] = storage.claim("default", "w", 1)
+    assert claimed.id == "old" and claimed.meta is None
+    assert [j.meta for j in storage.claim("default", "w", 2)] == [meta, meta]
 
 
 class Broken:
@@ -204,6 +244,109 @@ def test_failing_instruments_are_logged_and_never_change_outcomes(
 def test_an_object_without_any_seam_is_not_an_instrument(queue: jobs.Queue) -> None:
     with pytest.raises(TypeError, match="not an instrument"):
         queue.instrument(object())
+
+
+# --- OpenTelemetry tracing ---------------------------------------------------------------
+
+
+@pytest.fixture
+def spans(queue: jobs.Queue) -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
+    """A tracer for the test's own spans and the exporter receiving every span."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    OpenTelemetryTracing(queue, tracer_provider=provider)
+    yield provider.get_tracer("tests"), exporter
+    provider.shutdown()
+
+
+def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+def test_job_and_step_spans_join_the_trace_of_the_enqueuing_code(
+    queue: jobs.Queue, spans: tuple[trace.Tracer, InMemorySpanExporter]
+) -> None:
+    tracer, exporter = spans
+    queue.register("charge", lambda amount: f"receipt-{amount}")
+
+    @queue.job()
+    def ship(order: int) -> str:
+        return f"shipped {order} with " + jobs.call("charge", order)
+
+    @queue.job()
+    def checkout(order: int) -> str:
+        receipt: str = jobs.call("charge", order)
+        shipped: str = jobs.call("ship", order)  # a step that makes a call of its own
+        return f"{receipt}; {shipped}"
+
+    with tracer.start_as_current_span("POST /orders") as request:
+        job_id = queue.enqueue(checkout, 7)
+    untraced = queue.enqueue(checkout, 8)
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id, untraced))
+
+    context = request.get_span_context()
+    stored = queue.get_job(job_id)
+    assert stored is not None and stored.meta is not None
+    assert stored.meta["trace"]["traceparent"].startswith(f"00-{context.trace_id:032x}-")
+    runs = {s.attributes["messaging.message.id"]: s for s in named(exporter, "run checkout")}
+    run = runs[job_id]
+    assert run.kind == trace.SpanKind.CONSUMER
+    assert run.context.trace_id == context.trace_id
+    assert run.parent is not None and run.parent.span_id == context.span_id
+    assert run.attributes is not None and run.attributes["durable_jobs.job.type"] == "checkout"
+    # The job that was enqueued outside any span starts a trace of its own.
+    other = runs[untraced]
+    assert other.parent is None and other.context.trace_id != context.trace_id
+
+    in_trace = [s for s in exporter.get_finished_spans() if s.context.trace_id == context.trace_id]
+    by_id = {s.context.span_id: s for s in in_trace}
+
+    def parent_name(span: ReadableSpan) -> str:
+        assert span.parent is not None
+        return by_id[span.parent.span_id].name
+
+    steps = sorted((s.name, parent_name(s)) for s in in_trace if s.name.startswith("call "))
+    assert steps == [
+        ("call charge", "call ship"),
+        ("call charge", "run checkout"),
+        ("call ship", "run checkout"),
+    ]
+
+
+def test_each_run_of_a_retried_job_is_a_span_under_the_same_parent(
+    queue: jobs.Queue, spans: tuple[trace.Tracer, InMemorySpanExporter]
+) -> None:
+    tracer, exporter = spans
+
+    @queue.job(retries=1, backoff=jobs.constant(0))
+    async def flaky() -> str:
+        if jobs.current_job().attempt == 1:
+            raise ValueError("first run fails")
+        return await jobs.call_async("step")
+
+    @queue.job()
+    async def step() -> str:
+        return "ok"
+
+    async def enqueue_in_a_request() -> tuple[str, trace.SpanContext]:
+        with tracer.start_as_current_span("request") as request:
+            job_id = await queue.enqueue_async(flaky)
+        return job_id, request.get_span_context()
+
+    job_id, context = asyncio.run(enqueue_in_a_request())
+    with queue.worker(**FAST):
+        wait_for(lambda: finished(queue, job_id))
+    runs = sorted(named(exporter, "run flaky"), key=lambda s: s.start_time or 0)
+    assert [s.attributes and s.attributes["durable_jobs.job.attempt"] for s in runs] == [1, 2]
+    assert all(s.parent and s.parent.span_id == context.span_id for s in runs)
+    assert [s.status.status_code for s in runs] == [
+        trace.StatusCode.ERROR,
+        trace.StatusCode.UNSET,
+    ]
+    [call] = named(exporter, "call step")
+    assert call.parent is not None and call.parent.span_id == runs[1].context.span_id
 
 
 # --- Prometheus metrics -------------------------------------------------------------------
