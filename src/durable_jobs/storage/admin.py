@@ -1,0 +1,309 @@
+"""Read and admin queries for operators' tools (the dashboard): listings, counts, actions.
+
+Each dialect's statements sit side by side under the same names, as in ``dialects.py``
+(a unit test checks both define the same names and parameters). ``Admin`` wraps an
+``SQLStorage`` and runs them through its cursor.
+
+Listings page by keyset, never by OFFSET: a page is "the next ``limit`` jobs older (or
+newer) than this (created_at, enqueue order) position", and each page is one short
+range scan of the ``sdj_jobs_status (status, created_at)`` index per status, merged in
+Python. That stays as fast on page 10,000 as on page 1.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..job import Job, JobStatus, utcnow
+from .dialects import JOB_COLUMNS, PostgresDialect
+from .sql import ScheduleState, SQLStorage, WorkerInfo
+
+__all__ = ["STATEMENTS", "Admin", "Cursor", "JobPage", "Minute"]
+
+STATEMENTS = (
+    "jobs_page",
+    "older_than",
+    "newer_than",
+    "by_queue",
+    "by_type",
+    "counts",
+    "throughput",
+    "oldest_due",
+    "running_jobs",
+    "retry",
+    "delete_job",
+    "delete_checkpoints",
+)
+
+# ``jobs_page`` takes fragments from the same dict in ``{filters}`` and a fixed
+# ``ASC``/``DESC`` in ``{order}``; every value stays a bound parameter. The tie-breaker
+# (rowid, seq) is the enqueue order within one created_at, so every row has a unique,
+# stable position; SQLite's index ends in rowid, so it serves the whole ORDER BY.
+SQLITE: dict[str, str] = {
+    "jobs_page": f"""SELECT {JOB_COLUMNS}, rowid FROM sdj_jobs
+        WHERE status = :status{{filters}}
+        ORDER BY created_at {{order}}, rowid {{order}} LIMIT :limit""",
+    # The plain range comes first so the index scan starts at the cursor.
+    "older_than": " AND created_at <= :created_at AND (created_at < :created_at OR rowid < :tie)",
+    "newer_than": " AND created_at >= :created_at AND (created_at > :created_at OR rowid > :tie)",
+    "by_queue": " AND queue = :queue",
+    "by_type": " AND type = :type",
+    "counts": "SELECT queue, status, COUNT(*) FROM sdj_jobs GROUP BY queue, status",
+    # Times are fixed-width text, so the first 16 characters name the minute.
+    "throughput": """SELECT substr(completed_at, 1, 16), status, COUNT(*) FROM sdj_jobs
+        WHERE completed_at >= :since AND status IN ('completed', 'failed')
+        GROUP BY 1, 2""",
+    "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+        WHERE status IN ('pending', 'retrying') AND run_at <= :now
+        ORDER BY run_at, rowid LIMIT 1""",
+    "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
+        ORDER BY started_at LIMIT :limit""",
+    # A fresh start: full retry budget; checkpoints stay, so a workflow resumes.
+    "retry": """UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
+            completed_at = NULL, updated_at = :now
+        WHERE id = :id AND status IN ('failed', 'retrying')
+        RETURNING id""",
+    "delete_job": "DELETE FROM sdj_jobs WHERE id = :id AND status <> 'running' RETURNING id",
+    "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :id",
+}
+
+POSTGRES: dict[str, str] = {
+    "jobs_page": f"""SELECT {JOB_COLUMNS}, seq FROM sdj_jobs
+        WHERE status = %(status)s{{filters}}
+        ORDER BY created_at {{order}}, seq {{order}} LIMIT %(limit)s""",
+    "older_than": " AND created_at <= %(created_at)s"
+    " AND (created_at < %(created_at)s OR seq < %(tie)s)",
+    "newer_than": " AND created_at >= %(created_at)s"
+    " AND (created_at > %(created_at)s OR seq > %(tie)s)",
+    "by_queue": " AND queue = %(queue)s",
+    "by_type": " AND type = %(type)s",
+    "counts": "SELECT queue, status, COUNT(*) FROM sdj_jobs GROUP BY queue, status",
+    "throughput": """SELECT date_trunc('minute', completed_at), status, COUNT(*) FROM sdj_jobs
+        WHERE completed_at >= %(since)s AND status IN ('completed', 'failed')
+        GROUP BY 1, 2""",
+    "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+        WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+        ORDER BY run_at, seq LIMIT 1""",
+    "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
+        ORDER BY started_at LIMIT %(limit)s""",
+    # Wakes listening workers at once rather than at their next poll.
+    "retry": """WITH r AS (
+            UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
+                completed_at = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status IN ('failed', 'retrying')
+            RETURNING id, queue)
+        SELECT id, pg_notify('sdj_jobs', queue)::text FROM r""",
+    "delete_job": "DELETE FROM sdj_jobs WHERE id = %(id)s AND status <> 'running' RETURNING id",
+    "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
+}
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cursor:
+    """A position in the newest-first job listing: a job's created_at and enqueue order."""
+
+    created_at: datetime
+    tie: int
+
+    def token(self) -> str:
+        """The cursor as a URL-safe string: microseconds since the epoch, then the tie."""
+        micros = (self.created_at - _EPOCH) // timedelta(microseconds=1)
+        return f"{micros}.{self.tie}"
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor:
+        """The cursor ``token()`` made; raises ``ValueError`` for anything else."""
+        micros, _, tie = token.partition(".")
+        return cls(_EPOCH + timedelta(microseconds=int(micros)), int(tie))
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a listing, newest first, with the cursors of the pages around it."""
+
+    jobs: list[Job]
+    older: Cursor | None  # pass as ``before`` for the next (older) page, if there is one
+    newer: Cursor | None  # pass as ``after`` for the previous (newer) page, if there is one
+
+
+@dataclass(frozen=True, slots=True)
+class Minute:
+    """How many jobs finished in one minute, and how many of them failed."""
+
+    start: datetime
+    completed: int
+    failed: int
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failed / finished, or None when nothing finished."""
+        total = self.completed + self.failed
+        return self.failed / total if total else None
+
+
+class Admin:
+    """The queries an operator's tool runs against an ``SQLStorage``."""
+
+    def __init__(self, storage: SQLStorage) -> None:
+        self.storage = storage
+        self._sql = POSTGRES if isinstance(storage.dialect, PostgresDialect) else SQLITE
+        self._has_schedules = False
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[Any]:
+        with self.storage._cursor() as cur:
+            cur.execute(self._sql[name], params)
+            return list(cur.fetchall())
+
+    # -- listings -----------------------------------------------------------------------
+
+    def jobs_page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        job_type: str | None = None,
+        before: Cursor | None = None,
+        after: Cursor | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """Up to ``limit`` jobs matching the filters, newest first.
+
+        ``before`` gives the page of jobs older than that cursor, ``after`` the page of
+        jobs newer than it (still shown newest first); neither gives the newest page.
+        """
+        if before is not None and after is not None:
+            raise ValueError("give before or after, not both")
+        sql, t = self._sql, self.storage.dialect.time_param
+        filters = ""
+        params: dict[str, Any] = {"limit": limit + 1}  # one more: is there a next page?
+        if queue is not None:
+            filters += sql["by_queue"]
+            params["queue"] = queue
+        if job_type is not None:
+            filters += sql["by_type"]
+            params["type"] = job_type
+        cursor = before or after
+        if cursor is not None:
+            filters += sql["older_than" if before is not None else "newer_than"]
+            params.update(created_at=t(cursor.created_at), tie=cursor.tie)
+        order = "ASC" if after is not None else "DESC"
+        text = sql["jobs_page"].format(filters=filters, order=order)
+        # One index range scan per status: the index leads with status, so a listing of
+        # all statuses is a merge of a few short scans rather than a sort of every row.
+        statuses = [status] if status is not None else list(JobStatus)
+        runs: list[list[tuple[Cursor, Any]]] = []
+        with self.storage._cursor() as cur:
+            for each in statuses:
+                cur.execute(text, {**params, "status": each.value})
+                runs.append([(self._position(row), row) for row in cur.fetchall()])
+        newest_first = after is None
+        merged = heapq.merge(*runs, key=lambda item: item[0], reverse=newest_first)
+        page = list(itertools.islice(merged, limit + 1))
+        more = len(page) > limit
+        del page[limit:]
+        if not newest_first:
+            page.reverse()
+        jobs = [self.storage._job(row) for _, row in page]
+        if not page:
+            return JobPage(jobs, older=after, newer=before)
+        first, last = page[0][0], page[-1][0]
+        if newest_first:
+            return JobPage(jobs, older=last if more else None, newer=first if before else None)
+        return JobPage(jobs, older=last, newer=first if more else None)
+
+    def _position(self, row: Sequence[Any]) -> Cursor:
+        created_at = self.storage.dialect.time_value(row[12])
+        assert created_at is not None
+        return Cursor(created_at, row[-1])
+
+    def running_jobs(self, limit: int = 1000) -> list[Job]:
+        """Jobs running now, longest-running first."""
+        rows = self._rows("running_jobs", {"limit": limit})
+        return [self.storage._job(row) for row in rows]
+
+    # -- overview -----------------------------------------------------------------------
+
+    def counts(self) -> list[tuple[str, JobStatus, int]]:
+        """(queue, status, count) for every queue and status that has jobs."""
+        rows = self._rows("counts", {})
+        return sorted((queue, JobStatus(status), count) for queue, status, count in rows)
+
+    def throughput(self, minutes: int = 60, *, now: datetime | None = None) -> list[Minute]:
+        """Jobs finished per minute over the last ``minutes`` whole minutes and this one."""
+        now = now or utcnow()
+        end = now.replace(second=0, microsecond=0)
+        start = end - timedelta(minutes=minutes - 1)
+        params = {"since": self.storage.dialect.time_param(start)}
+        done: dict[datetime, dict[str, int]] = {}
+        for minute, status, count in self._rows("throughput", params):
+            done.setdefault(self._minute(minute), {})[status] = count
+        series = []
+        for i in range(minutes):
+            at = start + timedelta(minutes=i)
+            counts = done.get(at, {})
+            series.append(Minute(at, counts.get("completed", 0), counts.get("failed", 0)))
+        return series
+
+    def _minute(self, value: Any) -> datetime:
+        if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM"
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        minute = self.storage.dialect.time_value(value)
+        assert minute is not None
+        return minute
+
+    def oldest_due(self, *, now: datetime | None = None) -> Job | None:
+        """The job that has waited longest past its run time, if any is due."""
+        params = {"now": self.storage.dialect.time_param(now or utcnow())}
+        rows = self._rows("oldest_due", params)
+        return self.storage._job(rows[0]) if rows else None
+
+    def live_workers(self, max_age: timedelta) -> list[tuple[WorkerInfo, list[Job]]]:
+        """Workers heartbeating within ``max_age``, each with the jobs it is running."""
+        running: dict[str, list[Job]] = {}
+        for job in self.running_jobs():
+            running.setdefault(job.locked_by or "", []).append(job)
+        workers = sorted(self.storage.live_workers(max_age), key=lambda w: w.started_at)
+        return [(worker, running.get(worker.id, [])) for worker in workers]
+
+    def schedules(self) -> list[ScheduleState] | None:
+        """The stored schedule states, or None when the schema has no schedules table."""
+        if not self._has_schedules:
+            # Checked until found: a database migrated later gains the table.
+            if not sa.inspect(self.storage.engine).has_table("sdj_schedules"):
+                return None
+            self._has_schedules = True
+        return self.storage.list_schedules()
+
+    # -- actions ------------------------------------------------------------------------
+
+    def retry(self, job_id: str) -> bool:
+        """Give a failed or retrying job a fresh start now; False if it is neither.
+
+        It becomes ``pending`` with ``attempt`` 0 (its full retry budget again). Its
+        checkpoints are kept, so a workflow resumes after its last completed step.
+        """
+        now = self.storage.dialect.time_param(utcnow())
+        with self.storage._cursor(write=True) as cur:
+            cur.execute(self._sql["retry"], {"id": job_id, "now": now})
+            return bool(cur.fetchall())
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a job that is not running, with its checkpoints; False if none was deleted.
+
+        A running job is refused: its worker would go on running it.
+        """
+        with self.storage._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["delete_job"], {"id": job_id})
+            if not cur.fetchall():
+                return False
+            cur.execute(self._sql["delete_checkpoints"], {"id": job_id})
+            return True

@@ -1,0 +1,152 @@
+"""``storage/admin.py``: the dashboard's queries, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from datetime import timedelta
+
+import pytest
+
+import durable_jobs as jobs
+from durable_jobs.job import utcnow
+from durable_jobs.storage.admin import POSTGRES, SQLITE, STATEMENTS, Admin, Cursor
+from durable_jobs.storage.dialects import SQLiteDialect
+from tests.helpers import wait_for
+
+from .helpers import FAST
+
+_SQLITE_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+_PSYCOPG_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+def test_both_dialects_define_the_same_statements_and_parameters() -> None:
+    assert set(SQLITE) == set(POSTGRES) == set(STATEMENTS)
+    for name in STATEMENTS:
+        assert set(_SQLITE_PARAM.findall(SQLITE[name])) == set(
+            _PSYCOPG_PARAM.findall(POSTGRES[name])
+        ), name
+
+
+def test_every_sqlite_statement_compiles_against_the_schema() -> None:
+    conn = sqlite3.connect(":memory:")
+    for statements in SQLiteDialect.migrations:
+        for statement in statements:
+            conn.execute(statement)
+    fragments = "".join(SQLITE[n] for n in ("by_queue", "by_type", "older_than"))
+    texts = [SQLITE["jobs_page"].format(filters=fragments, order="DESC")]
+    texts += [SQLITE[n] for n in STATEMENTS if not SQLITE[n].startswith(" AND")]
+    for text in texts:
+        if "{" in text:
+            continue
+        conn.execute("EXPLAIN " + text, dict.fromkeys(_SQLITE_PARAM.findall(text)))
+    # The listing is one range scan of the status index, already in order: no sort step.
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN " + texts[0], dict.fromkeys(_SQLITE_PARAM.findall(texts[0]))
+    ).fetchall()
+    details = " ".join(row[-1] for row in plan)
+    assert "sdj_jobs_status" in details and "TEMP B-TREE" not in details
+
+
+def test_cursor_tokens_round_trip() -> None:
+    cursor = Cursor(utcnow(), 12345)
+    assert Cursor.parse(cursor.token()) == cursor
+    for bad in ("", "x.1", "1", "1.x"):
+        with pytest.raises(ValueError):
+            Cursor.parse(bad)
+
+
+def test_pages_walk_every_status_in_order_both_ways(storage: jobs.SQLStorage) -> None:
+    # One enqueue_many: every job has the same created_at, so only the enqueue order
+    # orders them, across statuses that each come from their own index scan.
+    queue = jobs.Queue(storage)
+    ids = queue.enqueue_many([("t", n) for n in range(30)])
+    claimed = storage.claim("default", "w", 12)
+    for job in claimed[:4]:
+        storage.complete(job.id)
+    for job in claimed[4:8]:
+        storage.fail(job.id, "no", None)
+    for job in claimed[8:10]:
+        storage.fail(job.id, "again", utcnow())
+    admin = Admin(storage)
+    expected = list(reversed(ids))
+
+    pages, page = [], admin.jobs_page(limit=7)
+    assert page.newer is None
+    pages.append(page)
+    while page.older is not None:
+        page = admin.jobs_page(before=page.older, limit=7)
+        pages.append(page)
+    assert [len(p.jobs) for p in pages] == [7, 7, 7, 7, 2]
+    assert [j.id for p in pages for j in p.jobs] == expected
+    assert {j.status.value for p in pages for j in p.jobs} == {
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "retrying",
+    }
+    back = []
+    while page.newer is not None:
+        page = admin.jobs_page(after=page.newer, limit=7)
+        back.append([j.id for j in page.jobs])
+    assert back == [[j.id for j in p.jobs] for p in reversed(pages[:-1])]
+
+    failed = admin.jobs_page(status=jobs.JobStatus.FAILED, limit=3)
+    assert [j.id for j in failed.jobs] == [j.id for j in reversed(claimed[4:8])][:3]
+    rest = admin.jobs_page(status=jobs.JobStatus.FAILED, before=failed.older, limit=3)
+    assert [j.id for j in rest.jobs] == [claimed[4].id] and rest.older is None
+    assert admin.jobs_page(job_type="t", queue="nope").jobs == []
+    with pytest.raises(ValueError):
+        admin.jobs_page(before=failed.older, after=failed.older)
+
+
+def test_counts_throughput_and_oldest_due(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    queue.register("ok", lambda: None)
+
+    def bad() -> None:
+        raise RuntimeError("no")
+
+    queue.register("bad", bad, retries=0)
+    ids = [queue.enqueue("ok") for _ in range(3)] + [queue.enqueue("bad")]
+    with queue.worker(**FAST):
+        wait_for(lambda: all((j := queue.get_job(i)) and j.status.is_terminal for i in ids))
+    old = queue.enqueue("ok", queue="idle", at=utcnow() - timedelta(minutes=5))
+    queue.enqueue("ok", queue="idle")
+    queue.enqueue("ok", queue="idle", delay=600)
+    admin = Admin(storage)
+
+    assert admin.counts() == [
+        ("default", jobs.JobStatus.COMPLETED, 3),
+        ("default", jobs.JobStatus.FAILED, 1),
+        ("idle", jobs.JobStatus.PENDING, 3),
+    ]
+    minutes = admin.throughput()
+    assert len(minutes) == 60 and minutes[-1].start <= utcnow() < minutes[-1].start + timedelta(
+        minutes=1
+    )
+    assert (sum(m.completed for m in minutes), sum(m.failed for m in minutes)) == (3, 1)
+    busy = [m for m in minutes if m.completed or m.failed]
+    assert busy and all(m.failure_rate is not None for m in busy)
+    oldest = admin.oldest_due()
+    assert oldest is not None and oldest.id == old
+
+
+def test_retry_and_delete(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    first, second = queue.enqueue_many([("t", 1), ("t", 2)])
+    admin = Admin(storage)
+    assert not admin.retry(first)  # pending: nothing to retry
+    [job] = storage.claim("default", "w", 1)
+    storage.save_checkpoint(jobs.Checkpoint(job_id=job.id, call_index=0, call_type="s"))
+    assert not admin.delete(job.id)  # running
+    storage.fail(job.id, "boom", None)
+    assert admin.retry(job.id)
+    retried = storage.get_job(job.id)
+    assert retried is not None and (retried.status, retried.attempt) == ("pending", 0)
+    assert len(storage.get_checkpoints(job.id)) == 1  # kept: the workflow resumes
+    assert admin.delete(job.id)
+    assert storage.get_job(job.id) is None and storage.get_checkpoints(job.id) == []
+    assert not admin.delete(job.id) and not admin.retry("nope")
+    assert storage.get_job(second) is not None
