@@ -12,6 +12,7 @@ from .. import __version__
 from ..job import utcnow
 from ..queue import Queue
 from . import ops, render
+from .dashboard_cmd import dashboard
 from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, open_storage
 from .demo import demo
 from .errors import CLIError, FriendlyErrors
@@ -158,4 +159,5 @@ app.command()(enqueue)
 app.add_typer(jobs_app, name="jobs")
 app.command()(stats)
 app.command()(schedules)
+app.command()(dashboard)
 app.command()(demo)
