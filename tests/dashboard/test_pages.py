@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 
 import durable_jobs as jobs
+from durable_jobs.dashboard import create_app
 from durable_jobs.job import utcnow
 from tests.helpers import wait_for
 
@@ -155,3 +156,13 @@ def test_workers_show_what_each_runs(queue: jobs.Queue, client: TestClient) -> N
     finally:
         release.set()
     assert "No live workers." in client.get("/workers").text
+
+
+def test_overview_counts_are_shared_for_one_refresh_interval(queue: jobs.Queue) -> None:
+    # Counting is the costly part on a big table: viewers polling together share it.
+    client = TestClient(create_app(queue, refresh=60))
+    assert card(client.get("/").text, "pending") == 0
+    queue.enqueue("greet", {"name": "new"})
+    assert card(client.get("/").text, "pending") == 0
+    assert card(client.get("/?fragment=1").text, "pending") == 0
+    assert card(TestClient(create_app(queue)).get("/").text, "pending") == 1

@@ -9,6 +9,8 @@ browser script re-fetches every few seconds.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +85,8 @@ class Dashboard:
         self.admin = Admin(storage)
         self.auth = auth
         self.refresh = refresh
+        self._overview_lock = threading.Lock()
+        self._overview_cache: tuple[float, dict[str, Any]] | None = None
         self.env = Environment(
             loader=PackageLoader("durable_jobs.dashboard", "templates"),
             autoescape=True,
@@ -138,6 +142,17 @@ class Dashboard:
         return await self.render(request, "overview.html", await run_in_threadpool(self._overview))
 
     def _overview(self) -> dict[str, Any]:
+        # The one page whose cost grows with the table (it counts every job): viewers
+        # polling at once share one computation per refresh interval.
+        with self._overview_lock:
+            cached = self._overview_cache
+            if cached is not None and time.monotonic() - cached[0] < self.refresh:
+                return cached[1]
+            data = self._count_overview()
+            self._overview_cache = (time.monotonic(), data)
+            return data
+
+    def _count_overview(self) -> dict[str, Any]:
         counts = self.admin.counts()
         by_queue: dict[str, dict[str, int]] = {}
         totals = dict.fromkeys((s.value for s in JobStatus), 0)
@@ -151,6 +166,7 @@ class Dashboard:
             "chart": throughput_chart(self.admin.throughput()),
             "oldest_due": self.admin.oldest_due(),
             "workers": len(self.storage.live_workers(LIVE_WORKER_WINDOW)),
+            "as_of": utcnow(),
         }
 
     async def jobs(self, request: Request) -> Response:
