@@ -171,10 +171,13 @@ def measure(storage: jobs.SQLStorage, rows: int, runs: int) -> None:
         ("jobs ?id=... (search, redirects)", f"/jobs?id={some_id}"),
         ("job detail", f"/jobs/{some_id}"),
         ("workers", "/workers"),
-        ("overview (counts every job)", "/"),
     ]
-    for name, url in pages:
-        median, p95 = time_page(client, url, runs)
+    # The overview shares its counts for one refresh interval; a tiny one times the count.
+    recount = TestClient(create_app(storage, refresh=0.001))
+    timed = [(name, url, client) for name, url in pages]
+    timed.append(("overview, recounted (counts every job)", "/", recount))
+    for name, url, via in timed:
+        median, p95 = time_page(via, url, runs)
         flag = "" if not name.startswith("jobs") or median < 200 else "  over 200 ms"
         print(f"  {name:<52}{median:>9.1f} ms median {p95:>9.1f} ms p95{flag}")
 
