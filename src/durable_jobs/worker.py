@@ -45,6 +45,8 @@ log = logging.getLogger("durable_jobs")
 
 DEFAULT_CONCURRENCY = 10
 _MAX_BATCH = 500
+# Average run time (seconds) above which a queue claims no more than it can start.
+_SLOW_JOB = 0.05
 _MAX_BACKOFF = 5.0
 
 
@@ -110,9 +112,12 @@ class Worker:
         self._executor = Executor(queue, self.id)
         self._lock = threading.Condition()
         # Per queue: jobs claimed and not yet finished (running or waiting in _ready),
-        # and how many of them run. Up to twice the concurrency is claimed, so the next
-        # jobs start the moment a slot frees instead of after a claim round trip.
+        # and how many of them run. Queues of short jobs claim ahead of their free slots
+        # (see _capacity), so the next job starts the moment a slot frees and one claim
+        # serves many jobs; queues of long jobs claim only what they can start, so they
+        # never hoard jobs other workers could run.
         self._claimed = dict.fromkeys(self.concurrency, 0)
+        self._duration = dict.fromkeys(self.concurrency, _SLOW_JOB)
         self._running = dict.fromkeys(self.concurrency, 0)
         self._ready: dict[str, deque[Job]] = {name: deque() for name in self.concurrency}
         self._active: dict[str, Job] = {}
@@ -149,7 +154,15 @@ class Worker:
             # Before the state changes: a schedule without a handler fails start() cleanly.
             self._scheduler = Scheduler(self.queue) if self.scheduler else None
             self._state = "running"
-        self.queue.storage  # noqa: B018 - migrates a URL-made queue before threads race to
+        try:
+            self.queue.storage  # noqa: B018 - migrates a URL-made queue before threads race to
+        except BaseException:
+            # Nothing runs yet (the database may be down): the worker is stopped, so the
+            # caller sees this error and a stop() (as in run()) returns at once.
+            with self._state_lock:
+                self._state = "stopped"
+            self._stopped.set()
+            raise
         self._heartbeat = Heartbeat(
             self.queue.storage,
             self.id,
@@ -373,9 +386,10 @@ class Worker:
         skip = self._skip_types()
         for name, limit in self.concurrency.items():
             with self._lock:
-                # Refill only once the buffer is half empty, so claims come in batches.
-                want = 2 * limit - self._claimed[name]
-                if want < max(1, limit // 2) or not self._maybe_work[name]:
+                capacity = self._capacity(name)
+                want = capacity - self._claimed[name]
+                # With a prefetch buffer, refill once it is half empty: claims in batches.
+                if want < max(1, (capacity - limit) // 2) or not self._maybe_work[name]:
                     continue
                 generation = self._generation[name]
             jobs = self._claim(name, want, skip)
@@ -391,6 +405,13 @@ class Worker:
                 self._dispatch(job)
             claimed_any = claimed_any or bool(jobs)
         return claimed_any
+
+    def _capacity(self, name: str) -> int:
+        """How many jobs queue ``name`` may hold claimed, by how long its jobs run."""
+        limit, duration = self.concurrency[name], self._duration[name]
+        if duration < _SLOW_JOB / 10:
+            return 4 * limit
+        return 2 * limit if duration < _SLOW_JOB else limit
 
     def _take_startable(self, name: str) -> list[Job]:
         """Claimed jobs of queue ``name`` that free slots can start now (lock held)."""
@@ -453,8 +474,14 @@ class Worker:
         with self._lock:
             self._running[name] -= 1
             self._claimed[name] -= 1
+            if outcome.kind != "release":
+                # A moving average: a few slow runs switch the queue off prefetching.
+                seconds = outcome.duration.total_seconds()
+                self._duration[name] += (seconds - self._duration[name]) / 8
             startable = [] if self._stopping.is_set() else self._take_startable(name)
-            refill = self._claimed[name] <= self.concurrency[name]
+            capacity = self._capacity(name)
+            limit = self.concurrency[name]
+            refill = capacity - self._claimed[name] >= max(1, (capacity - limit) // 2)
             self._lock.notify_all()
         for job in startable:
             self._dispatch(job)

@@ -347,12 +347,16 @@ def test_claimed_but_unstarted_jobs_are_released_without_an_attempt(
         entered.append(tag)
         release.wait(10)
 
-    busy = queue.enqueue_many([("hold", "busy-1"), ("hold", "busy-2")])
+    queue.register("quick", lambda: None)
     worker = queue.worker({"default": 2}, **FAST)
     worker.start()
+    # Short jobs make the queue claim ahead of its free slots.
+    quick = queue.enqueue_many([("quick", None)] * 40)
+    wait_for(lambda: finished(queue, *quick))
+    busy = queue.enqueue_many([("hold", "busy-1"), ("hold", "busy-2")])
     wait_for(lambda: len(entered) == 2)
     waiting = queue.enqueue_many([("hold", "wait-1"), ("hold", "wait-2")])
-    # The worker claims ahead of its free slots: these are locked but not started.
+    # Both slots are busy, yet these are claimed: locked but not started.
     wait_for(lambda: all(status(queue, i) == jobs.JobStatus.RUNNING for i in waiting))
     stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10})
     stopper.start()
@@ -366,6 +370,36 @@ def test_claimed_but_unstarted_jobs_are_released_without_an_attempt(
         stored = queue.get_job(job_id)
         assert stored is not None and stored.status == jobs.JobStatus.PENDING
         assert stored.attempt == 0 and stored.locked_by is None
+
+
+def test_long_jobs_are_not_claimed_ahead_of_free_slots(queue: jobs.Queue) -> None:
+    release = threading.Event()
+    entered: list[str] = []
+
+    @queue.job()
+    def hold(tag: str) -> None:
+        entered.append(tag)
+        release.wait(10)
+
+    worker = queue.worker({"default": 1}, **FAST)
+    rounds = [0]
+    claim_round = worker._claim_round
+
+    def counted_round() -> bool:
+        rounds[0] += 1
+        return claim_round()
+
+    worker._claim_round = counted_round  # type: ignore[method-assign]
+    with worker:
+        first = queue.enqueue("hold", "first")
+        wait_for(lambda: entered == ["first"])
+        second = queue.enqueue("hold", "second")
+        seen = rounds[0]
+        wait_for(lambda: rounds[0] >= seen + 3)  # rounds after the enqueue woke the worker
+        # A worker busy with a long job leaves the next one to other workers.
+        assert status(queue, second) == jobs.JobStatus.PENDING
+        release.set()
+        wait_for(lambda: finished(queue, first, second))
 
 
 def test_stop_is_thread_safe_and_context_manager_stops(queue: jobs.Queue) -> None:
