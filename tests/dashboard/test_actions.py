@@ -71,6 +71,8 @@ def test_only_failed_or_retrying_jobs_are_retried(
     assert "only failed or retrying jobs" in response.text  # type: ignore[attr-defined]
     missing = post_action(client, "/enqueue", "/actions/retry", id="nope")
     assert missing.status_code == 404  # type: ignore[attr-defined]
+    nul = post_action(client, "/enqueue", "/actions/delete", id="a\x00b")
+    assert nul.status_code == 400  # type: ignore[attr-defined]
     job = queue.get_job(made.completed)
     assert job is not None and job.status == "completed"
 

@@ -67,6 +67,12 @@ def test_search_by_id_bad_filters_and_unknown_jobs(client: TestClient, made: Mad
     assert missing.status_code == 200 and "No job with id <code>no-such-job</code>" in missing.text
     assert client.get("/jobs?status=sleeping").status_code == 400
     assert client.get("/jobs?before=yesterday").status_code == 400
+    assert client.get(f"/jobs?before={10**30}.1").status_code == 400
+    assert client.get("/jobs?after=1.99999999999999999999").status_code == 400
+    # NUL fits in no text column: refused before it reaches the driver.
+    for query in ({"queue": "a\x00b"}, {"type": "\x00"}, {"id": "x\x00"}):
+        assert client.get("/jobs", params=query).status_code == 400
+    assert client.get("/jobs/a%00b").status_code == 404
     unknown = client.get("/jobs/nope")
     assert unknown.status_code == 404 and "no job with id" in unknown.text
 

@@ -172,20 +172,16 @@ class Dashboard:
     async def jobs(self, request: Request) -> Response:
         """Jobs newest first, filtered by status, queue and type, paged by keyset."""
         q = request.query_params
-        wanted_id = q.get("id", "").strip()
-        if wanted_id and await run_in_threadpool(self.storage.get_job, wanted_id) is not None:
-            return RedirectResponse(job_url(request, wanted_id), status_code=303)
         try:
-            status = JobStatus(q["status"]) if q.get("status") else None
+            wanted_id = _text(q.get("id", ""))
+            filters = {name: _text(q.get(name, "")) for name in ("status", "queue", "type")}
+            status = JobStatus(filters["status"]) if filters["status"] else None
             before = Cursor.parse(q["before"]) if q.get("before") else None
             after = None if before else (Cursor.parse(q["after"]) if q.get("after") else None)
-        except ValueError:
-            return await self.refused(request, Refused(400, "unknown status or page cursor"))
-        filters = {
-            "status": status.value if status else "",
-            "queue": q.get("queue", "").strip(),
-            "type": q.get("type", "").strip(),
-        }
+        except (Refused, ValueError):
+            return await self.refused(request, Refused(400, "bad filter or page cursor"))
+        if wanted_id and await run_in_threadpool(self.storage.get_job, wanted_id) is not None:
+            return RedirectResponse(job_url(request, wanted_id), status_code=303)
         page = await run_in_threadpool(
             lambda: self.admin.jobs_page(
                 status=status,
@@ -218,6 +214,8 @@ class Dashboard:
     async def job(self, request: Request) -> Response:
         """One job: arguments, result, error, attempts, timeline and durable calls."""
         job_id = request.path_params["job_id"]
+        if "\x00" in job_id:
+            return await self.refused(request, Refused(404, "no such job"))
         data = await run_in_threadpool(self._job, job_id)
         if data is None:
             return await self.refused(request, Refused(404, f"no job with id {job_id!r}"))
@@ -327,7 +325,7 @@ class Dashboard:
     async def retry(self, request: Request) -> Response:
         """Retry a failed or retrying job now, with its full retry budget."""
         try:
-            job_id = (await self._action_form(request)).get("id", "")
+            job_id = _text((await self._action_form(request)).get("id", ""))
             if not await run_in_threadpool(self.admin.retry, job_id):
                 raise await run_in_threadpool(
                     self._not_done, job_id, "only failed or retrying jobs can be retried"
@@ -339,7 +337,7 @@ class Dashboard:
     async def delete(self, request: Request) -> Response:
         """Delete a job that is not running, with its checkpoints."""
         try:
-            job_id = (await self._action_form(request)).get("id", "")
+            job_id = _text((await self._action_form(request)).get("id", ""))
             if not await run_in_threadpool(self.admin.delete, job_id):
                 raise await run_in_threadpool(
                     self._not_done, job_id, "a running job cannot be deleted"
@@ -379,6 +377,13 @@ def base_path(request: Request) -> str:
 def job_url(request: Request, job_id: str) -> str:
     """The path of a job's page."""
     return f"{base_path(request)}/jobs/{quote(job_id)}"
+
+
+def _text(value: str) -> str:
+    # No database text column stores NUL; refused here rather than failing in the driver.
+    if "\x00" in value:
+        raise Refused(400, "text with a NUL character")
+    return value.strip()
 
 
 def _enqueue_request(form: dict[str, str]) -> tuple[str, Any, dict[str, Any]]:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from ..job import Job, JobStatus, utcnow
 from .dialects import JOB_COLUMNS, PostgresDialect
-from .sql import ScheduleState, SQLStorage, WorkerInfo
+from .sql import ScheduleState, SQLStorage
 
 __all__ = ["STATEMENTS", "Admin", "Cursor", "JobPage", "Minute"]
 
@@ -123,7 +123,13 @@ class Cursor:
     def parse(cls, token: str) -> Cursor:
         """The cursor ``token()`` made; raises ``ValueError`` for anything else."""
         micros, _, tie = token.partition(".")
-        return cls(_EPOCH + timedelta(microseconds=int(micros)), int(tie))
+        position = int(tie)
+        if not 0 <= position < 2**63:  # a BIGINT, as seq is
+            raise ValueError(f"cursor position out of range: {token!r}")
+        try:
+            return cls(_EPOCH + timedelta(microseconds=int(micros)), position)
+        except OverflowError:
+            raise ValueError(f"cursor time out of range: {token!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,14 +271,6 @@ class Admin:
         params = {"now": self.storage.dialect.time_param(now or utcnow())}
         rows = self._rows("oldest_due", params)
         return self.storage._job(rows[0]) if rows else None
-
-    def live_workers(self, max_age: timedelta) -> list[tuple[WorkerInfo, list[Job]]]:
-        """Workers heartbeating within ``max_age``, each with the jobs it is running."""
-        running: dict[str, list[Job]] = {}
-        for job in self.running_jobs():
-            running.setdefault(job.locked_by or "", []).append(job)
-        workers = sorted(self.storage.live_workers(max_age), key=lambda w: w.started_at)
-        return [(worker, running.get(worker.id, [])) for worker in workers]
 
     def schedules(self) -> list[ScheduleState] | None:
         """The stored schedule states, or None when the schema has no schedules table."""
