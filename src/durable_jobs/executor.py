@@ -6,9 +6,10 @@ completer stores, so storage writes can be batched and retried.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 __all__ = ["Executor", "RunOutcome"]
+
+
+def _finish(
+    steps: Generator[Callable[[], Any], Any, RunOutcome],
+    error: BaseException | None,
+    value: Any,
+) -> RunOutcome:
+    """Hand the handler's value or error back to ``Executor._steps`` for its outcome."""
+    try:
+        if error is not None:
+            steps.throw(error)
+        else:
+            steps.send(value)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise RuntimeError("a run yields its handler call once")  # pragma: no cover
+
 
 log = logging.getLogger("durable_jobs")
 
@@ -93,27 +111,36 @@ class Executor:
 
     def run(self, job: Job) -> RunOutcome:
         """Run a job with a sync handler to its outcome."""
-        prepared = self.prepare(job)
-        if isinstance(prepared, RunOutcome):
-            return prepared
-        handler, call = prepared
-        token = self._begin(job)
-        started = time.monotonic()
-        wrappers = self.queue.instruments.job_run
+        steps = self._steps(job)
         try:
-            if wrappers:
-                with wrapped(wrappers, job):
-                    value = call()
-            else:
-                value = call()
+            call = next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        try:
+            value = call()
         except BaseException as exc:
-            return self.classify(job, handler, exc, started)
-        finally:
-            context.leave(token)
-        return self._success(job, handler, value, started)
+            return _finish(steps, exc, None)
+        return _finish(steps, None, value)
 
     async def run_async(self, job: Job) -> RunOutcome:
         """Run a job with an async handler to its outcome."""
+        steps = self._steps(job)
+        try:
+            call = next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        try:
+            value = await call()
+        except BaseException as exc:
+            return _finish(steps, exc, None)
+        return _finish(steps, None, value)
+
+    def _steps(self, job: Job) -> Generator[Callable[[], Any], Any, RunOutcome]:
+        """The one implementation of a run: yields the handler call, receives its value.
+
+        ``run`` and ``run_async`` only differ in how they call what is yielded, so the
+        context, hooks, instruments and classification stay in one place.
+        """
         prepared = self.prepare(job)
         if isinstance(prepared, RunOutcome):
             return prepared
@@ -122,11 +149,8 @@ class Executor:
         started = time.monotonic()
         wrappers = self.queue.instruments.job_run
         try:
-            if wrappers:
-                with wrapped(wrappers, job):
-                    value = await call()
-            else:
-                value = await call()
+            with wrapped(wrappers, job) if wrappers else contextlib.nullcontext():
+                value = yield call
         except BaseException as exc:
             return self.classify(job, handler, exc, started)
         finally:
