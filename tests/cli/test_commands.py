@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 import durable_jobs as jobs
-from durable_jobs.cli import ops
+from durable_jobs.job import utcnow
+from durable_jobs.scheduler import Scheduler
 
 COMMANDS = [
     [],
@@ -190,28 +190,34 @@ def test_schedules_declared_by_a_module(sdj: Any, db_url: str, app_module: Any) 
     assert "cleanup" in table and "every 300s" in table
 
 
-def test_schedules_without_any(sdj: Any, db_url: str, storage: jobs.SQLStorage) -> None:
-    if ops.schedule_rows(storage):
-        pytest.skip("the schedules table is already in use")
+def test_schedules_without_any(sdj: Any, db_url: str) -> None:
     assert ok(sdj("schedules", "--database-url", db_url)).strip() == "no schedules"
+    shown = as_json(sdj("schedules", "--database-url", db_url, "--json"))
+    assert shown == {"declared": [], "stored": []}
 
 
-def test_schedules_show_stored_state(sdj: Any, db_url: str, storage: jobs.SQLStorage) -> None:
-    if ops.schedule_rows(storage) is not None:
-        pytest.skip("the real schedules table exists; its own tests cover its content")
-    with storage.engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE sdj_schedules (name TEXT, next_run_at TEXT)"))
-        conn.execute(sa.text("INSERT INTO sdj_schedules VALUES ('digest', '2030-01-01 09:00')"))
-    try:
-        shown = as_json(sdj("schedules", "--database-url", db_url, "--json"))
-        assert shown == {
-            "declared": [],
-            "stored": [{"name": "digest", "next_run_at": "2030-01-01 09:00"}],
-        }
-        assert "digest" in ok(sdj("schedules", "--database-url", db_url))
-    finally:
-        with storage.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE sdj_schedules"))
+def test_schedules_show_what_a_scheduler_recorded(sdj: Any, db_url: str, queue: jobs.Queue) -> None:
+    queue.register("digest", lambda: None)
+    queue.schedule("digest", jobs.every(hours=1), queue="reports")
+    scheduler = Scheduler(queue)  # no worker: run_once records the schedule's state
+    first = datetime(2030, 1, 1, 8, 30, tzinfo=UTC)
+    assert scheduler.run_once(now=first) == 0  # first seen: nothing owed before now
+    assert scheduler.run_once(now=first + timedelta(minutes=31)) == 1  # fired at 09:00
+
+    shown = as_json(sdj("schedules", "--database-url", db_url, "--json"))
+    assert shown["declared"] == []  # no module given: only the stored state
+    [stored] = shown["stored"]
+    updated_at = datetime.fromisoformat(stored.pop("updated_at"))
+    assert stored == {
+        "name": "digest",
+        "spec": "every 3600s",
+        "queue": "reports",
+        "last_fire_at": "2030-01-01T09:00:00+00:00",
+        "next_fire_at": "2030-01-01T10:00:00+00:00",
+    }
+    assert abs(updated_at - utcnow()) < timedelta(minutes=1)
+    table = ok(sdj("schedules", "--database-url", db_url))
+    assert "stored schedule state" in table and "digest" in table and "every 3600s" in table
 
 
 def _fail(storage: Any, job_id: str) -> None:

@@ -1,10 +1,12 @@
-"""``storage/admin.py``: the dashboard's queries, on SQLite and PostgreSQL."""
+"""``storage/admin.py``: the dashboard's and the CLI's queries, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -137,16 +139,67 @@ def test_retry_and_delete(storage: jobs.SQLStorage) -> None:
     queue = jobs.Queue(storage)
     first, second = queue.enqueue_many([("t", 1), ("t", 2)])
     admin = Admin(storage)
-    assert not admin.retry(first)  # pending: nothing to retry
+    assert admin.retry(first) is None  # pending: nothing to retry
     [job] = storage.claim("default", "w", 1)
     storage.save_checkpoint(jobs.Checkpoint(job_id=job.id, call_index=0, call_type="s"))
-    assert not admin.delete(job.id)  # running
+    assert admin.delete(job.id) is None  # running
     storage.fail(job.id, "boom", None)
-    assert admin.retry(job.id)
+    returned = admin.retry(job.id)
     retried = storage.get_job(job.id)
     assert retried is not None and (retried.status, retried.attempt) == ("pending", 0)
+    assert returned == retried and retried.last_error == "boom"  # kept until the next run
     assert len(storage.get_checkpoints(job.id)) == 1  # kept: the workflow resumes
-    assert admin.delete(job.id)
+    assert admin.delete(job.id) == retried
     assert storage.get_job(job.id) is None and storage.get_checkpoints(job.id) == []
-    assert not admin.delete(job.id) and not admin.retry("nope")
+    assert admin.delete(job.id) is None and admin.retry("nope") is None
     assert storage.get_job(second) is not None
+
+
+def test_delete_a_running_job_only_with_force(storage: jobs.SQLStorage) -> None:
+    job_id = jobs.Queue(storage).enqueue("t")
+    storage.claim("default", "w", 1)
+    storage.save_checkpoint(jobs.Checkpoint(job_id=job_id, call_index=0, call_type="s"))
+    admin = Admin(storage)
+    assert admin.delete(job_id) is None and storage.get_job(job_id) is not None
+    deleted = admin.delete(job_id, force=True)
+    assert deleted is not None and (deleted.id, deleted.status) == (job_id, "running")
+    assert storage.get_job(job_id) is None and storage.get_checkpoints(job_id) == []
+
+
+def test_get_jobs_by_id(storage: jobs.SQLStorage) -> None:
+    ids = jobs.Queue(storage).enqueue_many([("t", n) for n in range(5)])
+    admin = Admin(storage)
+    found = admin.get_jobs([ids[3], "nope", ids[0], ids[3]])
+    assert sorted(j.id for j in found) == sorted([ids[0], ids[3]])
+    assert {j.id: json.loads(j.args) for j in found} == {ids[0]: 0, ids[3]: 3}
+    assert admin.get_jobs([]) == []
+
+
+def test_queue_stats(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    queue.enqueue("a", at=utcnow() - timedelta(minutes=5))
+    queue.enqueue("a", delay=3600)  # not due: not in the oldest due age
+    queue.enqueue("b", queue="other")
+    storage.claim("other", "w", 1)
+    queue.enqueue("c", queue="later", delay=3600)
+    stats = {s.queue: s for s in Admin(storage).queue_stats()}
+    assert list(stats) == ["default", "later", "other"]
+    assert stats["default"].counts == {jobs.JobStatus.PENDING: 2}
+    oldest = stats["default"].oldest_due
+    assert oldest is not None and timedelta(minutes=5) <= oldest < timedelta(minutes=6)
+    assert stats["other"].counts == {jobs.JobStatus.RUNNING: 1}
+    assert stats["other"].oldest_due is None and stats["later"].oldest_due is None
+
+
+def test_has_schema_only_looks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    storage = jobs.SQLStorage(url)
+    try:
+        admin = Admin(storage)
+        assert not admin.has_schema()
+        assert admin.schedules() is None
+        assert not admin.has_schema()  # looking created nothing
+        storage.migrate()
+        assert admin.has_schema() and admin.schedules() == []
+    finally:
+        storage.close()

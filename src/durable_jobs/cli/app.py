@@ -11,9 +11,10 @@ import typer
 from .. import __version__
 from ..job import utcnow
 from ..queue import Queue
-from . import ops, render
+from ..storage.admin import Admin
+from . import render
 from .dashboard_cmd import dashboard
-from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, open_storage
+from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, get_job, open_storage
 from .demo import demo
 from .errors import CLIError, FriendlyErrors
 from .jobs_cmd import jobs_app
@@ -84,7 +85,7 @@ def enqueue(
             job_id = Queue(storage).enqueue(job_type, payload, **options)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        job = ops.get_job(storage, job_id)
+        job = get_job(storage, job_id)
     if as_json:
         render.print_json(render.job_dict(job))
     else:
@@ -102,7 +103,7 @@ def _parse_json(option: str, text: str) -> Any:
 def stats(database_url: DatabaseUrl = DEFAULT_URL, as_json: JsonFlag = False) -> None:
     """Job counts by queue and status, and how long the oldest due job has waited."""
     with open_storage(database_url) as storage:
-        per_queue = ops.queue_stats(storage)
+        per_queue = Admin(storage).queue_stats()
         workers = len(storage.live_workers(LIVE_WORKER_WINDOW))
     if as_json:
         render.print_json(render.stats_dict(per_queue, workers))
@@ -122,10 +123,14 @@ def schedules(
     database_url: DatabaseUrl = DEFAULT_URL,
     as_json: JsonFlag = False,
 ) -> None:
-    """Schedules: those a Queue declares (name, spec, next run) and the stored state."""
+    """Schedules: those a Queue declares (name, spec, next run) and the stored state.
+
+    The stored state: each schedule's last and next fire times, as recorded.
+    """
     declared = _declared_schedules(load_queue(target)) if target else []
     with open_storage(database_url) as storage:
-        stored = ops.schedule_rows(storage)
+        states = Admin(storage).schedules()
+    stored = None if states is None else [render.schedule_dict(state) for state in states]
     if as_json:
         render.print_json({"declared": declared, "stored": stored})
         return

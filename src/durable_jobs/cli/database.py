@@ -1,4 +1,4 @@
-"""Opening the database a command names, with errors a person can act on."""
+"""Opening a command's database and finding a job in it, with errors a person can act on."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 
+from ..job import Job
 from ..storage import SQLStorage
-from . import ops
+from ..storage.admin import Admin
 from .errors import DATABASE_ERRORS, CLIError, describe_database_error
 
-__all__ = ["DEFAULT_URL", "DatabaseUrl", "JsonFlag", "open_storage"]
+__all__ = ["DEFAULT_URL", "DatabaseUrl", "JsonFlag", "get_job", "open_storage"]
 
 DEFAULT_URL = "sqlite:///jobs.db"
 
@@ -48,11 +49,19 @@ def open_storage(url: str, *, create: bool = False) -> Iterator[SQLStorage]:
         _connect(storage)
         if create:
             storage.migrate()
-        elif not ops.has_schema(storage):
+        elif not Admin(storage).has_schema():
             raise CLIError(f"{storage.url} has no sdj tables; run `sdj migrate` first")
         yield storage
     finally:
         storage.close()
+
+
+def get_job(storage: SQLStorage, job_id: str) -> Job:
+    """The job with ``job_id``; raises ``CLIError`` when there is none."""
+    job = storage.get_job(job_id)
+    if job is None:
+        raise CLIError(f"no job with id {job_id!r}")
+    return job
 
 
 def _connect(storage: SQLStorage) -> None:

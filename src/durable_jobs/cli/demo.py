@@ -28,7 +28,8 @@ import durable_jobs as jobs
 
 from ..job import Job, JobStatus, utcnow
 from ..storage import SQLStorage
-from . import demo_report, ops, render
+from ..storage.admin import Admin
+from . import demo_report, render
 from .database import open_storage
 from .errors import CLIError
 
@@ -154,9 +155,10 @@ class DemoRun:
                 self._stop_workers()
             elapsed = time.monotonic() - started
             by_type: dict[str, list[Job]] = {}
-            for job in ops.get_jobs(storage, [i for group in ids.values() for i in group]):
+            admin = Admin(storage)
+            for job in admin.get_jobs([i for group in ids.values() for i in group]):
                 by_type.setdefault(job.type, []).append(job)
-            ticks = ops.list_jobs(storage, job_type="tick", queue=demo_app.QUEUE, limit=1000)
+            ticks = admin.jobs_page(job_type="tick", queue=demo_app.QUEUE, limit=1000).jobs
             by_type["tick"] = [job for job in ticks if job.created_at >= started_at]
         return DemoResult(
             jobs=by_type,
@@ -218,6 +220,7 @@ class DemoRun:
         from . import demo_app
 
         workload = [i for group in ids.values() for i in group]
+        admin = Admin(storage)
         replacement: WorkerProcess | None = None
         resumed = False
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -226,7 +229,7 @@ class DemoRun:
             task = progress.add_task("starting workers", total=len(workload))
             deadline = time.monotonic() + DEADLINE_SECONDS
             while time.monotonic() < deadline:
-                statuses = [job.status for job in ops.get_jobs(storage, workload)]
+                statuses = [job.status for job in admin.get_jobs(workload)]
                 runs = demo_app.read_runs(self.workdir)
                 ticks = sum(run["event"] == "tick" for run in runs)
                 done = sum(status.is_terminal for status in statuses)

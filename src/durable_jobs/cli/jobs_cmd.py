@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from ..job import JobStatus
-from . import ops, render
-from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, open_storage
+from ..storage.admin import Admin
+from . import render
+from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, get_job, open_storage
+from .errors import CLIError
 
 __all__ = ["jobs_app"]
 
@@ -32,7 +34,8 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
     with open_storage(database_url) as storage:
-        jobs = ops.list_jobs(storage, status=status, queue=queue, job_type=job_type, limit=limit)
+        page = Admin(storage).jobs_page(status=status, queue=queue, job_type=job_type, limit=limit)
+        jobs = page.jobs
     if as_json:
         render.print_json([render.job_dict(job) for job in jobs])
     else:
@@ -45,7 +48,7 @@ def show_job(
 ) -> None:
     """Show one job with its checkpoints (the saved results of its durable calls)."""
     with open_storage(database_url) as storage:
-        job = ops.get_job(storage, job_id)
+        job = get_job(storage, job_id)
         checkpoints = storage.get_checkpoints(job_id)
     if as_json:
         data = render.job_dict(job)
@@ -68,7 +71,10 @@ def retry_job(
     next run.
     """
     with open_storage(database_url) as storage:
-        job = ops.retry_job(storage, job_id)
+        job = Admin(storage).retry(job_id)
+        if job is None:
+            status = get_job(storage, job_id).status.value  # raises for an unknown id
+            raise CLIError(f"job {job_id} is {status}; only failed or retrying jobs can be retried")
     if as_json:
         render.print_json(render.job_dict(job))
     else:
@@ -86,7 +92,10 @@ def delete_job(
 ) -> None:
     """Delete a job and its checkpoints. A running job needs --force."""
     with open_storage(database_url) as storage:
-        job = ops.delete_job(storage, job_id, force=force)
+        job = Admin(storage).delete(job_id, force=force)
+        if job is None:
+            get_job(storage, job_id)  # raises for an unknown id
+            raise CLIError(f"job {job_id} is running; pass --force to delete it anyway")
     if as_json:
         render.print_json(render.job_dict(job))
     else:

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..job import Checkpoint, Job, JobStatus
-from .ops import QueueStats
+from ..storage import ScheduleState
+from ..storage.admin import QueueStats
 
 __all__ = [
     "checkpoint_dict",
@@ -25,6 +26,7 @@ __all__ = [
     "jobs_table",
     "print_json",
     "records_table",
+    "schedule_dict",
     "stats_dict",
     "stats_table",
     "status_text",
@@ -225,6 +227,18 @@ def stats_table(stats: Sequence[QueueStats], workers: int) -> Table:
     if not stats:
         table.caption = "no jobs"
     return table
+
+
+def schedule_dict(state: ScheduleState) -> dict[str, Any]:
+    """A stored schedule state as JSON-ready data, keyed like its table's columns."""
+    return {
+        "name": state.name,
+        "spec": state.spec,
+        "queue": state.queue,
+        "last_fire_at": _iso(state.last_fire_at),
+        "next_fire_at": _iso(state.next_fire_at),
+        "updated_at": _iso(state.updated_at),
+    }
 
 
 def records_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:

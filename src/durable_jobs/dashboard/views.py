@@ -326,7 +326,7 @@ class Dashboard:
         """Retry a failed or retrying job now, with its full retry budget."""
         try:
             job_id = _text((await self._action_form(request)).get("id", ""))
-            if not await run_in_threadpool(self.admin.retry, job_id):
+            if await run_in_threadpool(self.admin.retry, job_id) is None:
                 raise await run_in_threadpool(
                     self._not_done, job_id, "only failed or retrying jobs can be retried"
                 )
@@ -338,7 +338,7 @@ class Dashboard:
         """Delete a job that is not running, with its checkpoints."""
         try:
             job_id = _text((await self._action_form(request)).get("id", ""))
-            if not await run_in_threadpool(self.admin.delete, job_id):
+            if await run_in_threadpool(self.admin.delete, job_id) is None:
                 raise await run_in_threadpool(
                     self._not_done, job_id, "a running job cannot be deleted"
                 )

@@ -1,8 +1,10 @@
-"""Read and admin queries for operators' tools (the dashboard): listings, counts, actions.
+"""Read and admin queries for operators' tools (the dashboard and ``sdj``): listings,
+counts, actions.
 
 Each dialect's statements sit side by side under the same names, as in ``dialects.py``
 (a unit test checks both define the same names and parameters). ``Admin`` wraps an
-``SQLStorage`` and runs them through its cursor.
+``SQLStorage`` and runs them through its cursor. The dashboard and the command line
+share these methods, so a retry or a delete means the same thing in both.
 
 Listings page by keyset, never by OFFSET: a page is "the next ``limit`` jobs older (or
 newer) than this (created_at, enqueue order) position", and each page is one short
@@ -15,7 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +27,7 @@ from ..job import Job, JobStatus, utcnow
 from .dialects import JOB_COLUMNS, PostgresDialect
 from .sql import ScheduleState, SQLStorage
 
-__all__ = ["STATEMENTS", "Admin", "Cursor", "JobPage", "Minute"]
+__all__ = ["STATEMENTS", "Admin", "Cursor", "JobPage", "Minute", "QueueStats", "failure_rate"]
 
 STATEMENTS = (
     "jobs_page",
@@ -37,6 +39,7 @@ STATEMENTS = (
     "throughput",
     "oldest_due",
     "running_jobs",
+    "jobs_by_id",
     "retry",
     "delete_job",
     "delete_checkpoints",
@@ -65,12 +68,17 @@ SQLITE: dict[str, str] = {
         ORDER BY run_at, rowid LIMIT 1""",
     "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
         ORDER BY started_at LIMIT :limit""",
+    # :ids is a JSON array (one parameter however many ids).
+    "jobs_by_id": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+        WHERE id IN (SELECT value FROM json_each(:ids))""",
     # A fresh start: full retry budget; checkpoints stay, so a workflow resumes.
-    "retry": """UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
+    "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
             completed_at = NULL, updated_at = :now
         WHERE id = :id AND status IN ('failed', 'retrying')
-        RETURNING id""",
-    "delete_job": "DELETE FROM sdj_jobs WHERE id = :id AND status <> 'running' RETURNING id",
+        RETURNING {JOB_COLUMNS}""",
+    # A running job only with :force: its worker would go on running it.
+    "delete_job": f"""DELETE FROM sdj_jobs WHERE id = :id AND (:force OR status <> 'running')
+        RETURNING {JOB_COLUMNS}""",
     "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :id",
 }
 
@@ -93,18 +101,27 @@ POSTGRES: dict[str, str] = {
         ORDER BY run_at, seq LIMIT 1""",
     "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
         ORDER BY started_at LIMIT %(limit)s""",
+    "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])",
     # Wakes listening workers at once rather than at their next poll.
-    "retry": """WITH r AS (
+    "retry": f"""WITH r AS (
             UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
                 completed_at = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status IN ('failed', 'retrying')
-            RETURNING id, queue)
-        SELECT id, pg_notify('sdj_jobs', queue)::text FROM r""",
-    "delete_job": "DELETE FROM sdj_jobs WHERE id = %(id)s AND status <> 'running' RETURNING id",
+            RETURNING {JOB_COLUMNS})
+        SELECT {JOB_COLUMNS}, pg_notify('sdj_jobs', queue)::text FROM r""",
+    "delete_job": f"""DELETE FROM sdj_jobs
+        WHERE id = %(id)s AND (%(force)s::boolean OR status <> 'running')
+        RETURNING {JOB_COLUMNS}""",
     "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def failure_rate(completed: int, failed: int) -> float | None:
+    """Failed / finished, or None when nothing finished."""
+    total = completed + failed
+    return failed / total if total else None
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -152,8 +169,16 @@ class Minute:
     @property
     def failure_rate(self) -> float | None:
         """Failed / finished, or None when nothing finished."""
-        total = self.completed + self.failed
-        return self.failed / total if total else None
+        return failure_rate(self.completed, self.failed)
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """How many jobs of one queue are in each status, and how late its oldest due job is."""
+
+    queue: str
+    counts: dict[JobStatus, int] = field(default_factory=dict)
+    oldest_due: timedelta | None = None  # None when no job of the queue is due
 
 
 class Admin:
@@ -163,6 +188,13 @@ class Admin:
         self.storage = storage
         self._sql = POSTGRES if isinstance(storage.dialect, PostgresDialect) else SQLITE
         self._has_schedules = False
+
+    def has_schema(self) -> bool:
+        """Whether the database holds the job tables. Only looks: never creates them."""
+        return self._has_table("sdj_jobs")
+
+    def _has_table(self, name: str) -> bool:
+        return sa.inspect(self.storage.engine).has_table(name)
 
     def _rows(self, name: str, params: dict[str, Any]) -> list[Any]:
         with self.storage._cursor() as cur:
@@ -236,6 +268,11 @@ class Admin:
         rows = self._rows("running_jobs", {"limit": limit})
         return [self.storage._job(row) for row in rows]
 
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs among ``job_ids`` that exist, in no particular order, in one query."""
+        rows = self._rows("jobs_by_id", {"ids": self.storage.dialect.list_param(job_ids)})
+        return [self.storage._job(row) for row in rows]
+
     # -- overview -----------------------------------------------------------------------
 
     def counts(self) -> list[tuple[str, JobStatus, int]]:
@@ -266,6 +303,20 @@ class Admin:
         assert minute is not None
         return minute
 
+    def queue_stats(self) -> list[QueueStats]:
+        """Per queue, by name: job counts by status and how long its oldest due job waited."""
+        stats: dict[str, QueueStats] = {}
+        for queue, status, count in self.counts():
+            stats.setdefault(queue, QueueStats(queue)).counts[status] = count
+        depths = self.storage.queue_depths()
+        now = utcnow()  # after the query, so no wait comes out negative
+        for depth in depths:
+            if depth.oldest_run_at is not None:
+                stats.setdefault(depth.queue, QueueStats(depth.queue)).oldest_due = (
+                    now - depth.oldest_run_at
+                )
+        return [stats[name] for name in sorted(stats)]
+
     def oldest_due(self, *, now: datetime | None = None) -> Job | None:
         """The job that has waited longest past its run time, if any is due."""
         params = {"now": self.storage.dialect.time_param(now or utcnow())}
@@ -276,32 +327,37 @@ class Admin:
         """The stored schedule states, or None when the schema has no schedules table."""
         if not self._has_schedules:
             # Checked until found: a database migrated later gains the table.
-            if not sa.inspect(self.storage.engine).has_table("sdj_schedules"):
+            if not self._has_table("sdj_schedules"):
                 return None
             self._has_schedules = True
         return self.storage.list_schedules()
 
     # -- actions ------------------------------------------------------------------------
 
-    def retry(self, job_id: str) -> bool:
-        """Give a failed or retrying job a fresh start now; False if it is neither.
+    def retry(self, job_id: str) -> Job | None:
+        """Give a failed or retrying job a fresh start now; returns it as stored.
 
         It becomes ``pending`` with ``attempt`` 0 (its full retry budget again). Its
-        checkpoints are kept, so a workflow resumes after its last completed step.
+        checkpoints are kept, so a workflow resumes after its last completed step, and
+        ``last_error`` stays until the next run. None when there is no such job or it is
+        neither failed nor retrying (nothing changes then).
         """
         now = self.storage.dialect.time_param(utcnow())
         with self.storage._cursor(write=True) as cur:
             cur.execute(self._sql["retry"], {"id": job_id, "now": now})
-            return bool(cur.fetchall())
+            rows = cur.fetchall()
+        return self.storage._job(rows[0]) if rows else None
 
-    def delete(self, job_id: str) -> bool:
-        """Delete a job that is not running, with its checkpoints; False if none was deleted.
+    def delete(self, job_id: str, *, force: bool = False) -> Job | None:
+        """Delete a job with its checkpoints; returns the job as it was.
 
-        A running job is refused: its worker would go on running it.
+        A running job is refused (None) unless ``force``: its worker would go on running
+        it. None too when there is no such job.
         """
         with self.storage._cursor(write=True, atomic=True) as cur:
-            cur.execute(self._sql["delete_job"], {"id": job_id})
-            if not cur.fetchall():
-                return False
+            cur.execute(self._sql["delete_job"], {"id": job_id, "force": force})
+            rows = cur.fetchall()
+            if not rows:
+                return None
             cur.execute(self._sql["delete_checkpoints"], {"id": job_id})
-            return True
+        return self.storage._job(rows[0])
