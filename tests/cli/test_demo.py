@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import durable_jobs as jobs
 from tests.cli.conftest import sdj_command
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(
-        not hasattr(jobs, "every"),
-        reason="schedules (jobs.every and the worker's scheduler) have not landed yet",
-        strict=True,
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 def run_demo(*args: str) -> str:
