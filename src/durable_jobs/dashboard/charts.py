@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..storage.admin import Minute
+from ..storage.admin import Minute, failure_rate
 
 __all__ = ["Bar", "Chart", "throughput_chart"]
 
@@ -43,8 +43,7 @@ class Chart:
     @property
     def failure_rate(self) -> float | None:
         """Failed / finished over the whole window, or None when nothing finished."""
-        total = self.completed + self.failed
-        return self.failed / total if total else None
+        return failure_rate(self.completed, self.failed)
 
 
 def throughput_chart(minutes: list[Minute]) -> Chart:
