@@ -8,21 +8,16 @@ something on any machine. Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import sqlalchemy as sa
 
 import durable_jobs as jobs
 
-PG_ADMIN = os.environ.get("SDJ_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from .database import database
 
 
 @dataclass
@@ -36,34 +31,9 @@ class Row:
     def render(self) -> str:
         ratio = f"{self.value / self.reference:6.2f}x" if self.reference else "      -"
         ref = f"{self.reference:>12,.1f}" if self.reference else f"{'':>12}"
-        return f"{self.backend:<11}{self.workload:<44}{self.value:>12,.1f} {self.unit:<8}{ref} {ratio}"
-
-
-@contextmanager
-def database(backend: str) -> Iterator[str]:
-    """A URL to a fresh, migrated database, removed afterwards."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite:///{tmp}/bench.db"
-            jobs.SQLStorage(url).migrate()
-            yield url
-        return
-    admin = sa.create_engine(
-        sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"),
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.pool.NullPool,
-    )
-    name = f"sdj_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    jobs.SQLStorage(url).migrate()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.dispose()
+        return (
+            f"{self.backend:<11}{self.workload:<44}{self.value:>12,.1f} {self.unit:<8}{ref} {ratio}"
+        )
 
 
 def bare_insert_rate(url: str, n: int) -> float:
@@ -165,11 +135,25 @@ def run(backend: str, quick: bool) -> list[Row]:
     n_drain, n_enqueue, n_many = int(10_000 * scale), int(2_000 * scale), int(20_000 * scale)
     rows: list[Row] = []
     measure: list[tuple[str, Callable[[str], float], str, bool]] = [
-        (f"drain {n_drain} no-op jobs, concurrency 10", lambda u: drain_rate(u, n_drain), "jobs/s", True),
-        (f"enqueue {n_enqueue} one at a time", lambda u: enqueue_rate(u, n_enqueue), "jobs/s", True),
+        (
+            f"drain {n_drain} no-op jobs, concurrency 10",
+            lambda u: drain_rate(u, n_drain),
+            "jobs/s",
+            True,
+        ),
+        (
+            f"enqueue {n_enqueue} one at a time",
+            lambda u: enqueue_rate(u, n_enqueue),
+            "jobs/s",
+            True,
+        ),
         (f"enqueue_many of {n_many}", lambda u: enqueue_many_rate(u, n_many), "jobs/s", True),
-        (f"{int(500 * scale)} workflows of 5 durable calls",
-         lambda u: workflow_steps_rate(u, int(500 * scale)), "steps/s", True),
+        (
+            f"{int(500 * scale)} workflows of 5 durable calls",
+            lambda u: workflow_steps_rate(u, int(500 * scale)),
+            "steps/s",
+            True,
+        ),
     ]
     for name, fn, unit, with_reference in measure:
         with database(backend) as url:
@@ -187,7 +171,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (CI)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], action="append")
     args = parser.parse_args()
-    header = f"{'backend':<11}{'workload':<44}{'figure':>12} {'unit':<8}{'bare INSERT/s':>12}  ratio"
+    header = (
+        f"{'backend':<11}{'workload':<44}{'figure':>12} {'unit':<8}{'bare INSERT/s':>12}  ratio"
+    )
     print(header)
     print("-" * len(header))
     for backend in args.backend or ["sqlite", "postgresql"]:

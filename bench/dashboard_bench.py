@@ -12,25 +12,19 @@ indexes that would serve the queue and type filters, to show what they buy.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import sqlalchemy as sa
 
 import durable_jobs as jobs
 from durable_jobs.dashboard import create_app
 from durable_jobs.storage.admin import Cursor
 
+from .database import database
+
 # Starlette 1.x prefers httpx2 in its test client; httpx works the same.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 from starlette.testclient import TestClient  # noqa: E402
-
-PG_ADMIN = os.environ.get("SDJ_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # 85 % completed, 7 % failed, 4 % pending, 3 % retrying, 0.1 % running, over 30 days;
 # five types and four queues, spread so every combination occurs.
@@ -65,26 +59,6 @@ SUGGESTED_INDEXES = (
     "CREATE INDEX sdj_jobs_type_status ON sdj_jobs (type, status, created_at)",
     "CREATE INDEX sdj_jobs_finished ON sdj_jobs (completed_at) WHERE completed_at IS NOT NULL",
 )
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database, dropped afterwards."""
-    admin = sa.create_engine(
-        sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"),
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.pool.NullPool,
-    )
-    name = f"sdj_bench_dashboard_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def run_sql(
@@ -188,9 +162,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--with-indexes", action="store_true")
     args = parser.parse_args()
-    with database() as url:
+    with database("postgresql", "sdj_bench_dashboard") as url:
         storage = jobs.SQLStorage(url)
-        storage.migrate()
         fill(storage, args.rows)
         print(f"dashboard pages, {args.rows:,} jobs, PostgreSQL, {args.runs} runs each:")
         measure(storage, args.rows, args.runs)
