@@ -46,6 +46,7 @@ class Heartbeat:
                 pid=self.pid,
                 queues=self.queues,
                 types=self.types(),
+                jobs=[job_id for job_id, _attempt in self.running()],
             )
         else:
             for job_id, _attempt in self.running():

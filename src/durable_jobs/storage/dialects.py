@@ -208,8 +208,11 @@ class SQLiteDialect(Dialect):
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND attempt = :attempt""",
         "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker""",
+        # Only the jobs the worker knows it holds (:jobs, a JSON list; NULL for all): a job
+        # whose claim committed but whose reply was lost must go stale and be taken back.
         "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = :now
-            WHERE status = 'running' AND locked_by = :worker""",
+            WHERE status = 'running' AND locked_by = :worker
+              AND (:jobs IS NULL OR id IN (SELECT value FROM json_each(:jobs)))""",
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
             VALUES (:id, :host, :pid, :queues, :types, :now, :now)
             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
@@ -406,7 +409,8 @@ class PostgresDialect(Dialect):
         "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
         "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
-            WHERE status = 'running' AND locked_by = %(worker)s""",
+            WHERE status = 'running' AND locked_by = %(worker)s
+              AND (%(jobs)s::text[] IS NULL OR id = ANY(%(jobs)s::text[]))""",
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
             VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s)
             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
@@ -429,12 +433,14 @@ class PostgresDialect(Dialect):
         "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
             ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
+        # FOR SHARE: a take-back of the job racing this write is waited for and its
+        # committed row re-checked; a plain read would pass the fence on the old row.
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
             SELECT %(id)s, %(job_id)s, %(call_index)s, %(call_type)s, %(result)s, %(error)s,
                 %(now)s, %(scope)s
             WHERE %(worker)s::text IS NULL OR EXISTS (
                 SELECT 1 FROM sdj_jobs WHERE id = %(job_id)s AND status = 'running'
-                  AND locked_by = %(worker)s AND attempt = %(attempt)s::int)
+                  AND locked_by = %(worker)s AND attempt = %(attempt)s::int FOR SHARE)
             ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
                 result = excluded.result, error = excluded.error
             RETURNING id""",

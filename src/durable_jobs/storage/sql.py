@@ -585,12 +585,27 @@ class SQLStorage:
         self._run("heartbeat_job", {"id": job_id, "worker": worker_id, "now": now})
 
     def heartbeat_worker(
-        self, worker_id: str, *, host: str, pid: int, queues: Sequence[str], types: Sequence[str]
+        self,
+        worker_id: str,
+        *,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        types: Sequence[str],
+        jobs: Sequence[str] | None = None,
     ) -> None:
-        """Record a worker as alive and extend the locks of all jobs it runs, in one go."""
+        """Record a worker as alive and extend the locks of its jobs, in one go.
+
+        ``jobs`` are the ids the worker knows it holds (all its jobs when None). A worker
+        passes them so that a job claimed for it by a claim whose reply never arrived
+        (the connection died after the commit) goes stale and is taken back.
+        """
         now = self.dialect.time_param(utcnow())
+        held = None if jobs is None else self.dialect.list_param(jobs)
         with self._cursor(write=True, atomic=True) as cur:
-            cur.execute(self._sql["heartbeat_worker_jobs"], {"worker": worker_id, "now": now})
+            cur.execute(
+                self._sql["heartbeat_worker_jobs"], {"worker": worker_id, "now": now, "jobs": held}
+            )
             cur.execute(
                 self._sql["upsert_worker"],
                 {

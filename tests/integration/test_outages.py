@@ -1,0 +1,183 @@
+"""Workers under storage failures: they log, back off, reconnect, and lose no job.
+
+The torture run (tests/torture) shows the same under real crashes and restarts; these
+tests pin each behaviour down deterministically.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import durable_jobs as jobs
+from durable_jobs.job import utcnow
+from tests.conftest import BACKENDS
+from tests.helpers import wait_for
+
+FAST = {"lock_timeout": 1, "poll_interval": 0.05}
+
+
+class Flaky:
+    """Wraps a storage method so that its next ``failures`` calls raise."""
+
+    def __init__(self, method: Callable[..., Any], failures: int) -> None:
+        self.method = method
+        self.failures = failures
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+            failing = self.calls <= self.failures
+        if failing:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        return self.method(*args, **kwargs)
+
+
+def status(queue: jobs.Queue, job_id: str) -> jobs.JobStatus:
+    job = queue.get_job(job_id)
+    assert job is not None
+    return job.status
+
+
+def test_a_job_claimed_behind_the_workers_back_is_taken_back_and_run(
+    queue: jobs.Queue,
+) -> None:
+    # When the connection dies after a claim commits but before its reply arrives, the
+    # job is locked by a live worker that never heard of it. The worker's heartbeats
+    # used to extend every job locked in its name, keeping such a job running for as
+    # long as the worker lived; now they extend only the jobs it holds.
+    ran = threading.Event()
+    queue.register("t", lambda: ran.set())
+    job_id = queue.enqueue("t")
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    # The lost claim: the job is locked for the worker as its own claim would lock it.
+    [orphan] = storage.claim("default", "worker-1", 1)
+    assert orphan.id == job_id
+    with queue.worker(worker_id="worker-1", **FAST):
+        assert ran.wait(15), "the job locked behind the worker's back was never run"
+        wait_for(lambda: status(queue, job_id) == jobs.JobStatus.COMPLETED)
+    job = queue.get_job(job_id)
+    assert job is not None and job.attempt == 2
+    assert job.last_error is not None and "WorkerLost" in job.last_error
+
+
+def test_heartbeats_extend_only_the_jobs_a_worker_names(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    past = {"at": utcnow() - timedelta(minutes=5)}
+    held, lost = queue.enqueue_many([("t", 1, past), ("t", 2, past)])
+    stale = utcnow() - timedelta(seconds=60)
+    storage.claim("default", "w", 2, now=stale)
+    storage.heartbeat_worker("w", host="h", pid=1, queues=["default"], types=[], jobs=[held])
+    assert storage.release_stale_locks(30) == 1
+    assert status(queue, held) == jobs.JobStatus.RUNNING
+    assert status(queue, lost) == jobs.JobStatus.RETRYING
+    storage.heartbeat_worker("w", host="h", pid=1, queues=["default"], types=[], jobs=[])
+    assert storage.release_stale_locks(0.000001) == 1  # an empty list extends nothing
+
+
+def test_a_worker_that_cannot_reach_its_database_fails_to_start_cleanly() -> None:
+    # Nothing listens on port 1. run() used to hide the connection error behind an
+    # AssertionError from stopping a worker whose threads never started.
+    queue = jobs.Queue("postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2")
+    worker = queue.worker()
+    with pytest.raises(Exception) as raised:
+        worker.run()
+    assert not isinstance(raised.value, AssertionError)
+    assert "127.0.0.1" in str(raised.value) or "connect" in str(raised.value).lower()
+    assert not worker.running
+    worker.stop(timeout=0)  # a no-op, at once
+
+
+def test_claims_and_outcomes_survive_storage_errors(
+    queue: jobs.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[int] = []
+    queue.register("t", lambda n: runs.append(n))
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    claim = Flaky(storage.claim, 3)
+    complete = Flaky(storage.complete_many, 3)
+    storage.claim = claim  # type: ignore[method-assign]
+    storage.complete_many = complete  # type: ignore[method-assign]
+    ids = queue.enqueue_many([("t", n) for n in range(5)])
+    with queue.worker(**FAST):
+        wait_for(lambda: all(status(queue, i) == jobs.JobStatus.COMPLETED for i in ids))
+    assert sorted(runs) == list(range(5))  # a failed store never causes a second run
+    assert claim.calls > 3 and complete.calls > 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("claiming jobs failed" in m for m in messages)
+    assert any("storing an outcome failed" in m for m in messages)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_the_listener_reconnects_after_its_connection_is_killed(queue: jobs.Queue) -> None:
+    done = threading.Event()
+    queue.register("ping", lambda: done.set())
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+
+    def listener_pids() -> list[int]:
+        with storage.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'LISTEN%%'"
+            )
+            return [row[0] for row in rows]
+
+    # A poll interval this long means only a notification can wake the worker in time.
+    with queue.worker(poll_interval=60, lock_timeout=5) as worker:
+        [pid] = wait_for(listener_pids)
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        wait_for(lambda: (p := listener_pids()) and p != [pid])
+        wait_for(lambda: not worker._maybe_work["default"])  # idle again after the wake-up
+        queue.enqueue("ping")
+        assert done.wait(10), "the worker was not woken after its listener reconnected"
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_checkpoint_racing_the_take_back_of_its_job_is_rejected(
+    storage: jobs.SQLStorage,
+) -> None:
+    # The fenced checkpoint insert checks the job row in a subquery. Under READ COMMITTED
+    # that check used to read the row as it was when the statement began, so a write
+    # racing the reaper's update of the job passed the fence after the lock was lost.
+    queue = jobs.Queue(storage)
+    job_id = queue.enqueue("t")
+    [job] = storage.claim("default", "zombie", 1)
+    with storage.engine.connect() as reaper:
+        # The reaper takes the job back (and holds its row) but has not committed yet.
+        reaper.exec_driver_sql(
+            "UPDATE sdj_jobs SET status = 'retrying', locked_by = NULL WHERE id = %(id)s",
+            {"id": job_id},
+        )
+        saved: list[bool] = []
+        cp = jobs.Checkpoint(job_id=job_id, call_index=0, call_type="step", result=b"1")
+        writer = threading.Thread(
+            target=lambda: saved.append(
+                storage.save_checkpoint(cp, worker_id="zombie", attempt=job.attempt)
+            )
+        )
+        writer.start()
+
+        def waiting_on_a_lock() -> bool:
+            with storage.engine.connect() as conn:
+                return bool(
+                    conn.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar()
+                )
+
+        try:
+            wait_for(lambda: saved or waiting_on_a_lock(), timeout=10)
+        finally:
+            reaper.commit()
+        writer.join(10)
+    assert saved == [False]
+    assert storage.get_checkpoints(job_id) == []
