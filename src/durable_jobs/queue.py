@@ -29,6 +29,9 @@ __all__ = ["DEFAULT_DATABASE_URL", "Queue"]
 DEFAULT_DATABASE_URL = "sqlite:///jobs.db"
 DEFAULT_QUEUE = "default"
 DEFAULT_RETRIES = 3
+# Arguments are one row's text, read back on every claim: a cap keeps a mistaken
+# enqueue (a whole file, say) from bloating the table and every worker's memory.
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of JSON-encoded arguments
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -53,6 +56,8 @@ def _check_delay(value: Any) -> timedelta:
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"delay must be a finite number of seconds, got {value!r}")
+        if value < 0:  # before conversion: a tiny negative number rounds to timedelta(0)
+            raise ValueError(f"delay must not be negative, got {value!r}")
         try:
             delay = timedelta(seconds=value)
         except OverflowError:
@@ -70,12 +75,21 @@ def _check_at(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _check_storable(what: str, value: str) -> str:
+    # No database stores a lone surrogate in text; say so rather than fail in the driver.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid Unicode (no lone surrogates): {value!r}") from None
+    return value
+
+
 def _check_queue_name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
         raise ValueError(f"queue must be a non-empty name of at most 200 characters, got {value!r}")
     if "\x00" in value:
         raise ValueError("queue name must not contain NUL characters")
-    return value
+    return _check_storable("queue name", value)
 
 
 def _check_backoff(value: Any) -> Backoff:
@@ -92,7 +106,7 @@ def _check_job_name(value: Any) -> str:
         raise ValueError(
             f"job type must be a non-empty name of at most 200 characters, got {value!r}"
         )
-    return value
+    return _check_storable("job type", value)
 
 
 def check_options(
@@ -130,10 +144,25 @@ class Queue:
     """Registers handlers, enqueues jobs and makes workers.
 
     ``Queue(storage)``, ``Queue("postgresql://...")`` (migrated on first use) or
-    ``Queue()`` for ``$SDJ_DATABASE_URL``, else ``sqlite:///jobs.db``.
+    ``Queue()`` for ``$SDJ_DATABASE_URL``, else ``sqlite:///jobs.db``. ``max_payload``
+    caps a job's JSON-encoded arguments (default 1 MiB; None for no cap): a bigger
+    enqueue raises ``ValueError`` and writes nothing.
     """
 
-    def __init__(self, storage: Storage | str | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage | str | None = None,
+        *,
+        max_payload: int | None = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        if max_payload is not None and (
+            isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1
+        ):
+            raise ValueError(
+                f"max_payload must be a positive number of bytes or None, got {max_payload!r}"
+            )
+        #: The most bytes a job's JSON-encoded arguments may take (None: no limit).
+        self.max_payload = max_payload
         if storage is None:
             storage = os.environ.get("SDJ_DATABASE_URL") or DEFAULT_DATABASE_URL
         self._needs_migrate = isinstance(storage, str)
@@ -226,7 +255,7 @@ class Queue:
         backoff = opts.get("backoff")
         return Job(
             type=name,
-            args=codec.dumps(args),
+            args=self._encode_args(name, args),
             queue=opts.get("queue", DEFAULT_QUEUE),
             priority=opts.get("priority", 0),
             status=JobStatus.PENDING,
@@ -234,6 +263,15 @@ class Queue:
             run_at=run_at,
             backoff=None if backoff is None else backoff.to_json(),
         )
+
+    def _encode_args(self, name: str, args: Any) -> bytes:
+        encoded = codec.dumps(args)
+        if self.max_payload is not None and len(encoded) > self.max_payload:
+            raise ValueError(
+                f"arguments of {name!r} encode to {len(encoded):,} bytes, over this queue's "
+                f"limit of {self.max_payload:,} (Queue(max_payload=...) changes it)"
+            )
+        return encoded
 
     def enqueue(self, name: str | Callable[..., Any], args: Any = None, **options: Any) -> str:
         """Enqueue a job; returns its id.
@@ -320,7 +358,7 @@ class Queue:
         _check_job_name(name)
         if name in self.schedules:
             raise ValueError(f"a schedule named {name!r} is already registered")
-        codec.dumps(args)
+        self._encode_args(name, args)
         checked = check_options(options, _REGISTER_OPTIONS, f"schedule({name!r})")
         self.schedules[name] = (schedule, args, checked)
 
