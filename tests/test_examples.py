@@ -9,31 +9,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_runs(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path,
+def run_example(name: str, cwd: Path) -> str:
+    """Run ``examples/<name>`` in ``cwd`` (where it keeps its database); its stdout."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    assert "sending 'Hello' to u@example.com" in out.stdout
-    assert out.stdout.strip().endswith("""b'"sent"'""")
+    return done.stdout
+
+
+def test_quickstart_runs(tmp_path: Path) -> None:
+    out = run_example("quickstart.py", tmp_path)
+    assert "sending 'Hello' to u@example.com" in out
+    assert out.strip().endswith("""b'"sent"'""")
 
 
 def test_order_workflow_example_resumes_without_charging_twice(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "order_workflow.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert out.stdout.count("charging 4999 cents") == 1
-    assert out.stdout.count("shipping o-1001") == 1
-    assert "completed after 2 runs" in out.stdout
+    out = run_example("order_workflow.py", tmp_path)
+    assert out.count("charging 4999 cents") == 1
+    assert out.count("shipping o-1001") == 1
+    assert "completed after 2 runs" in out
 
 
 def test_readme_quick_start_is_the_example() -> None:

@@ -79,6 +79,24 @@ def count(queue: jobs.Queue, status: str) -> int:
     return len(queue.storage.get_jobs_by_status(status, 100_000))
 
 
+def kill_mid_job(workers: Workers, marker: Path) -> None:
+    """Start a worker (1 s lock timeout) and SIGKILL it once its job has written ``marker``."""
+    worker = workers.start(lock_timeout=1, marker=marker)
+    wait_for(marker.exists, timeout=30)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+
+
+def wait_for_status(queue: jobs.Queue, job_id: str, status: str) -> jobs.Job:
+    """The job once it has ``status``; fails after 30 s."""
+
+    def reached() -> jobs.Job | None:
+        job = queue.get_job(job_id)
+        return job if job is not None and job.status == status else None
+
+    return wait_for(reached, timeout=30)
+
+
 def test_three_processes_drain_each_job_exactly_once(
     runs_queue: jobs.Queue, workers: Workers
 ) -> None:
@@ -101,16 +119,12 @@ def test_job_of_a_sigkilled_worker_is_taken_back_and_finished(
 ) -> None:
     marker = tmp_path / "running"
     job_id = runs_queue.enqueue("hang", str(marker), retries=2)
-    first = workers.start(lock_timeout=1)
-    wait_for(marker.exists, timeout=30)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    kill_mid_job(workers, marker)
     job = runs_queue.get_job(job_id)
     assert job is not None and job.status == jobs.JobStatus.RUNNING
     workers.start(lock_timeout=1)
-    wait_for(lambda: runs_queue.get_job(job_id).status == "completed", timeout=30)  # type: ignore[union-attr]
-    job = runs_queue.get_job(job_id)
-    assert job is not None and job.attempt == 2 and job.result == b'"recovered"'
+    job = wait_for_status(runs_queue, job_id, "completed")
+    assert job.attempt == 2 and job.result == b'"recovered"'
     assert job.last_error is not None and "WorkerLost" in job.last_error
     assert len(runs(runs_queue)) == 2
 
@@ -120,14 +134,10 @@ def test_a_job_that_always_kills_its_worker_ends_failed(
 ) -> None:
     marker = tmp_path / "running"
     job_id = runs_queue.enqueue("hang", str(marker), retries=0)
-    first = workers.start(lock_timeout=1)
-    wait_for(marker.exists, timeout=30)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    kill_mid_job(workers, marker)
     workers.start(lock_timeout=1)
-    wait_for(lambda: runs_queue.get_job(job_id).status == "failed", timeout=30)  # type: ignore[union-attr]
-    job = runs_queue.get_job(job_id)
-    assert job is not None and job.attempt == 1
+    job = wait_for_status(runs_queue, job_id, "failed")
+    assert job.attempt == 1
     assert len(runs(runs_queue)) == 1
 
 
@@ -150,14 +160,10 @@ def test_workflow_resumes_from_its_checkpoints_after_sigkill(
 ) -> None:
     marker = tmp_path / "in-step-3"
     job_id = runs_queue.enqueue("five_steps")
-    first = workers.start(lock_timeout=1, marker=marker)
-    wait_for(marker.exists, timeout=30)  # the worker is in the middle of step 3
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    kill_mid_job(workers, marker)  # in the middle of step 3
     workers.start(lock_timeout=1, marker=marker)
-    wait_for(lambda: runs_queue.get_job(job_id).status == "completed", timeout=30)  # type: ignore[union-attr]
-    job = runs_queue.get_job(job_id)
-    assert job is not None and job.attempt == 2 and job.result == b"[10,20,30,40,50]"
+    job = wait_for_status(runs_queue, job_id, "completed")
+    assert job.attempt == 2 and job.result == b"[10,20,30,40,50]"
     steps = Counter(label for label, _ in runs(runs_queue))
     assert steps == {"step1": 1, "step2": 1, "step3": 2, "step4": 1, "step5": 1}
     assert runs_queue.storage.get_checkpoints(job_id) == []

@@ -22,7 +22,8 @@ import durable_jobs as jobs
 from durable_jobs import codec
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
 from durable_jobs.storage import Outcome, SQLStorage
-from tests.conftest import ADMIN_URL, _admin_engine
+from tests.conftest import ADMIN_URL
+from tests.helpers import fresh_database
 
 W1, W2 = "worker-1", "worker-2"
 
@@ -88,19 +89,8 @@ def test_migrate_is_idempotent(storage: SQLStorage) -> None:
 @pytest.fixture
 def fresh_url(backend: str, tmp_path: Path) -> Iterator[str]:
     """A URL to an empty database that nobody has migrated."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    admin = _admin_engine()
-    name = f"sdj_fresh_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with fresh_database(backend, tmp_path) as url:
+        yield url
 
 
 _MIGRATE_IN_PROCESS = """

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import durable_jobs as jobs
 from durable_jobs.job import utcnow
 from durable_jobs.retry import backoff_from_json
-from tests.conftest import ADMIN_URL, _admin_engine
+from tests.helpers import fresh_database
 
 
 @dataclass
@@ -375,19 +375,8 @@ def test_queue_of_a_storage_uses_it_as_is(storage: jobs.SQLStorage) -> None:
 @pytest.fixture
 def fresh_url(backend: str, tmp_path: Path) -> Iterator[str]:
     """A URL to an empty database that nobody has migrated."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    admin = _admin_engine()
-    name = f"sdj_fresh_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with fresh_database(backend, tmp_path) as url:
+        yield url
 
 
 def test_queue_of_a_url_migrates_on_first_use(fresh_url: str, tmp_path: Path) -> None:
