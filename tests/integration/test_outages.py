@@ -19,7 +19,7 @@ from durable_jobs.job import utcnow
 from tests.conftest import BACKENDS
 from tests.helpers import wait_for
 
-FAST = {"lock_timeout": 1, "poll_interval": 0.05}
+FAST: dict[str, Any] = {"lock_timeout": 1, "poll_interval": 0.05}
 
 
 class Flaky:
