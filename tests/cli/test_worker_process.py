@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,11 @@ def test_worker_processes(start: Start, db_url: str, queue: jobs.Queue) -> None:
     proc = start("--database-url", db_url, "--processes", "2", "--queues", "default=2")
     results = wait_for(lambda: completed_results(queue, ids), timeout=30)
     assert proc.pid not in {r["pid"] for r in results}  # children ran them
+    # One child can drain all 20 jobs before the other is up: stop only once both are
+    # live (a worker is listed after it logs its start and sets its signal handlers).
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    wait_for(lambda: len(storage.live_workers(timedelta(minutes=1))) == 2, timeout=30)
     output = stop(proc)
     assert "starting 2 worker processes" in output
     assert output.count("sdj worker tasks:queue (pid") == 2
