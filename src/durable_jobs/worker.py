@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from types import FrameType, TracebackType
@@ -83,6 +84,16 @@ def _parse_queues(queues: Mapping[str, int] | Sequence[str] | None) -> dict[str,
     if not parsed:
         raise ValueError("a worker needs at least one queue")
     return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimRequest:
+    """Room reserved in a queue for a claim: how many jobs, skipping which types."""
+
+    queue: str
+    want: int
+    skip: list[str]
+    generation: int
 
 
 class Worker:
@@ -383,28 +394,66 @@ class Worker:
         if self._outcomes.qsize() > self._slots:
             return False  # the completer is behind: let it catch up before claiming more
         claimed_any = False
+        requests = self._reserve()
+        for position, request in enumerate(requests):
+            try:
+                jobs = self._claim(request.queue, request.want, request.skip)
+            except BaseException:
+                self._unreserve(requests[position:])
+                raise
+            self._accept(request, jobs)
+            claimed_any = claimed_any or bool(jobs)
+        return claimed_any
+
+    def _unreserve(self, requests: list[_ClaimRequest]) -> None:
+        """Give back the room of claims that were never made."""
+        with self._lock:
+            for request in requests:
+                self._claimed[request.queue] -= request.want
+
+    def _reserve(self) -> list[_ClaimRequest]:
+        """Claims worth making now, their room already counted as claimed.
+
+        Counting the room before the claim returns lets the dispatcher and the completer
+        (which claims along with its completions) claim at the same time without taking
+        more than a queue's capacity between them.
+        """
+        requests = []
         skip = self._skip_types()
-        for name, limit in self.concurrency.items():
-            with self._lock:
+        with self._lock:
+            if self._stopping.is_set():
+                return []
+            for name, limit in self.concurrency.items():
                 capacity = self._capacity(name)
                 want = capacity - self._claimed[name]
                 # With a prefetch buffer, refill once it is half empty: claims in batches.
                 if want < max(1, (capacity - limit) // 2) or not self._maybe_work[name]:
                     continue
-                generation = self._generation[name]
-            jobs = self._claim(name, want, skip)
-            with self._lock:
-                if len(jobs) < want and self._generation[name] == generation:
-                    self._maybe_work[name] = False
-                self._claimed[name] += len(jobs)
-                for job in jobs:
-                    self._active[job.id] = job
+                self._claimed[name] += want
+                requests.append(_ClaimRequest(name, want, skip, self._generation[name]))
+        return requests
+
+    def _accept(self, request: _ClaimRequest, jobs: list[Job]) -> None:
+        """Take in the jobs a reserved claim returned, and start those that fit."""
+        name = request.queue
+        with self._lock:
+            self._claimed[name] -= request.want - len(jobs)
+            if len(jobs) < request.want and self._generation[name] == request.generation:
+                self._maybe_work[name] = False
+            for job in jobs:
+                self._active[job.id] = job
+            if self._stopping.is_set():
+                # Stop began while the claim was out: these will never start.
+                self._claimed[name] -= len(jobs)
+                unstarted, startable = jobs, []
+            else:
                 self._ready[name].extend(jobs)
-                startable = self._take_startable(name)
-            for job in startable:
-                self._dispatch(job)
-            claimed_any = claimed_any or bool(jobs)
-        return claimed_any
+                unstarted, startable = [], self._take_startable(name)
+            self._lock.notify_all()
+        for job in unstarted:
+            self._outcomes.put(RunOutcome(job, "release"))
+        for job in startable:
+            self._dispatch(job)
 
     def _capacity(self, name: str) -> int:
         """How many jobs queue ``name`` may hold claimed, by how long its jobs run."""
@@ -527,8 +576,7 @@ class Worker:
         accepted: set[str] = set()
         completions = [o for o in batch if o.kind == "completed"]
         if completions and isinstance(storage, SQLStorage):
-            outcomes = [Outcome(o.job.id, o.job.attempt, o.result) for o in completions]
-            accepted |= self._retrying(lambda: storage.complete_many(self.id, outcomes)) or set()
+            accepted |= self._complete_and_claim(storage, completions)
         for o in batch:
             if o.kind == "completed" and not isinstance(storage, SQLStorage):
                 self._retrying(partial(storage.complete, o.job.id))
@@ -552,6 +600,20 @@ class Worker:
                     outcome.job.id,
                     extra={"job_id": outcome.job.id, "worker_id": self.id},
                 )
+
+    def _complete_and_claim(self, storage: SQLStorage, completions: list[RunOutcome]) -> set[str]:
+        """Store completions, claiming the next jobs in the same transaction."""
+        outcomes = [Outcome(o.job.id, o.job.attempt, o.result) for o in completions]
+        requests = self._reserve()
+        claims = [(r.queue, r.want, r.skip) for r in requests]
+        stored = self._retrying(lambda: storage.complete_and_claim(self.id, outcomes, claims))
+        if stored is None:  # given up at the stop deadline
+            self._unreserve(requests)
+            return set()
+        accepted, claimed = stored
+        for request in requests:
+            self._accept(request, claimed.get(request.queue, []))
+        return accepted  # type: ignore[no-any-return]
 
     def _retrying(self, write: Callable[[], Any]) -> Any:
         """Run a storage write until it succeeds; a lost outcome would mean a second run."""

@@ -104,9 +104,9 @@ def test_claims_and_outcomes_survive_storage_errors(
     storage = queue.storage
     assert isinstance(storage, jobs.SQLStorage)
     claim = Flaky(storage.claim, 3)
-    complete = Flaky(storage.complete_many, 3)
+    complete = Flaky(storage.complete_and_claim, 3)
     storage.claim = claim  # type: ignore[method-assign]
-    storage.complete_many = complete  # type: ignore[method-assign]
+    storage.complete_and_claim = complete  # type: ignore[method-assign]
     ids = queue.enqueue_many([("t", n) for n in range(5)])
     with queue.worker(**FAST):
         wait_for(lambda: all(status(queue, i) == jobs.JobStatus.COMPLETED for i in ids))

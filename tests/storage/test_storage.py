@@ -450,6 +450,27 @@ def test_complete_many_accepts_only_fenced_valid_runs(storage: SQLStorage) -> No
     assert storage.complete_many(W1, outcomes[:1]) == set()
 
 
+def test_complete_and_claim_is_one_transaction_of_both(storage: SQLStorage) -> None:
+    first = storage.enqueue_many([make_job() for _ in range(2)])
+    later = storage.enqueue_many([make_job(queue="other") for _ in range(3)])
+    mine = storage.claim("default", W1, 2)
+    a, b = mine
+    outcomes = [Outcome(a.id, a.attempt, b'"a"'), Outcome(b.id, b.attempt + 1, None)]
+    accepted, claimed = storage.complete_and_claim(
+        W1, outcomes, [("other", 2, ()), ("default", 5, ())]
+    )
+    assert accepted == {a.id}  # b's attempt is stale: fenced out
+    assert [job.id for job in claimed["other"]] == later[:2]
+    assert claimed["default"] == []
+    assert all(job.locked_by == W1 and job.attempt == 1 for job in claimed["other"])
+    assert get(storage, a.id).status is JobStatus.COMPLETED
+    assert get(storage, b.id).status is JobStatus.RUNNING
+    assert set(first) == {a.id, b.id}
+    # Nothing to complete: still claims.
+    accepted, claimed = storage.complete_and_claim(W1, [], [("other", 5, ())])
+    assert accepted == set() and [job.id for job in claimed["other"]] == later[2:]
+
+
 def test_fail_with_run_at_waits_as_retrying(storage: SQLStorage) -> None:
     job_id = storage.enqueue(make_job())
     claim_one(storage)
