@@ -34,7 +34,7 @@ from .executor import Executor, RunOutcome
 from .job import Job, JobStatus, utcnow
 from .maintenance import Heartbeat, Reaper
 from .scheduler import Scheduler
-from .storage import Outcome, SQLStorage
+from .storage import Claim, Outcome, SQLStorage
 from .storage.notify import PostgresListener, SQLiteWatcher
 
 if TYPE_CHECKING:
@@ -88,12 +88,15 @@ def _parse_queues(queues: Mapping[str, int] | Sequence[str] | None) -> dict[str,
 
 @dataclass(frozen=True, slots=True)
 class _ClaimRequest:
-    """Room reserved in a queue for a claim: how many jobs, skipping which types."""
+    """Room reserved in a queue for a claim, and the generation of wake-ups it saw."""
 
-    queue: str
-    want: int
-    skip: list[str]
+    claim: Claim
     generation: int
+
+    @property
+    def ahead(self) -> bool:
+        """A claim beyond the free slots, whose jobs wait in the buffer."""
+        return self.claim.min_retries > 0
 
 
 class Worker:
@@ -397,7 +400,7 @@ class Worker:
         requests = self._reserve()
         for position, request in enumerate(requests):
             try:
-                jobs = self._claim(request.queue, request.want, request.skip)
+                jobs = self._claim(request.claim)
             except BaseException:
                 self._unreserve(requests[position:])
                 raise
@@ -409,7 +412,7 @@ class Worker:
         """Give back the room of claims that were never made."""
         with self._lock:
             for request in requests:
-                self._claimed[request.queue] -= request.want
+                self._claimed[request.claim.queue] -= request.claim.limit
 
     def _reserve(self) -> list[_ClaimRequest]:
         """Claims worth making now, their room already counted as claimed.
@@ -430,15 +433,25 @@ class Worker:
                 if want < max(1, (capacity - limit) // 2) or not self._maybe_work[name]:
                     continue
                 self._claimed[name] += want
-                requests.append(_ClaimRequest(name, want, skip, self._generation[name]))
+                generation = self._generation[name]
+                free = max(0, limit - self._running[name] - len(self._ready[name]))
+                now, ahead = min(want, free), want - min(want, free)
+                if now:
+                    requests.append(_ClaimRequest(Claim(name, now, skip), generation))
+                if ahead:
+                    claim = Claim(name, ahead, skip, min_retries=1)
+                    requests.append(_ClaimRequest(claim, generation))
         return requests
 
     def _accept(self, request: _ClaimRequest, jobs: list[Job]) -> None:
         """Take in the jobs a reserved claim returned, and start those that fit."""
-        name = request.queue
+        name, want = request.claim.queue, request.claim.limit
         with self._lock:
-            self._claimed[name] -= request.want - len(jobs)
-            if len(jobs) < request.want and self._generation[name] == request.generation:
+            self._claimed[name] -= want - len(jobs)
+            # Only a claim for free slots tells the queue is empty: one that claims ahead
+            # leaves out the jobs that allow a single run.
+            short = len(jobs) < want and not request.ahead
+            if short and self._generation[name] == request.generation:
                 self._maybe_work[name] = False
             for job in jobs:
                 self._active[job.id] = job
@@ -471,13 +484,21 @@ class Worker:
             self._running[name] += 1
         return startable
 
-    def _claim(self, queue_name: str, limit: int, skip: list[str]) -> list[Job]:
+    def _claim(self, claim: Claim) -> list[Job]:
         storage = self.queue.storage
         if isinstance(storage, SQLStorage):
-            return storage.claim(queue_name, self.id, limit, skip_types=skip)
+            return storage.claim(
+                claim.queue,
+                self.id,
+                claim.limit,
+                skip_types=claim.skip_types,
+                min_retries=claim.min_retries,
+            )
+        if claim.min_retries:
+            return []  # the plain protocol's dequeue cannot leave out single-run jobs
         jobs = []
-        for _ in range(limit):
-            job = storage.dequeue([queue_name], self.id)
+        for _ in range(claim.limit):
+            job = storage.dequeue([claim.queue], self.id)
             if job is None:
                 break
             jobs.append(job)
@@ -605,14 +626,14 @@ class Worker:
         """Store completions, claiming the next jobs in the same transaction."""
         outcomes = [Outcome(o.job.id, o.job.attempt, o.result) for o in completions]
         requests = self._reserve()
-        claims = [(r.queue, r.want, r.skip) for r in requests]
+        claims = [r.claim for r in requests]
         stored = self._retrying(lambda: storage.complete_and_claim(self.id, outcomes, claims))
         if stored is None:  # given up at the stop deadline
             self._unreserve(requests)
             return set()
         accepted, claimed = stored
-        for request in requests:
-            self._accept(request, claimed.get(request.queue, []))
+        for request, jobs in zip(requests, claimed, strict=True):
+            self._accept(request, jobs)
         return accepted  # type: ignore[no-any-return]
 
     def _retrying(self, write: Callable[[], Any]) -> Any:

@@ -356,14 +356,18 @@ def test_claimed_but_unstarted_jobs_are_released_without_an_attempt(
     busy = queue.enqueue_many([("hold", "busy-1"), ("hold", "busy-2")])
     wait_for(lambda: len(entered) == 2)
     waiting = queue.enqueue_many([("hold", "wait-1"), ("hold", "wait-2")])
+    single = queue.enqueue("hold", "single", retries=0)
     # Both slots are busy, yet these are claimed: locked but not started.
     wait_for(lambda: all(status(queue, i) == jobs.JobStatus.RUNNING for i in waiting))
+    # Not a job allowed one run: a crash now would count the run it never had.
+    assert status(queue, single) == jobs.JobStatus.PENDING
     stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10})
     stopper.start()
     wait_for(lambda: worker._stopping.is_set())
     release.set()
     stopper.join(15)
     assert sorted(entered) == ["busy-1", "busy-2"]
+    assert status(queue, single) == jobs.JobStatus.PENDING
     for job_id in busy:
         assert status(queue, job_id) == jobs.JobStatus.COMPLETED
     for job_id in waiting:

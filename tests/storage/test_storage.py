@@ -21,7 +21,7 @@ import sqlalchemy as sa
 import durable_jobs as jobs
 from durable_jobs import codec
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
-from durable_jobs.storage import Outcome, SQLStorage
+from durable_jobs.storage import Claim, Outcome, SQLStorage
 from tests.conftest import ADMIN_URL
 from tests.helpers import fresh_database
 
@@ -453,22 +453,27 @@ def test_complete_many_accepts_only_fenced_valid_runs(storage: SQLStorage) -> No
 def test_complete_and_claim_is_one_transaction_of_both(storage: SQLStorage) -> None:
     first = storage.enqueue_many([make_job() for _ in range(2)])
     later = storage.enqueue_many([make_job(queue="other") for _ in range(3)])
-    mine = storage.claim("default", W1, 2)
-    a, b = mine
+    a, b = storage.claim("default", W1, 2)
     outcomes = [Outcome(a.id, a.attempt, b'"a"'), Outcome(b.id, b.attempt + 1, None)]
     accepted, claimed = storage.complete_and_claim(
-        W1, outcomes, [("other", 2, ()), ("default", 5, ())]
+        W1, outcomes, [Claim("other", 2), Claim("default", 5)]
     )
     assert accepted == {a.id}  # b's attempt is stale: fenced out
-    assert [job.id for job in claimed["other"]] == later[:2]
-    assert claimed["default"] == []
-    assert all(job.locked_by == W1 and job.attempt == 1 for job in claimed["other"])
+    assert [job.id for job in claimed[0]] == later[:2] and claimed[1] == []
+    assert all(job.locked_by == W1 and job.attempt == 1 for job in claimed[0])
     assert get(storage, a.id).status is JobStatus.COMPLETED
     assert get(storage, b.id).status is JobStatus.RUNNING
     assert set(first) == {a.id, b.id}
     # Nothing to complete: still claims.
-    accepted, claimed = storage.complete_and_claim(W1, [], [("other", 5, ())])
-    assert accepted == set() and [job.id for job in claimed["other"]] == later[2:]
+    accepted, claimed = storage.complete_and_claim(W1, [], [Claim("other", 5)])
+    assert accepted == set() and [job.id for job in claimed[0]] == later[2:]
+
+
+def test_claims_ahead_leave_out_jobs_allowed_a_single_run(storage: SQLStorage) -> None:
+    once = storage.enqueue(make_job(max_retries=0, priority=5))
+    twice = storage.enqueue(make_job(max_retries=1))
+    assert [j.id for j in storage.claim("default", W1, 5, min_retries=1)] == [twice]
+    assert [j.id for j in storage.claim("default", W1, 5)] == [once]
 
 
 def test_fail_with_run_at_waits_as_retrying(storage: SQLStorage) -> None:
@@ -898,6 +903,7 @@ def test_claim_uses_the_dequeue_index(storage: SQLStorage) -> None:
         "limit": 10,
         "now": storage.dialect.time_param(utcnow()),
         "skip": storage.dialect.list_param(["type-3"]),
+        "min_retries": 1,
     }
     statement = storage.dialect.sql["claim"]
     prefix = "EXPLAIN QUERY PLAN " if storage.is_sqlite else "EXPLAIN "

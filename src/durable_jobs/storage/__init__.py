@@ -4,6 +4,6 @@ All SQL of the library lives in this package.
 """
 
 from .protocol import Storage
-from .sql import Outcome, ScheduleState, SQLStorage, WorkerInfo
+from .sql import Claim, Outcome, ScheduleState, SQLStorage, WorkerInfo
 
-__all__ = ["Outcome", "SQLStorage", "ScheduleState", "Storage", "WorkerInfo"]
+__all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "Storage", "WorkerInfo"]

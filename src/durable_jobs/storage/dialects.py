@@ -186,6 +186,7 @@ class SQLiteDialect(Dialect):
                 SELECT id FROM sdj_jobs
                 WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
                   AND type NOT IN (SELECT value FROM json_each(:skip))
+                  AND max_retries >= :min_retries
                 ORDER BY priority DESC, run_at, rowid
                 LIMIT :limit)
             RETURNING {JOB_COLUMNS}, rowid""",
@@ -363,6 +364,7 @@ class PostgresDialect(Dialect):
                 SELECT id FROM sdj_jobs
                 WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
                   AND run_at <= %(now)s AND NOT (type = ANY(%(skip)s))
+                  AND max_retries >= %(min_retries)s
                 ORDER BY priority DESC, run_at, seq
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)

@@ -25,7 +25,7 @@ from sqlalchemy.pool import StaticPool
 from ..job import Checkpoint, Job, JobStatus, utcnow
 from .dialects import MIGRATION_LOCK_KEY, Dialect, PostgresDialect, SQLiteDialect, dialect_for
 
-__all__ = ["Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
+__all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
 
 log = logging.getLogger("durable_jobs")
 
@@ -43,6 +43,21 @@ class WorkerInfo:
     types: list[str]
     started_at: datetime
     heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim to make: up to ``limit`` due jobs of ``queue``.
+
+    ``min_retries`` leaves out jobs with fewer retries: a worker claiming ahead of its
+    free slots sets it to 1, since a claimed run counts as an attempt even if the
+    worker dies before starting it, and a job allowed a single run must not lose it so.
+    """
+
+    queue: str
+    limit: int
+    skip_types: Sequence[str] = ()
+    min_retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,31 +464,27 @@ class SQLStorage:
         limit: int,
         *,
         skip_types: Sequence[str] = (),
+        min_retries: int = 0,
         now: datetime | None = None,
     ) -> list[Job]:
         """Claim up to ``limit`` due jobs of ``queue`` for ``worker_id`` in one statement.
 
         Jobs come back in dequeue order: priority (higher first), run time, enqueue order.
-        Job types in ``skip_types`` are left for other workers.
+        Job types in ``skip_types``, and jobs allowed fewer than ``min_retries`` retries,
+        are left for others.
         """
+        claim = Claim(queue, limit, skip_types, min_retries)
         with self._cursor(write=True) as cur:
-            return self._claim_in(cur, queue, worker_id, limit, skip_types, now or utcnow())
+            return self._claim_in(cur, claim, worker_id, now or utcnow())
 
-    def _claim_in(
-        self,
-        cur: Any,
-        queue: str,
-        worker_id: str,
-        limit: int,
-        skip_types: Sequence[str],
-        now: datetime,
-    ) -> list[Job]:
+    def _claim_in(self, cur: Any, claim: Claim, worker_id: str, now: datetime) -> list[Job]:
         params = {
-            "queue": queue,
+            "queue": claim.queue,
             "worker": worker_id,
-            "limit": limit,
+            "limit": claim.limit,
             "now": self.dialect.time_param(now),
-            "skip": self.dialect.list_param(skip_types),
+            "skip": self.dialect.list_param(claim.skip_types),
+            "min_retries": claim.min_retries,
         }
         cur.execute(self._sql["claim"], params)
         rows = cur.fetchall()
@@ -486,19 +497,16 @@ class SQLStorage:
         self,
         worker_id: str,
         outcomes: Sequence[Outcome],
-        claims: Sequence[tuple[str, int, Sequence[str]]],
-    ) -> tuple[set[str], dict[str, list[Job]]]:
-        """``complete_many`` and a ``claim`` per ``(queue, limit, skip_types)``, in one
+        claims: Sequence[Claim],
+    ) -> tuple[set[str], list[list[Job]]]:
+        """``complete_many`` and the ``claims`` (jobs per claim, in order) in one
         transaction: a worker that finishes jobs and takes new ones pays one commit (the
         cost that bounds throughput) instead of two.
         """
         now = utcnow()
         with self._cursor(write=True, atomic=True) as cur:
             accepted = self._complete_in(cur, worker_id, outcomes, now)
-            claimed = {
-                queue: self._claim_in(cur, queue, worker_id, limit, skip, now)
-                for queue, limit, skip in claims
-            }
+            claimed = [self._claim_in(cur, claim, worker_id, now) for claim in claims]
         return accepted, claimed
 
     def dequeue(self, queues: Sequence[str], worker_id: str) -> Job | None:
