@@ -973,3 +973,12 @@ def test_enqueue_rejects_a_connection_to_another_kind_of_database(
     finally:
         engine.dispose()
     assert count(storage) == 0
+
+
+def test_schema_version_of_an_empty_database_reads_only(tmp_path: Path) -> None:
+    empty = SQLStorage(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        assert empty.schema_version() == 0
+        assert sa.inspect(empty.engine).get_table_names() == []
+    finally:
+        empty.close()

@@ -321,9 +321,10 @@ class SQLStorage:
         self._migrated = True
 
     def schema_version(self) -> int:
-        """The highest migration applied (0 for an empty database)."""
+        """The highest migration applied (0 for an empty database); reads only."""
+        if not sa.inspect(self.engine).has_table("sdj_schema_version"):
+            return 0
         with self._cursor() as cur:
-            cur.execute(self.dialect.create_version_table)  # type: ignore[attr-defined]
             cur.execute(self._sql["schema_versions"])
             return max((row[0] for row in cur.fetchall()), default=0)
 
