@@ -51,7 +51,8 @@ class Job:
     result: bytes | None = None
     #: JSON of the backoff policy given at enqueue, if any (registration default otherwise).
     backoff: bytes | None = None
-    #: The worker holding the job's lock while it runs.
+    #: The worker holding the job's lock while it runs; after an outcome, the worker that
+    #: stored it (cleared when a run is taken back or given back unstarted).
     locked_by: str | None = None
     heartbeat_at: datetime | None = None
     #: JSON-able data that travels with the job for instruments (such as trace context).

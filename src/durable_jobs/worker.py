@@ -49,6 +49,12 @@ _MAX_BATCH = 500
 # Average run time (seconds) above which a queue claims no more than it can start.
 _SLOW_JOB = 0.05
 _MAX_BACKOFF = 5.0
+# The status an outcome of each kind leaves its job in (for retried, fenced-out writes).
+_SETTLED_AS: dict[str, tuple[JobStatus, ...]] = {
+    "completed": (JobStatus.COMPLETED,),
+    "retry": (JobStatus.RETRYING,),
+    "failed": (JobStatus.FAILED,),
+}
 
 
 def _seconds(name: str, value: timedelta | float) -> float:
@@ -134,7 +140,9 @@ class Worker:
         self._duration = dict.fromkeys(self.concurrency, _SLOW_JOB)
         self._running = dict.fromkeys(self.concurrency, 0)
         self._ready: dict[str, deque[Job]] = {name: deque() for name in self.concurrency}
-        self._active: dict[str, Job] = {}
+        # Keyed by run, not job: after a take-back this worker may claim the same job
+        # again while its old run is still finishing, and both must stay known.
+        self._active: dict[tuple[str, int], Job] = {}
         self._maybe_work = dict.fromkeys(self.concurrency, True)
         self._generation = dict.fromkeys(self.concurrency, 0)
         self._skip: dict[str, float] = {}
@@ -454,7 +462,7 @@ class Worker:
             if short and self._generation[name] == request.generation:
                 self._maybe_work[name] = False
             for job in jobs:
-                self._active[job.id] = job
+                self._active[(job.id, job.attempt)] = job
             if self._stopping.is_set():
                 # Stop began while the claim was out: these will never start.
                 self._claimed[name] -= len(jobs)
@@ -609,9 +617,12 @@ class Worker:
         releases = [(o.job.id, o.job.attempt) for o in batch if o.kind == "release"]
         if releases and isinstance(storage, SQLStorage):
             self._retrying(lambda: storage.release(self.id, releases))
+        rejected = [o for o in batch if o.kind in _SETTLED_AS and o.job.id not in accepted]
+        if rejected and isinstance(storage, SQLStorage):
+            accepted |= self._committed_anyway(storage, rejected)
         with self._lock:
             for outcome in batch:
-                self._active.pop(outcome.job.id, None)
+                self._active.pop((outcome.job.id, outcome.job.attempt), None)
         for outcome in batch:
             if outcome.job.id in accepted:
                 self._report(outcome)
@@ -621,6 +632,16 @@ class Worker:
                     outcome.job.id,
                     extra={"job_id": outcome.job.id, "worker_id": self.id},
                 )
+
+    def _committed_anyway(self, storage: SQLStorage, rejected: list[RunOutcome]) -> set[str]:
+        """Outcomes whose write was retried after its reply was lost but had committed.
+
+        The retry is then fenced out like a stale worker's; the row still names this run
+        as the one that settled it, so the outcome counts (and its hooks fire).
+        """
+        runs = [(o.job.id, o.job.attempt) for o in rejected]
+        found = self._retrying(lambda: storage.settled(self.id, runs)) or {}
+        return {o.job.id for o in rejected if found.get(o.job.id) in _SETTLED_AS[o.kind]}
 
     def _complete_and_claim(self, storage: SQLStorage, completions: list[RunOutcome]) -> set[str]:
         """Store completions, claiming the next jobs in the same transaction."""
@@ -693,7 +714,6 @@ class Worker:
         }
         now = utcnow()
         job.updated_at = now
-        job.locked_by = None
         if o.kind == "completed":
             job.status, job.result, job.completed_at = JobStatus.COMPLETED, o.result, now
             seconds = o.duration.total_seconds()

@@ -117,6 +117,57 @@ def test_claims_and_outcomes_survive_storage_errors(
     assert any("storing an outcome failed" in m for m in messages)
 
 
+class LostReply:
+    """Wraps a storage method so that its first ``times`` calls commit, then raise as if
+    the connection died before the reply arrived."""
+
+    def __init__(self, method: Callable[..., Any], times: int) -> None:
+        self.method = method
+        self.times = times
+        self.lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.method(*args, **kwargs)
+        with self.lock:
+            self.times -= 1
+            lost = self.times >= 0
+        if lost:
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return result
+
+
+def test_an_outcome_committed_behind_a_lost_reply_still_counts(
+    queue: jobs.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The retry of such a write is fenced out like a stale worker's outcome. The worker
+    # must see that the row holds its own outcome: the job is done, and its hooks fire.
+    queue.register("ok", lambda: None)
+
+    def broken() -> None:
+        raise jobs.NoRetry("bad input")
+
+    queue.register("broken", broken)
+    queue.register("later", lambda: (_ for _ in ()).throw(jobs.RetryAfter(3600, "later")))
+    completed: list[str] = []
+    failed: list[str] = []
+    retrying: list[str] = []
+    queue.on_job_complete(lambda job: completed.append(job.id))
+    queue.on_job_fail(lambda job, err: failed.append(job.id))
+    queue.on_retry(lambda job, err: retrying.append(job.id))
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    storage.complete_and_claim = LostReply(storage.complete_and_claim, 1)  # type: ignore[method-assign]
+    storage.fail = LostReply(storage.fail, 2)  # type: ignore[method-assign]
+    ok, bad, later = (queue.enqueue(name) for name in ("ok", "broken", "later"))
+    with queue.worker(**FAST):
+        wait_for(lambda: ok in completed and bad in failed and later in retrying)
+    assert completed == [ok] and failed == [bad] and retrying == [later]
+    assert status(queue, ok) == jobs.JobStatus.COMPLETED
+    assert status(queue, bad) == jobs.JobStatus.FAILED
+    assert status(queue, later) == jobs.JobStatus.RETRYING
+    assert not [r for r in caplog.records if "lost its lock" in r.getMessage()]
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
 def test_the_listener_reconnects_after_its_connection_is_killed(queue: jobs.Queue) -> None:
     done = threading.Event()

@@ -507,6 +507,50 @@ def test_completion_from_a_worker_that_lost_its_lock_is_rejected(queue: jobs.Que
     assert completions == []
 
 
+def test_a_job_taken_back_and_claimed_again_by_its_worker_stays_locked(
+    queue: jobs.Queue,
+) -> None:
+    # The old run, finishing after the job was taken back, must not make the worker
+    # forget the new run of the same job: it would stop heartbeating it.
+    entered = [threading.Event(), threading.Event()]
+    proceed = [threading.Event(), threading.Event()]
+
+    @queue.job()
+    def slow() -> None:
+        run = jobs.current_job().attempt - 1
+        entered[run].set()
+        proceed[run].wait(30)
+
+    job_id = queue.enqueue(slow)
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    with queue.worker(poll_interval=0.05, lock_timeout=1) as worker:
+        assert entered[0].wait(10)
+        with storage.engine.begin() as conn:  # what the reaper does to a stale run
+            conn.execute(
+                sa.text(
+                    "UPDATE sdj_jobs SET status = 'retrying', locked_by = NULL, run_at = :now"
+                    " WHERE id = :id"
+                ),
+                {"id": job_id, "now": storage.dialect.time_param(jobs.job.utcnow())},
+            )
+        worker._wake.set()
+        assert entered[1].wait(10), "the worker did not claim the job again"
+        proceed[0].set()  # the old run ends; its outcome is rejected
+        wait_for(lambda: len(worker._active) == 1)
+        # The new run's lock must be extended: the job outlives several lock timeouts.
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            storage.release_stale_locks(1)
+            job = queue.get_job(job_id)
+            assert job is not None and job.status == jobs.JobStatus.RUNNING, job
+            time.sleep(0.1)
+        proceed[1].set()
+        wait_for(lambda: queue.get_job(job_id).status == jobs.JobStatus.COMPLETED)  # type: ignore[union-attr]
+    job = queue.get_job(job_id)
+    assert job is not None and job.attempt == 2
+
+
 def test_hooks_fire_after_the_outcome_is_stored(queue: jobs.Queue) -> None:
     events: list[tuple[str, str, jobs.JobStatus | None]] = []
 

@@ -388,7 +388,7 @@ def test_complete_is_fenced_by_worker_and_attempt(storage: SQLStorage) -> None:
     assert done.status is JobStatus.COMPLETED
     assert done.result == b'{"ok":true}'
     assert done.completed_at is not None and done.completed_at >= before.updated_at
-    assert done.locked_by is None and done.heartbeat_at is None
+    assert done.locked_by == W1 and done.heartbeat_at is None  # who stored the outcome
     assert done.attempt == 1
     assert storage.get_checkpoints(job_id) == []
     # A second completion is rejected and changes nothing.
@@ -491,7 +491,7 @@ def test_fail_with_run_at_waits_as_retrying(storage: SQLStorage) -> None:
     assert job.run_at == retry_at
     assert job.last_error == "ValueError: boom"
     assert job.completed_at is None
-    assert job.locked_by is None and job.heartbeat_at is None
+    assert job.locked_by == W1 and job.heartbeat_at is None
     assert job.attempt == 1
     # Not running any more: a second outcome is rejected.
     assert storage.fail(job_id, "again", None) is False
@@ -511,7 +511,7 @@ def test_fail_without_run_at_fails_permanently(storage: SQLStorage) -> None:
     assert job.status is JobStatus.FAILED
     assert job.last_error == "NoRetry: bad input"
     assert job.completed_at is not None and before <= job.completed_at <= utcnow()
-    assert job.locked_by is None
+    assert job.locked_by == W1
     assert storage.claim("default", W1, 10, now=utcnow() + timedelta(days=365)) == []
     assert storage.fail(job_id, "again", None) is False
     assert storage.fail("no-such-job", "x", None) is False
@@ -556,6 +556,34 @@ def test_release_only_touches_the_owners_run(storage: SQLStorage) -> None:
     storage.release(W1, [(job_id, 1), (other, 1)])
     assert get(storage, job_id).status is JobStatus.PENDING
     assert get(storage, other).status is JobStatus.RUNNING
+
+
+def test_settled_names_the_runs_whose_outcome_a_worker_stored(
+    storage: SQLStorage, past: datetime
+) -> None:
+    done, waiting, given_up, running, reaped, given_back = storage.enqueue_many(
+        [make_job(run_at=past, max_retries=3) for _ in range(6)]
+    )
+    stale = utcnow() - timedelta(seconds=60)
+    storage.claim("default", W1, 6, now=stale)
+    assert storage.complete(done, None, worker_id=W1, attempt=1)
+    assert storage.fail(waiting, "E: x", utcnow() + timedelta(hours=1), worker_id=W1, attempt=1)
+    assert storage.fail(given_up, "NoRetry: x", None, worker_id=W1, attempt=1)
+    storage.heartbeat_worker(
+        W1, host="h", pid=1, queues=["default"], types=["t"], jobs=[running, given_back]
+    )
+    assert storage.release_stale_locks(30) == 1  # takes back `reaped`
+    storage.release(W1, [(given_back, 1)])
+    runs = [(job_id, 1) for job_id in (done, waiting, given_up, running, reaped, given_back)]
+
+    assert storage.settled(W1, runs) == {
+        done: JobStatus.COMPLETED,
+        waiting: JobStatus.RETRYING,
+        given_up: JobStatus.FAILED,
+    }
+    assert storage.settled(W2, runs) == {}
+    assert storage.settled(W1, [(done, 2)]) == {}  # another run of the same job
+    assert storage.settled(W1, []) == {}
 
 
 # -- heartbeats, stale locks and workers --------------------------------------------------

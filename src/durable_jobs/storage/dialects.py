@@ -33,6 +33,7 @@ STATEMENTS = (
     "complete_many",
     "fail",
     "release",
+    "settled",
     "heartbeat_job",
     "heartbeat_worker_jobs",
     "upsert_worker",
@@ -191,7 +192,7 @@ class SQLiteDialect(Dialect):
                 LIMIT :limit)
             RETURNING {JOB_COLUMNS}, rowid""",
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = :result,
-            completed_at = :now, updated_at = :now, locked_by = NULL, heartbeat_at = NULL
+            completed_at = :now, updated_at = :now, heartbeat_at = NULL
             WHERE id = :id AND status = 'running'
               AND (:worker IS NULL OR (locked_by = :worker AND attempt = :attempt))
             RETURNING id""",
@@ -199,7 +200,7 @@ class SQLiteDialect(Dialect):
         "complete_many": "",
         "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
             run_at = COALESCE(:run_at, run_at), completed_at = :completed_at,
-            updated_at = :now, locked_by = NULL, heartbeat_at = NULL
+            updated_at = :now, heartbeat_at = NULL
             WHERE id = :id AND status = 'running'
               AND (:worker IS NULL OR (locked_by = :worker AND attempt = :attempt))
             RETURNING id""",
@@ -207,6 +208,11 @@ class SQLiteDialect(Dialect):
             status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
             attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, updated_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND attempt = :attempt""",
+        # Outcomes leave locked_by naming the run's owner (reap and release clear it), so a
+        # worker whose outcome write lost its reply can tell whether it was committed.
+        "settled": """SELECT id, attempt, status FROM sdj_jobs
+            WHERE locked_by = :worker AND status <> 'running'
+              AND id IN (SELECT value FROM json_each(:ids))""",
         "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker""",
         # Only the jobs the worker knows it holds (:jobs, a JSON list; NULL for all): a job
@@ -375,8 +381,7 @@ class PostgresDialect(Dialect):
             RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))}, j.seq""",
         "complete": """WITH done AS (
                 UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
-                    completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL,
-                    heartbeat_at = NULL
+                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL
                 WHERE id = %(id)s AND status = 'running'
                   AND (%(worker)s::text IS NULL
                        OR (locked_by = %(worker)s AND attempt = %(attempt)s::int))
@@ -389,8 +394,7 @@ class PostgresDialect(Dialect):
                     AS v(id, attempt, result)),
             done AS (
                 UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
-                    completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL,
-                    heartbeat_at = NULL
+                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL
                 FROM v WHERE j.id = v.id AND j.status = 'running'
                   AND j.locked_by = %(worker)s AND j.attempt = v.attempt
                 RETURNING j.id),
@@ -398,7 +402,7 @@ class PostgresDialect(Dialect):
             SELECT id FROM done""",
         "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
             run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
-            updated_at = %(now)s, locked_by = NULL, heartbeat_at = NULL
+            updated_at = %(now)s, heartbeat_at = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s::text IS NULL
                    OR (locked_by = %(worker)s AND attempt = %(attempt)s::int))
@@ -408,6 +412,8 @@ class PostgresDialect(Dialect):
             attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND attempt = %(attempt)s""",
+        "settled": """SELECT id, attempt, status FROM sdj_jobs
+            WHERE id = ANY(%(ids)s::text[]) AND locked_by = %(worker)s AND status <> 'running'""",
         "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
         "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = %(now)s

@@ -626,6 +626,19 @@ class SQLStorage:
             with self._cursor(write=True, atomic=True) as cur:
                 cur.executemany(self._sql["release"], params)
 
+    def settled(self, worker_id: str, runs: Sequence[tuple[str, int]]) -> dict[str, JobStatus]:
+        """The status each of ``worker_id``'s ``(job id, attempt)`` runs was left in by an
+        outcome that worker stored; runs with no stored outcome of theirs are absent.
+
+        A worker asks after a write whose reply was lost: the commit may have happened.
+        """
+        if not runs:
+            return {}
+        wanted = dict(runs)
+        params = {"ids": self.dialect.list_param(list(wanted)), "worker": worker_id}
+        rows = self._run("settled", params, write=False)
+        return {row[0]: JobStatus(row[2]) for row in rows if wanted.get(row[0]) == row[1]}
+
     # -- locks and workers --------------------------------------------------------------
 
     def heartbeat(self, job_id: str, worker_id: str) -> None:
