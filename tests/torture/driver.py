@@ -137,46 +137,52 @@ class Report:
 _SQLITE_OBSERVERS = (
     """CREATE TABLE torture_transitions (seq INTEGER PRIMARY KEY AUTOINCREMENT,
         job_id TEXT NOT NULL, old_status TEXT, new_status TEXT, old_attempt INTEGER,
-        new_attempt INTEGER, locked_by TEXT, error TEXT)""",
+        new_attempt INTEGER, locked_by TEXT, error TEXT, at REAL)""",
     """CREATE TRIGGER torture_transition AFTER UPDATE OF status ON sdj_jobs
         WHEN OLD.status IS NOT NEW.status BEGIN
         INSERT INTO torture_transitions (job_id, old_status, new_status, old_attempt,
-            new_attempt, locked_by, error)
+            new_attempt, locked_by, error, at)
         VALUES (NEW.id, OLD.status, NEW.status, OLD.attempt, NEW.attempt, OLD.locked_by,
-            substr(NEW.last_error, 1, 80));
+            substr(NEW.last_error, 1, 80), (julianday('now') - 2440587.5) * 86400.0);
         END""",
     """CREATE TABLE torture_saves (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT,
-        scope TEXT, call_index INTEGER, attempt INTEGER)""",
+        scope TEXT, call_index INTEGER, attempt INTEGER, locked_by TEXT, at REAL)""",
     """CREATE TRIGGER torture_save_insert AFTER INSERT ON sdj_checkpoints BEGIN
-        INSERT INTO torture_saves (job_id, scope, call_index, attempt) VALUES (NEW.job_id,
-            NEW.scope, NEW.call_index, (SELECT attempt FROM sdj_jobs WHERE id = NEW.job_id));
+        INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, at)
+            SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by,
+                (julianday('now') - 2440587.5) * 86400.0
+            FROM sdj_jobs WHERE id = NEW.job_id;
         END""",
     """CREATE TRIGGER torture_save_update AFTER UPDATE ON sdj_checkpoints BEGIN
-        INSERT INTO torture_saves (job_id, scope, call_index, attempt) VALUES (NEW.job_id,
-            NEW.scope, NEW.call_index, (SELECT attempt FROM sdj_jobs WHERE id = NEW.job_id));
+        INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, at)
+            SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by,
+                (julianday('now') - 2440587.5) * 86400.0
+            FROM sdj_jobs WHERE id = NEW.job_id;
         END""",
 )
 
 _POSTGRES_OBSERVERS = (
     """CREATE TABLE torture_transitions (seq BIGSERIAL PRIMARY KEY, job_id TEXT NOT NULL,
         old_status TEXT, new_status TEXT, old_attempt INTEGER, new_attempt INTEGER,
-        locked_by TEXT, error TEXT)""",
+        locked_by TEXT, error TEXT, at DOUBLE PRECISION)""",
     """CREATE FUNCTION torture_transition() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             INSERT INTO torture_transitions (job_id, old_status, new_status, old_attempt,
-                new_attempt, locked_by, error)
+                new_attempt, locked_by, error, at)
             VALUES (NEW.id, OLD.status, NEW.status, OLD.attempt, NEW.attempt, OLD.locked_by,
-                left(NEW.last_error, 80));
+                left(NEW.last_error, 80), extract(epoch FROM clock_timestamp()));
             RETURN NULL;
         END $$""",
     """CREATE TRIGGER torture_transition AFTER UPDATE ON sdj_jobs FOR EACH ROW
         WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION torture_transition()""",
     """CREATE TABLE torture_saves (seq BIGSERIAL PRIMARY KEY, job_id TEXT, scope TEXT,
-        call_index INTEGER, attempt INTEGER)""",
+        call_index INTEGER, attempt INTEGER, locked_by TEXT, at DOUBLE PRECISION)""",
     """CREATE FUNCTION torture_save() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            INSERT INTO torture_saves (job_id, scope, call_index, attempt) VALUES (NEW.job_id,
-                NEW.scope, NEW.call_index, (SELECT attempt FROM sdj_jobs WHERE id = NEW.job_id));
+            INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, at)
+                SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by,
+                    extract(epoch FROM clock_timestamp())
+                FROM sdj_jobs WHERE id = NEW.job_id;
             RETURN NULL;
         END $$""",
     """CREATE TRIGGER torture_save AFTER INSERT OR UPDATE ON sdj_checkpoints FOR EACH ROW
@@ -432,10 +438,11 @@ class Run:
                 return
             time.sleep(0.05)
 
-    def _produce(self, count: int) -> None:
+    def _produce(self, count: int, kind_only: str | None = None) -> None:
         kinds, weights = list(KINDS), list(KINDS.values())
+        chosen = [kind_only] * count if kind_only else self.rng.choices(kinds, weights, k=count)
         batch: list[tuple[jobs.Job, Expected]] = []
-        for kind in self.rng.choices(kinds, weights, k=count):
+        for kind in chosen:
             n = len(self.expected) + len(batch)
             options: dict[str, Any] = {}
             if kind == "delayed":
@@ -498,6 +505,9 @@ class Run:
         self.outages.append(Outage(what, time.time(), survivors))
         self.event(f"{what} done; survivors {sorted(survivors)}")
         self.kill_ban_until = time.monotonic() + 3
+        # Work for the survivors, however late the outage came (a frozen worker can push
+        # it past the last batch): the checks want to see them run jobs after it.
+        self._produce(2 * len(survivors), kind_only="plain")
 
     # Freezing a worker for longer than the lock timeout: its jobs are taken back and run
     # elsewhere; when it thaws, every outcome it tries to store must be rejected.
@@ -677,6 +687,8 @@ def verify(run: Run) -> None:
     for (job_id, step), executions in steps.items():
         saved_by = saves.get((job_id, step - 1), [])
         after = _reruns_after_save(job_id, step, executions, saved_by, problem)
+        if after:
+            problem(_history(storage, job_id))
         report.step_reruns_after_save += after
         report.step_reruns_before_save += len(executions) - 1 - after
     report.steps_saved = sum(1 for attempts in saves.values() if attempts)
@@ -801,6 +813,37 @@ def _check_job(
         waited = first[2] - first[1]
         if waited < app.LATER_DELAY - 0.01:
             problem(f"{where}: retried {waited:.3f} s after RetryAfter({app.LATER_DELAY})")
+
+
+def _history(storage: jobs.SQLStorage, job_id: str) -> str:
+    """Everything the observers saw of one job, in time order, for a failure message."""
+    events = [
+        (at, f"run {attempt} of {kind}{'' if step is None else f' step {step}'} by pid {pid}")
+        for kind, step, attempt, pid, at in _query(
+            storage,
+            "SELECT kind, step, attempt, pid, at FROM torture_runs WHERE job_id = :j",
+            j=job_id,
+        )
+    ]
+    events += [
+        (at, f"{old}->{new} attempt {a0}->{a1} (was {by}) {error or ''}")
+        for old, new, a0, a1, by, error, at in _query(
+            storage,
+            "SELECT old_status, new_status, old_attempt, new_attempt, locked_by, error, at"
+            " FROM torture_transitions WHERE job_id = :j",
+            j=job_id,
+        )
+    ]
+    events += [
+        (at, f"checkpoint {scope!r}/{index} saved at attempt {attempt} by {by}")
+        for scope, index, attempt, by, at in _query(
+            storage,
+            "SELECT scope, call_index, attempt, locked_by, at FROM torture_saves WHERE job_id = :j",
+            j=job_id,
+        )
+    ]
+    lines = [f"  {at:.3f} {what}" for at, what in sorted(events, key=lambda e: e[0] or 0)]
+    return f"history of {job_id}:\n" + "\n".join(lines)
 
 
 def _reruns_after_save(
