@@ -1,185 +1,98 @@
-"""Benchmarks: ``python -m bench [--quick] [--backend sqlite|postgresql]``.
+"""``python -m bench [--quick] [--backend sqlite|postgresql] [--only SUBSTRING] [--list]``.
 
-Each workload runs on a fresh database and prints its figure beside a reference measured
-in the same run on the same database (a bare INSERT-and-commit loop), so the ratios mean
-something on any machine. Figures are printed, never asserted.
+Runs every workload on both backends (or those given), with the reference ceilings
+measured in the same run, and prints one table: each figure beside its target and its
+ceiling. Figures are printed, never asserted: the exit status is 1 only when a workload
+crashed. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import threading
+import os
+import platform
+import signal
+import sqlite3
+import sys
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 
-import durable_jobs as jobs
+import sqlalchemy as sa
 
-from .database import database
+from .database import PG_ADMIN
+from .report import render_table
+from .sizes import FULL, QUICK
+from .suite import WORKLOADS, run, select
+
+BACKENDS = ("sqlite", "postgresql")
 
 
-@dataclass
-class Row:
-    backend: str
-    workload: str
-    value: float
-    unit: str
-    reference: float | None = None
-
-    def render(self) -> str:
-        ratio = f"{self.value / self.reference:6.2f}x" if self.reference else "      -"
-        ref = f"{self.reference:>12,.1f}" if self.reference else f"{'':>12}"
-        return (
-            f"{self.backend:<11}{self.workload:<44}{self.value:>12,.1f} {self.unit:<8}{ref} {ratio}"
+def _postgres_version() -> str:
+    try:
+        engine = sa.create_engine(
+            sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"), poolclass=sa.pool.NullPool
         )
+        with engine.connect() as conn:
+            version = str(conn.exec_driver_sql("SHOW server_version").scalar())
+        engine.dispose()
+        return version.split()[0]
+    except Exception as exc:  # reported by the workloads themselves
+        return f"unreachable ({type(exc).__name__})"
 
 
-def bare_insert_rate(url: str, n: int) -> float:
-    """Reference: one-row INSERT-and-commit loop through the same kind of connection."""
-    storage = jobs.SQLStorage(url)
-    raw = storage.engine.raw_connection()
-    cur = raw.cursor()
-    cur.execute("CREATE TABLE bench_ref (id TEXT PRIMARY KEY, body TEXT)")
-    raw.commit()
-    param = "?" if storage.is_sqlite else "%s"
-    sql = f"INSERT INTO bench_ref (id, body) VALUES ({param}, {param})"
-    start = time.perf_counter()
-    for _ in range(n):
-        cur.execute(sql, (str(uuid.uuid4()), "null"))
-        raw.commit()
-    elapsed = time.perf_counter() - start
-    raw.close()
-    storage.close()
-    return n / elapsed
-
-
-def drain_rate(url: str, n: int, concurrency: int = 10) -> float:
-    queue = jobs.Queue(jobs.SQLStorage(url))
-    done = threading.Semaphore(0)
-    queue.register("noop", lambda: done.release())
-    queue.enqueue_many([("noop", None)] * n)
-    start = time.perf_counter()
-    with queue.worker({"default": concurrency}, poll_interval=0.5):
-        for _ in range(n):
-            done.acquire()
-        storage = queue.storage
-        while storage.get_jobs_by_status("running", 1) or storage.get_due_jobs(1):
-            time.sleep(0.001)
-    return n / (time.perf_counter() - start)
-
-
-def enqueue_rate(url: str, n: int) -> float:
-    queue = jobs.Queue(jobs.SQLStorage(url))
-    start = time.perf_counter()
-    for _ in range(n):
-        queue.enqueue("noop")
-    return n / (time.perf_counter() - start)
-
-
-def enqueue_many_rate(url: str, n: int) -> float:
-    queue = jobs.Queue(jobs.SQLStorage(url))
-    items = [("noop", {"i": i}) for i in range(n)]
-    start = time.perf_counter()
-    queue.enqueue_many(items)
-    return n / (time.perf_counter() - start)
-
-
-def latency_ms(url: str, samples: int) -> tuple[float, float]:
-    """Idle enqueue-to-start latency, producer and worker in the same process."""
-    queue = jobs.Queue(jobs.SQLStorage(url))
-    started = threading.Event()
-    stamp: list[float] = []
-
-    def probe() -> None:
-        stamp.append(time.perf_counter())
-        started.set()
-
-    queue.register("probe", probe)
-    waits = []
-    with queue.worker(poll_interval=5):
-        for _ in range(samples):
-            started.clear()
-            stamp.clear()
-            time.sleep(0.01)  # idle: the worker is waiting, not polling through a backlog
-            sent = time.perf_counter()
-            queue.enqueue("probe")
-            started.wait(10)
-            waits.append((stamp[0] - sent) * 1000)
-    waits.sort()
-    return statistics.median(waits), waits[int(len(waits) * 0.99) - 1]
-
-
-def workflow_steps_rate(url: str, workflows: int, steps: int = 5) -> float:
-    queue = jobs.Queue(jobs.SQLStorage(url))
-    done = threading.Semaphore(0)
-    queue.register("step", lambda n: n)
-
-    def flow() -> None:
-        for n in range(steps):
-            jobs.call("step", n)
-        done.release()
-
-    queue.register("flow", flow)
-    queue.enqueue_many([("flow", None)] * workflows)
-    start = time.perf_counter()
-    with queue.worker({"default": 10}, poll_interval=0.5):
-        for _ in range(workflows):
-            done.acquire()
-    return workflows * steps / (time.perf_counter() - start)
-
-
-def run(backend: str, quick: bool) -> list[Row]:
-    scale = 0.1 if quick else 1.0
-    n_drain, n_enqueue, n_many = int(10_000 * scale), int(2_000 * scale), int(20_000 * scale)
-    rows: list[Row] = []
-    measure: list[tuple[str, Callable[[str], float], str, bool]] = [
-        (
-            f"drain {n_drain} no-op jobs, concurrency 10",
-            lambda u: drain_rate(u, n_drain),
-            "jobs/s",
-            True,
-        ),
-        (
-            f"enqueue {n_enqueue} one at a time",
-            lambda u: enqueue_rate(u, n_enqueue),
-            "jobs/s",
-            True,
-        ),
-        (f"enqueue_many of {n_many}", lambda u: enqueue_many_rate(u, n_many), "jobs/s", True),
-        (
-            f"{int(500 * scale)} workflows of 5 durable calls",
-            lambda u: workflow_steps_rate(u, int(500 * scale)),
-            "steps/s",
-            True,
-        ),
+def _context(backends: list[str], quick: bool) -> str:
+    """One line on what ran where: enough to tell two runs' conditions apart."""
+    parts = [
+        "quick run" if quick else "full run",
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        f"Python {platform.python_version()}",
+        f"SQLite {sqlite3.sqlite_version}",
     ]
-    for name, fn, unit, with_reference in measure:
-        with database(backend) as url:
-            reference = bare_insert_rate(url, n_enqueue) if with_reference else None
-            rows.append(Row(backend, name, fn(url), unit, reference))
-    with database(backend) as url:
-        p50, p99 = latency_ms(url, 50 if quick else 200)
-        rows.append(Row(backend, "idle latency p50, same process", p50, "ms"))
-        rows.append(Row(backend, "idle latency p99, same process", p99, "ms"))
-    return rows
+    if "postgresql" in backends:
+        parts.append(f"PostgreSQL {_postgres_version()}")
+    return "; ".join(parts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a short run (CI)")
-    parser.add_argument("--backend", choices=["sqlite", "postgresql"], action="append")
-    args = parser.parse_args()
-    header = (
-        f"{'backend':<11}{'workload':<44}{'figure':>12} {'unit':<8}{'bare INSERT/s':>12}  ratio"
+def _exit_on_sigterm() -> None:
+    # SIGTERM would end the process without unwinding; as SystemExit it runs every
+    # finally block, so worker processes are stopped and databases dropped.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    print(header)
-    print("-" * len(header))
-    for backend in args.backend or ["sqlite", "postgresql"]:
-        for row in run(backend, args.quick):
-            print(row.render(), flush=True)
+    parser.add_argument("--quick", action="store_true", help="a short run (CI): smaller sizes")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, action="append", help="repeat for both (default: both)"
+    )
+    parser.add_argument("--only", metavar="SUBSTRING", help="run the workloads whose name has it")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    args = parser.parse_args()
+    if args.list:
+        for workload in WORKLOADS:
+            print(f"{workload.name:<24}{workload.about}")
+        return 0
+    chosen = select(args.only)
+    if not chosen:
+        parser.error(f"no workload name contains {args.only!r} (see --list)")
+    backends = args.backend or list(BACKENDS)
+    _exit_on_sigterm()
+    print(_context(backends, args.quick), flush=True)
+    began = time.monotonic()
+    results = run(backends, QUICK if args.quick else FULL, chosen)
+    print()
+    print(render_table(results))
+    for note in (n for r in results for n in r.notes):
+        print()
+        print(note)
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        print(f"\nFAILED: {r.backend} {r.workload}: {r.error}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n{time.monotonic() - began:.0f} s; load average at the end {load}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

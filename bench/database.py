@@ -7,12 +7,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 
 import durable_jobs as jobs
 
-__all__ = ["PG_ADMIN", "database"]
+__all__ = ["PG_ADMIN", "backend_of", "connect", "database", "queue_on"]
 
 #: The server the PostgreSQL benchmarks create their databases on.
 PG_ADMIN = os.environ.get("SDJ_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -53,5 +54,44 @@ def _migrate(url: str) -> None:
     storage = jobs.SQLStorage(url)
     try:
         storage.migrate()
+    finally:
+        storage.close()
+
+
+def backend_of(url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"`` for a database URL."""
+    return sa.make_url(url).get_backend_name()
+
+
+@contextmanager
+def connect(url: str) -> Iterator[Any]:
+    """A raw driver connection (sqlite3 or psycopg) in autocommit, closed afterwards.
+
+    It comes from the library's own engine, so it has the same settings as the library's
+    connections (WAL and busy timeout on SQLite, UTC on PostgreSQL). Autocommit makes
+    every statement its own transaction, in one round trip, and keeps polling reads
+    from holding a snapshot open.
+    """
+    storage = jobs.SQLStorage(url)
+    raw = storage.engine.raw_connection()
+    conn = raw.driver_connection
+    assert conn is not None
+    if storage.is_sqlite:
+        conn.isolation_level = None
+    else:
+        conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        raw.invalidate()  # never hand a connection with changed settings back to a pool
+        storage.close()
+
+
+@contextmanager
+def queue_on(url: str) -> Iterator[jobs.Queue]:
+    """A ``Queue`` on ``url`` (already migrated), its connections closed afterwards."""
+    storage = jobs.SQLStorage(url)
+    try:
+        yield jobs.Queue(storage)
     finally:
         storage.close()

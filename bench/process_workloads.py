@@ -1,0 +1,146 @@
+"""Workloads run by real ``sdj worker`` processes (see ``procs.py``), on fresh databases.
+
+The bench process only enqueues and watches: it counts unfinished jobs in the table,
+reads the workers' memory from /proc, and receives the probes' start times over UDP.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import durable_jobs as jobs
+
+from .app import PROBE_REPORT
+from .database import database, queue_on
+from .procs import Outstanding, WorkerProcesses, outstanding, rss_mb
+from .report import Figure, Result, latency_figures
+from .sizes import CONCURRENCY, Sizes, count, drain_timeout
+from .workloads import IDLE_GAP, LATENCY_WARM_UP
+
+__all__ = ["drain_processes", "latency_other_process", "worker_memory"]
+
+# How long a fresh worker process rests before its memory counts as "at rest".
+REST = 2.0
+PROBE_TIMEOUT = 10.0
+
+
+def _warm_up(queue: jobs.Queue, left: Outstanding, n: int = 20) -> None:
+    """A few jobs through fresh workers: connections open, listeners listening."""
+    queue.enqueue_many([("noop", None)] * n)
+    left.wait_for_zero(30)
+
+
+def _drain(url: str, processes: int, n: int) -> float:
+    """Jobs/s of ``processes`` idle worker processes draining ``n`` no-op jobs.
+
+    Timed from the commit of the backlog (one ``enqueue_many``) until no job is left.
+    """
+    with (
+        WorkerProcesses(url, processes, CONCURRENCY),
+        outstanding(url) as left,
+        queue_on(url) as queue,
+    ):
+        _warm_up(queue, left)
+        queue.enqueue_many([("noop", None)] * n)
+        start = time.perf_counter()
+        left.wait_for_zero(drain_timeout(n))
+        return n / (time.perf_counter() - start)
+
+
+def drain_processes(backend: str, sizes: Sizes) -> Result:
+    """The drain by one and by two worker processes, measured the same way."""
+    n = sizes.drain
+    figures = []
+    for processes, key in ((1, "drain.1proc"), (2, "drain.2proc")):
+        with database(backend) as url:
+            rate = _drain(url, processes, n)
+        plural = "process" if processes == 1 else "processes"
+        label = f"drain {count(n)}, {processes} worker {plural}, c={CONCURRENCY}"
+        figures.append(Figure(key, label, rate, "jobs/s", "ref.claim"))
+    return Result(backend, "drain-processes", figures)
+
+
+def _receive(sock: socket.socket, seq: int) -> float:
+    """The start time the probe numbered ``seq`` reports (reports of earlier ones skipped)."""
+    while True:
+        try:
+            data = sock.recv(64)
+        except TimeoutError:
+            raise TimeoutError(f"probe {seq} did not report within {PROBE_TIMEOUT:g} s") from None
+        got, started = PROBE_REPORT.unpack(data)
+        if got == seq:
+            return float(started)
+
+
+def latency_other_process(backend: str, sizes: Sizes) -> Result:
+    """Enqueue-to-start latency with an idle worker in another process.
+
+    The probe handler sends its ``perf_counter()`` start time back over UDP.
+    """
+    waits = []
+    with (
+        database(backend) as url,
+        WorkerProcesses(url, 1, CONCURRENCY),
+        outstanding(url) as left,
+        queue_on(url) as queue,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+    ):
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(PROBE_TIMEOUT)
+        port = sock.getsockname()[1]
+        _warm_up(queue, left)
+        for seq in range(LATENCY_WARM_UP + sizes.latency_samples):
+            time.sleep(IDLE_GAP)
+            sent = time.perf_counter()
+            queue.enqueue("probe", {"port": port, "seq": seq})
+            started = _receive(sock, seq)
+            if seq >= LATENCY_WARM_UP:
+                waits.append((started - sent) * 1000)
+    figures = latency_figures("latency.other", "other process", waits)
+    return Result(backend, "latency-other-process", figures)
+
+
+def _feed(queue: jobs.Queue, left: Outstanding, n: int, batch: int) -> float:
+    """Run ``n`` no-op jobs through the workers, ``batch`` at a time; returns jobs/s."""
+    start = time.perf_counter()
+    done = 0
+    while done < n:
+        size = min(batch, n - done)
+        queue.enqueue_many([("noop", None)] * size)
+        left.wait_for_zero(drain_timeout(size))
+        done += size
+    return n / (time.perf_counter() - start)
+
+
+def worker_memory(backend: str, sizes: Sizes) -> Result:
+    """A worker process's RSS at rest, and its growth over many jobs."""
+    total, first = sizes.memory_jobs, sizes.memory_baseline
+    with (
+        database(backend) as url,
+        WorkerProcesses(url, 1, CONCURRENCY) as workers,
+        outstanding(url) as left,
+        queue_on(url) as queue,
+    ):
+        pid = workers.pids[0]
+        time.sleep(REST)  # the definition of "at rest", not a wait for a condition
+        rest = rss_mb(pid)
+        _feed(queue, left, first, first)
+        baseline = rss_mb(pid)
+        rate = _feed(queue, left, total - first, first)
+        end = rss_mb(pid)
+    note = (
+        f"{backend}: worker RSS {rest:.1f} MB at rest, {baseline:.1f} MB after {count(first)} "
+        f"jobs, {end:.1f} MB after {count(total)}; the last {count(total - first)} ran at "
+        f"{rate:,.0f} jobs/s, enqueued {count(first)} at a time"
+    )
+    growth = f"worker RSS growth over {count(total)} jobs"
+    return Result(
+        backend,
+        "memory",
+        [
+            Figure("rss.rest", "worker RSS at rest", rest, "MB"),
+            Figure("rss.growth", growth, end - baseline, "MB"),
+        ],
+        [note],
+    )

@@ -1,0 +1,111 @@
+"""Reference ceilings: what the database does for bare SQL from one Python thread.
+
+They are measured in the same run, on a fresh database of the same backend, so that a
+workload's ratio to its ceiling means the same on any machine.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import durable_jobs as jobs
+
+from .database import backend_of, connect
+from .fill import fill_pending
+
+__all__ = ["InsertLoop", "claim_complete_rate"]
+
+
+class InsertLoop:
+    """A bare one-row INSERT-and-commit loop into a table of its own (``bench_ref``).
+
+    Autocommit: each INSERT is its own transaction, in one round trip, as the library's
+    single enqueues are.
+    """
+
+    def __init__(self, conn: Any, backend: str) -> None:
+        self.conn = conn
+        param = "?" if backend == "sqlite" else "%s"
+        self.sql = f"INSERT INTO bench_ref (id, body) VALUES ({param}, {param})"
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_ref (id TEXT PRIMARY KEY, body TEXT)")
+
+    def run(self, n: int) -> float:
+        """Insert ``n`` rows, one transaction each; returns the seconds taken."""
+        cur = self.conn.cursor()
+        start = time.perf_counter()
+        for _ in range(n):
+            cur.execute(self.sql, (str(uuid.uuid4()), "null"))
+        elapsed = time.perf_counter() - start
+        cur.close()
+        return elapsed
+
+
+# The backend's natural single-row claim, on the same partial index as the worker's.
+_CLAIM = {
+    "postgresql": """UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+            updated_at = %(now)s
+        WHERE id = (
+            SELECT id FROM sdj_jobs
+            WHERE queue = 'default' AND status IN ('pending', 'retrying') AND run_at <= %(now)s
+            ORDER BY priority DESC, run_at, seq
+            LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING id, type, args, attempt""",
+    "sqlite": """UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+        WHERE id = (
+            SELECT id FROM sdj_jobs
+            WHERE queue = 'default' AND status IN ('pending', 'retrying') AND run_at <= :now
+            ORDER BY priority DESC, run_at, rowid
+            LIMIT 1)
+        RETURNING id, type, args, attempt""",
+}
+_COMPLETE = {
+    "postgresql": """UPDATE sdj_jobs SET status = 'completed', result = NULL,
+            completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL, heartbeat_at = NULL
+        WHERE id = %(id)s AND status = 'running'""",
+    "sqlite": """UPDATE sdj_jobs SET status = 'completed', result = NULL,
+            completed_at = :now, updated_at = :now, locked_by = NULL, heartbeat_at = NULL
+        WHERE id = :id AND status = 'running'""",
+}
+
+_WARM_UP = 20
+
+
+def claim_complete_rate(url: str, n: int) -> float:
+    """Jobs/s of a bare claim-one, commit, complete-it, commit loop over ``n`` pending jobs.
+
+    ``url`` is a fresh migrated database (the real ``sdj_jobs`` table and indexes),
+    filled server-side first. SQLite claims in a ``BEGIN IMMEDIATE`` transaction, as
+    the library does; PostgreSQL's claim is one autocommitted statement.
+    """
+    backend = backend_of(url)
+    fill_pending(url, n + _WARM_UP)
+    storage = jobs.SQLStorage(url)
+    time_param = storage.dialect.time_param
+    storage.close()
+    claim, complete = _CLAIM[backend], _COMPLETE[backend]
+    with connect(url) as conn:
+        cur = conn.cursor()
+
+        def one() -> None:
+            now = time_param(datetime.now(UTC))
+            if backend == "sqlite":
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(claim, {"worker": "bench", "now": now})
+            row = cur.fetchall()[0]
+            if backend == "sqlite":
+                cur.execute("COMMIT")
+            cur.execute(complete, {"id": row[0], "now": now})
+
+        for _ in range(_WARM_UP):
+            one()
+        start = time.perf_counter()
+        for _ in range(n):
+            one()
+        elapsed = time.perf_counter() - start
+        cur.close()
+    return n / elapsed

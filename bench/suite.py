@@ -1,0 +1,89 @@
+"""The list of workloads, what each needs measured beside it, and the loop that runs them."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import process_workloads as pw
+from . import workloads as w
+from .report import Result, number
+from .sizes import Sizes
+
+__all__ = ["WORKLOADS", "Workload", "run", "select"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named measurement; ``needs`` are workloads its ratios are computed against."""
+
+    name: str
+    run: Callable[[str, Sizes], Result]
+    about: str
+    needs: tuple[str, ...] = ()
+
+
+WORKLOADS = (
+    Workload("claim-ceiling", w.claim_ceiling, "reference: bare claim-and-complete loop"),
+    Workload("enqueue", w.enqueue_one_at_a_time, "enqueue one at a time, and the bare INSERT loop"),
+    Workload("enqueue-many", w.enqueue_many, "one enqueue_many call"),
+    Workload("drain", w.drain_in_process, "drain, in-process worker", ("claim-ceiling",)),
+    Workload(
+        "drain-processes",
+        pw.drain_processes,
+        "drain by 1 and by 2 sdj worker processes",
+        ("claim-ceiling",),
+    ),
+    Workload(
+        "drain-big-table",
+        w.drain_big_table,
+        "drain with a big backlog in the table, and the claim's plan",
+        ("claim-ceiling", "drain"),
+    ),
+    Workload("workflows", w.workflows, "workflows of 5 durable calls"),
+    Workload("latency-same-process", w.latency_same_process, "idle latency, in-process worker"),
+    Workload("latency-other-process", pw.latency_other_process, "idle latency, worker process"),
+    Workload("memory", pw.worker_memory, "worker process RSS at rest and its growth"),
+)
+
+
+def select(only: str | None) -> list[Workload]:
+    """The workloads whose name contains ``only`` (all if None), with what they need."""
+    if only is None:
+        return list(WORKLOADS)
+    by_name = {wl.name: wl for wl in WORKLOADS}
+    wanted = {wl.name for wl in WORKLOADS if only.lower() in wl.name}
+    pending = list(wanted)
+    while pending:
+        for need in by_name[pending.pop()].needs:
+            if need not in wanted:
+                wanted.add(need)
+                pending.append(need)
+    return [wl for wl in WORKLOADS if wl.name in wanted]
+
+
+def run(backends: Sequence[str], sizes: Sizes, chosen: Sequence[Workload]) -> list[Result]:
+    """Run ``chosen`` on each backend; a workload that raises is recorded, not fatal.
+
+    Progress goes to stderr, so that stdout holds only the report.
+    """
+    results = []
+    for backend in backends:
+        for workload in chosen:
+            print(f"[{backend}] {workload.name} ...", file=sys.stderr, flush=True)
+            began = time.monotonic()
+            try:
+                result = workload.run(backend, sizes)
+            except Exception as exc:
+                traceback.print_exc()
+                result = Result(backend, workload.name, error=f"{type(exc).__name__}: {exc}")
+            took = time.monotonic() - began
+            shown = ", ".join(f"{f.label} {number(f.value)} {f.unit}" for f in result.figures)
+            print(
+                f"[{backend}] {workload.name}: {shown or 'FAILED'} ({took:.1f} s)", file=sys.stderr
+            )
+            results.append(result)
+    return results
