@@ -44,7 +44,7 @@ from tests.torture.pg_instance import PostgresInstance, postgres_instance
 ROOT = Path(__file__).resolve().parents[2]
 
 CONCURRENCY = 4  # slots per worker process
-CLAIM_AHEAD = 4  # a worker holds at most this many times its concurrency (worker.py)
+CLAIM_AHEAD = 16  # a worker holds at most this many times its concurrency (worker.py)
 LOCK_TIMEOUT = 4.0  # seconds; heartbeats every 0.8 s
 WORKERS = {"postgresql": 4, "sqlite": 3}
 KINDS = {  # kind -> share of the jobs

@@ -74,7 +74,8 @@ class PostgresListener(_Listener):
         conn.execute(f"LISTEN {CHANNEL}")
         on_reconnect()
         while not stop.is_set():
-            for note in conn.notifies(timeout=0.5):
+            # The timeout bounds how long a stopping worker waits for this thread.
+            for note in conn.notifies(timeout=0.05):
                 on_notify(note.payload)
 
 
