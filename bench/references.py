@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import durable_jobs as jobs
+from durable_jobs.storage.dialects import INSERT_COLUMNS
 
 from .database import backend_of, connect
 from .fill import fill_pending
@@ -20,27 +21,49 @@ __all__ = ["InsertLoop", "claim_complete_rate"]
 
 
 class InsertLoop:
-    """A bare one-row INSERT-and-commit loop into a table of its own (``bench_ref``).
+    """A bare one-row INSERT-and-commit loop writing the row an enqueue writes.
 
-    Autocommit: each INSERT is its own transaction, in one round trip, as the library's
-    single enqueues are.
+    The table (``bench_ref``) has the jobs table's shape: its columns and indexes, so
+    the ceiling costs what storing a job must cost, and nothing the library adds
+    (building the job, the pool, the wake-up notification). Autocommit: each INSERT is
+    its own transaction, in one round trip, as the library's single enqueues are.
     """
 
     def __init__(self, conn: Any, backend: str) -> None:
         self.conn = conn
+        self.backend = backend
         param = "?" if backend == "sqlite" else "%s"
-        self.sql = f"INSERT INTO bench_ref (id, body) VALUES ({param}, {param})"
-        conn.execute("CREATE TABLE IF NOT EXISTS bench_ref (id TEXT PRIMARY KEY, body TEXT)")
+        self.sql = (
+            f"INSERT INTO bench_ref ({INSERT_COLUMNS})"
+            f" VALUES ({', '.join([param] * len(INSERT_COLUMNS.split(',')))})"
+        )
+        for statement in _copy_of_jobs_table(conn, backend):
+            conn.execute(statement)
 
     def run(self, n: int) -> float:
         """Insert ``n`` rows, one transaction each; returns the seconds taken."""
         cur = self.conn.cursor()
+        now: Any = datetime.now(UTC)
+        if self.backend == "sqlite":
+            now = now.isoformat()
         start = time.perf_counter()
         for _ in range(n):
-            cur.execute(self.sql, (str(uuid.uuid4()), "null"))
+            row = (str(uuid.uuid4()), "noop", "null", "default", 0, "pending", 0, 0)
+            cur.execute(self.sql, (*row, now, now, now, None, None))
         elapsed = time.perf_counter() - start
         cur.close()
         return elapsed
+
+
+def _copy_of_jobs_table(conn: Any, backend: str) -> list[str]:
+    """DDL for ``bench_ref``: ``sdj_jobs``'s columns and indexes under other names."""
+    if backend == "postgresql":
+        return ["CREATE TABLE IF NOT EXISTS bench_ref (LIKE sdj_jobs INCLUDING ALL)"]
+    rows = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = 'sdj_jobs' AND sql IS NOT NULL"
+        " ORDER BY type DESC"  # the table before its indexes
+    ).fetchall()
+    return [row[0].replace("sdj_jobs", "bench_ref") for row in rows]
 
 
 # The backend's natural single-row claim, on the same partial index as the worker's.

@@ -175,6 +175,9 @@ class SQLiteDialect(Dialect):
     def list_param(self, values: Sequence[str]) -> Any:
         return json.dumps(list(values))
 
+    # Batches bind rows positionally: faster than named parameters for many rows.
+    insert_rows = f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES ({', '.join(['?'] * 13)})"
+
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
         " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta)",

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from ..job import Checkpoint, Job, JobStatus, utcnow
+from ..job import Checkpoint, Job, JobStatus, new_ids, utcnow
 from .dialects import MIGRATION_LOCK_KEY, Dialect, PostgresDialect, SQLiteDialect, dialect_for
 
 __all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
@@ -30,6 +30,12 @@ __all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
 log = logging.getLogger("durable_jobs")
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The named parameters of the insert_job statements, in INSERT_COLUMNS order.
+_INSERT_PARAMS = (
+    "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries", "run_at",
+    "now", "updated_at", "backoff", "meta",
+)  # fmt: skip
+_IDLE_CONNECTIONS = 16  # at most, kept out of the engine's pool for the storage's use
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,12 @@ class SQLStorage:
         # shared connection, so every use is serialised.
         self._write_lock = threading.RLock()
         self._migrated = False
+        self._idle: list[Any] = []
+        self._idle_pid = os.getpid()
+        pool_size = getattr(self.engine.pool, "size", lambda: 1)()
+        # A caller's engine keeps at least half its pool for the caller.
+        self._idle_max = min(_IDLE_CONNECTIONS, pool_size if self._owns_engine else pool_size // 2)
+        self._autocommit = ("isolation_level", None) if self.is_sqlite else ("autocommit", True)
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -205,6 +217,7 @@ class SQLStorage:
 
     def close(self) -> None:
         """Close pooled connections (only those of an engine this storage created)."""
+        self._drop_idle()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -221,43 +234,58 @@ class SQLStorage:
         if lock is not None:
             lock.acquire()
         try:
-            raw = self.engine.raw_connection()
+            raw = self._checkout()
             try:
-                with (
-                    self._autocommit(raw),
-                    self._transaction(raw, write=write, atomic=atomic) as cur,
-                ):
+                with self._transaction(raw, write=write, atomic=atomic) as cur:
                     yield cur
             finally:
-                raw.close()
+                self._checkin(raw)
         finally:
             if lock is not None:
                 lock.release()
 
-    @contextlib.contextmanager
-    def _autocommit(self, raw: Any) -> Iterator[None]:
-        """Driver autocommit while the storage uses a pooled connection, then as it was.
+    # The storage keeps a few connections checked out of the engine's pool, in driver
+    # autocommit: most statements stand alone and then cost one round trip, not three
+    # (groups open their own transactions), and a statement skips the pool's checkout,
+    # reset and checkin, which cost about as much as a small statement itself.
 
-        Most statements stand alone, and then cost one round trip, not three; groups of
-        statements open their own transactions (``_transaction``). Switching is a
-        client-side setting on an idle connection: no round trip.
-        """
-        conn = raw.driver_connection
-        attr = "isolation_level" if self.is_sqlite else "autocommit"
-        on = None if self.is_sqlite else True
-        previous = getattr(conn, attr)
-        if previous == on:
-            yield
-            return
-        setattr(conn, attr, on)
+    def _checkout(self) -> Any:
+        if self._idle_pid != os.getpid():  # a forked child must not share its parent's
+            self._idle, self._idle_pid = [], os.getpid()
         try:
-            yield
-        finally:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        raw = self.engine.raw_connection()
+        attr, on = self._autocommit
+        try:
+            raw.info["sdj_autocommit_was"] = getattr(raw.driver_connection, attr)
+            setattr(raw.driver_connection, attr, on)
+        except BaseException:
+            raw.invalidate()
+            raise
+        return raw
+
+    def _checkin(self, raw: Any) -> None:
+        if raw.is_valid and len(self._idle) < self._idle_max:
+            self._idle.append(raw)
+            return
+        self._release(raw)
+
+    def _release(self, raw: Any) -> None:
+        """Hand a connection back to the engine's pool with its settings as they were."""
+        if raw.is_valid:
             try:
-                setattr(conn, attr, previous)
+                setattr(raw.driver_connection, self._autocommit[0], raw.info["sdj_autocommit_was"])
             except Exception:  # a broken connection: never hand it out again
-                if raw.is_valid:
-                    raw.invalidate()
+                raw.invalidate()
+        raw.close()
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for raw in idle:
+            with contextlib.suppress(Exception):
+                self._release(raw)
 
     @contextlib.contextmanager
     def _transaction(self, raw: Any, *, write: bool, atomic: bool) -> Iterator[Any]:
@@ -293,6 +321,11 @@ class SQLStorage:
             exc, raw.dbapi_connection, None
         ):
             raw.invalidate()
+            # The server went away for the idle connections too (a restart, a failover).
+            for stale in self._idle[:]:
+                with contextlib.suppress(Exception):
+                    stale.invalidate()
+            self._idle = [r for r in self._idle if r.is_valid]
 
     def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
         with self._cursor(write=write) as cur:
@@ -371,21 +404,27 @@ class SQLStorage:
             scope=row[7],
         )
 
-    def _insert_params(self, job: Job, now: datetime) -> dict[str, Any]:
-        t = self.dialect.time_param
-        return {
-            "id": job.id,
-            "type": job.type,
-            "args": job.args.decode(),
-            "queue": job.queue,
-            "priority": job.priority,
-            "status": job.status.value,
-            "max_retries": job.max_retries,
-            "run_at": t(job.run_at or now),
-            "now": t(now),
-            "backoff": None if job.backoff is None else job.backoff.decode(),
-            "meta": None if job.meta is None else json.dumps(job.meta),
-        }
+    def _insert_row(self, job: Job, now: Any) -> tuple[Any, ...]:
+        """A job's values in ``INSERT_COLUMNS`` order; ``now`` is already a parameter."""
+        return (
+            job.id,
+            job.type,
+            job.args.decode(),
+            job.queue,
+            job.priority,
+            job.status.value,
+            0,
+            job.max_retries,
+            now if job.run_at is None else self.dialect.time_param(job.run_at),
+            now,
+            now,
+            None if job.backoff is None else job.backoff.decode(),
+            None if job.meta is None else json.dumps(job.meta),
+        )
+
+    def _insert_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """Named parameters of the ``insert_job`` statements for one row."""
+        return dict(zip(_INSERT_PARAMS, row, strict=True))
 
     # -- enqueue ------------------------------------------------------------------------
 
@@ -397,21 +436,19 @@ class SQLStorage:
         self, jobs: Sequence[Job], *, connection: sa.Connection | None = None
     ) -> list[str]:
         """Store jobs all-or-nothing in one transaction; returns their ids in order."""
-        now = utcnow()
-        for job in jobs:
-            self._stamp(job, now)
         if not jobs:
             return []
-        params = [self._insert_params(job, now) for job in jobs]
+        now = utcnow()
+        rows = self._stamp(jobs, now)
         if connection is not None:
-            self._enqueue_in(connection, params)
-        elif len(params) == 1:
-            self._run("insert_job", params[0])
+            self._enqueue_in(connection, [self._insert_params(row) for row in rows])
+        elif len(rows) == 1:
+            self._run("insert_job", self._insert_params(rows[0]))
         elif isinstance(self.dialect, PostgresDialect):
-            self._copy_jobs(params, now)
+            self._copy_jobs(rows, now)
         else:
             with self._cursor(write=True) as cur:
-                cur.executemany(self._sql["insert_job"], params)
+                cur.executemany(self.dialect.insert_rows, rows)  # type: ignore[attr-defined]
         return [job.id for job in jobs]
 
     def enqueue_unique(self, job: Job, unique_key: str) -> bool:
@@ -419,17 +456,22 @@ class SQLStorage:
 
         The database's unique index decides, so of any number of racing callers one stores.
         """
-        now = utcnow()
-        self._stamp(job, now)
-        params = {**self._insert_params(job, now), "unique_key": unique_key}
+        [row] = self._stamp([job], utcnow())
+        params = {**self._insert_params(row), "unique_key": unique_key}
         return bool(self._run("insert_unique_job", params))
 
-    @staticmethod
-    def _stamp(job: Job, now: datetime) -> None:
-        if not job.id:
-            job.id = str(uuid.uuid4())
-        job.run_at = job.run_at or now
-        job.created_at = job.updated_at = now
+    def _stamp(self, jobs: Sequence[Job], now: datetime) -> list[tuple[Any, ...]]:
+        """Give new jobs their ids and times; returns their rows for the insert."""
+        ids = iter(new_ids(sum(1 for job in jobs if not job.id)))
+        at = self.dialect.time_param(now)
+        rows = []
+        for job in jobs:
+            if not job.id:
+                job.id = next(ids)
+            rows.append(self._insert_row(job, at))
+            job.run_at = job.run_at or now
+            job.created_at = job.updated_at = now
+        return rows
 
     def _enqueue_in(self, connection: sa.Connection, params: list[dict[str, Any]]) -> None:
         # The caller's transaction decides when (and whether) the jobs become visible.
@@ -437,22 +479,14 @@ class SQLStorage:
             raise ValueError("connection belongs to a different kind of database than storage")
         connection.exec_driver_sql(self._sql["insert_job"], params)
 
-    def _copy_jobs(self, params: list[dict[str, Any]], now: datetime) -> None:
+    def _copy_jobs(self, rows: list[tuple[Any, ...]], now: datetime) -> None:
         d = self.dialect
         assert isinstance(d, PostgresDialect)
-        columns = [c.strip() for c in d.copy_jobs.split("(")[1].split(")")[0].split(",")]
         with self._cursor(write=True, atomic=True) as cur:
             with cur.copy(d.copy_jobs) as copy:
-                for p in params:
-                    copy.write_row(
-                        [
-                            p["now"]
-                            if c in ("created_at", "updated_at")
-                            else (0 if c == "attempt" else p[c])
-                            for c in columns
-                        ]
-                    )
-            due = sorted({p["queue"] for p in params if p["run_at"] <= now})
+                for row in rows:
+                    copy.write_row(row)
+            due = sorted({row[3] for row in rows if row[8] <= now})  # queue, run_at
             if due:
                 cur.execute(d.notify, {"queues": due})
 
@@ -791,7 +825,7 @@ class SQLStorage:
         unless that run still holds the job's lock.
         """
         if not cp.id:
-            cp.id = str(uuid.uuid4())
+            [cp.id] = new_ids(1)
         params = {
             "id": cp.id,
             "job_id": cp.job_id,
