@@ -360,6 +360,33 @@ class Worker:
         if touched:
             self._wake.set()
 
+    def take_enqueued(self, job: Job) -> bool:
+        """Reserve a free slot for ``job``, about to be enqueued in this process, so that it
+        is stored already claimed by this worker (``start_enqueued``): no claim, no wait.
+        """
+        name = job.queue
+        with self._lock:
+            if (
+                self._state != "running"
+                or self._stopping.is_set()
+                or name not in self.concurrency
+                or self._running[name] + len(self._ready[name]) >= self.concurrency[name]
+                or self._claimed[name] >= self._capacity(name)
+                or self.queue.handler(job.type) is None
+            ):
+                return False
+            self._claimed[name] += 1
+        return True
+
+    def give_back_enqueued(self, job: Job) -> None:
+        """The enqueue ``take_enqueued`` reserved room for failed."""
+        with self._lock:
+            self._claimed[job.queue] -= 1
+
+    def start_enqueued(self, job: Job) -> None:
+        """Run ``job``, stored claimed by this worker after ``take_enqueued``."""
+        self._accept(_ClaimRequest(Claim(job.queue, 1), -1), [job])
+
     def wake_all(self) -> None:
         """Look for jobs in every queue now."""
         self.wake(list(self.concurrency))

@@ -445,8 +445,70 @@ def test_in_process_wake_up_beats_the_poll(queue: jobs.Queue) -> None:
     with queue.worker(poll_interval=30, lock_timeout=5) as worker:
         # After the first (empty) claim, only a wake-up can make the worker look again.
         wait_for(lambda: not worker._maybe_work["default"])
-        queue.enqueue("t")
+        # A job with a run time is stored waiting, then claimed (unlike test below).
+        queue.enqueue("t", at=datetime.now(UTC))
         assert done.wait(5), "the enqueue did not wake the worker"
+
+
+def test_a_job_enqueued_next_to_a_free_worker_is_stored_claimed_by_it(
+    queue: jobs.Queue,
+) -> None:
+    order: list[str] = []
+    ran = threading.Event()
+    release = threading.Event()
+
+    def t() -> None:
+        order.append("run")
+        ran.set()
+        release.wait(10)
+
+    queue.register("t", t)
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    claims: list[int] = []
+    claim = storage.claim
+    storage.claim = lambda *a, **k: claims.append(1) or claim(*a, **k)  # type: ignore[method-assign]
+    with queue.events() as events, queue.worker({"default": 1}, poll_interval=30) as worker:
+        wait_for(lambda: not worker._maybe_work["default"])
+        claims.clear()
+        job_id = queue.enqueue("t")
+        assert ran.wait(5)
+        job = queue.get_job(job_id)
+        assert job is not None and job.status == jobs.JobStatus.RUNNING
+        assert job.attempt == 1 and job.locked_by == worker.id
+        assert job.started_at == job.created_at  # stored claimed, in the same insert
+        assert claims == []
+        # The only slot is busy: the next job is stored waiting, for a claim to take.
+        second = queue.enqueue("t")
+        waiting = queue.get_job(second)
+        assert waiting is not None and waiting.status == jobs.JobStatus.PENDING
+        release.set()
+        wait_for(lambda: finished(queue, job_id, second))
+        kinds = []
+        while (event := events.get(0)) is not None:
+            if event.job.id == job_id:
+                kinds.append(type(event).__name__)
+    assert kinds[:2] == ["JobEnqueued", "JobStarted"]
+
+
+def test_a_failed_claimed_enqueue_gives_its_slot_back(queue: jobs.Queue) -> None:
+    queue.register("t", lambda: None)
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    real = storage.enqueue_claimed
+
+    def broken(job: jobs.Job, worker_id: str) -> str:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
+
+    with queue.worker({"default": 1}, poll_interval=30) as worker:
+        wait_for(lambda: not worker._maybe_work["default"])  # its first claim is done
+        storage.enqueue_claimed = broken  # type: ignore[method-assign]
+        with pytest.raises(sa.exc.OperationalError):
+            queue.enqueue("t")
+        assert worker._claimed["default"] == 0
+        storage.enqueue_claimed = real  # type: ignore[method-assign]
+        job_id = queue.enqueue("t")
+        wait_for(lambda: finished(queue, job_id))
 
 
 def test_stale_lock_is_taken_back_and_retried(queue: jobs.Queue) -> None:
@@ -566,7 +628,8 @@ def test_hooks_fire_after_the_outcome_is_stored(queue: jobs.Queue) -> None:
     queue.on_job_fail(record("fail"))
     queue.on_retry(record("retry"))
 
-    @queue.job(retries=1, backoff=jobs.constant(0))
+    # The wait keeps the retrying job from being claimed again before its hook reads it.
+    @queue.job(retries=1, backoff=jobs.constant(0.5))
     def bad() -> None:
         raise ValueError("x")
 

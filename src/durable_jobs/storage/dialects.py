@@ -28,6 +28,7 @@ WORKER_COLUMNS = "id, host, pid, queues, types, started_at, heartbeat_at"
 # Statement names every dialect defines (checked by a unit test).
 STATEMENTS = (
     "insert_job",
+    "insert_claimed_job",
     "claim",
     "complete",
     "complete_many",
@@ -181,6 +182,11 @@ class SQLiteDialect(Dialect):
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
         " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta)",
+        # A job enqueued in a process whose worker has a free slot starts out claimed.
+        "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
+                heartbeat_at, started_at)
+            VALUES (:id, :type, :args, :queue, :priority, 'running', 1, :max_retries, :run_at,
+                :now, :now, :backoff, :meta, :worker, :now, :now)""",
         # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
@@ -369,6 +375,11 @@ class PostgresDialect(Dialect):
                     %(now)s, %(now)s, %(backoff)s, %(meta)s)
                 RETURNING queue, run_at)
             SELECT pg_notify('sdj_jobs', queue) FROM ins WHERE run_at <= %(now)s""",
+        "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
+                heartbeat_at, started_at)
+            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
+                %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
+                %(worker)s, %(now)s, %(now)s)""",
         "claim": f"""WITH next AS (
                 SELECT id FROM sdj_jobs
                 WHERE queue = %(queue)s AND status IN ('pending', 'retrying')

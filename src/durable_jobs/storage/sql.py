@@ -451,6 +451,17 @@ class SQLStorage:
                 cur.executemany(self.dialect.insert_rows, rows)  # type: ignore[attr-defined]
         return [job.id for job in jobs]
 
+    def enqueue_claimed(self, job: Job, worker_id: str) -> str:
+        """Store a new, due job already claimed by ``worker_id``, its first run starting
+        now: a worker in the enqueuing process with a free slot runs it without a claim.
+        """
+        now = utcnow()
+        [row] = self._stamp([job], now)
+        self._run("insert_claimed_job", {**self._insert_params(row), "worker": worker_id})
+        job.status, job.attempt, job.locked_by = JobStatus.RUNNING, 1, worker_id
+        job.started_at = job.heartbeat_at = now
+        return job.id
+
     def enqueue_unique(self, job: Job, unique_key: str) -> bool:
         """Store ``job`` unless a job with ``unique_key`` exists; True if it was stored.
 
