@@ -437,13 +437,23 @@ class Worker:
             return False  # the completer is behind: let it catch up before claiming more
         claimed_any = False
         requests = self._reserve()
+        drained: set[str] = set()
         for position, request in enumerate(requests):
+            name = request.claim.queue
+            if name in drained:
+                # A claim for free slots came back short: nothing more is due, so a
+                # claim ahead would cost a transaction for nothing (and the time of the
+                # jobs that just started, on a busy machine).
+                self._unreserve([request])
+                continue
             try:
                 jobs = self._claim(request.claim)
             except BaseException:
                 self._unreserve(requests[position:])
                 raise
             self._accept(request, jobs)
+            if len(jobs) < request.claim.limit and not request.ahead:
+                drained.add(name)
             claimed_any = claimed_any or bool(jobs)
         return claimed_any
 
