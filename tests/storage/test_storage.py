@@ -26,6 +26,7 @@ from tests.conftest import ADMIN_URL
 from tests.helpers import fresh_database
 
 W1, W2 = "worker-1", "worker-2"
+INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)
 
 
 def make_job(type_: str = "t", **fields: Any) -> Job:
@@ -965,6 +966,43 @@ def test_save_checkpoint_is_fenced_when_given_the_run(storage: SQLStorage) -> No
     assert storage.save_checkpoint(cp(0), worker_id=W1, attempt=1) is True
     assert storage.save_checkpoint(cp(1)) is True  # unfenced
     assert [c.call_index for c in storage.get_checkpoints(job_id)] == [0, 1]
+
+
+def test_concurrent_writes_each_commit_and_fail_alone(storage: SQLStorage) -> None:
+    # On SQLite these share commits (a group commit); on either backend each caller
+    # gets its own answer, and a failing write takes no other write down with it.
+    job_id = storage.enqueue(make_job())
+    [job] = storage.claim("default", W1, 1)
+    existing = storage.enqueue(make_job())
+    results: dict[int, Any] = {}
+    gate = threading.Barrier(24)
+
+    def write(n: int) -> None:
+        gate.wait()
+        try:
+            if n % 6 == 5:  # an id that exists: this insert alone must fail
+                results[n] = storage.enqueue(make_job(id=existing))
+            elif n % 6 == 4:  # another run's fence: rejected
+                cp = Checkpoint(job_id=job_id, call_index=n, call_type="s", result=b"1")
+                results[n] = storage.save_checkpoint(cp, worker_id=W2, attempt=1)
+            else:
+                cp = Checkpoint(job_id=job_id, call_index=n, call_type="s", result=b"1")
+                results[n] = storage.save_checkpoint(cp, worker_id=W1, attempt=job.attempt)
+        except Exception as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for n in range(24):
+        if n % 6 == 5:
+            assert isinstance(results[n], INTEGRITY_ERRORS), results[n]
+        else:
+            assert results[n] is (n % 6 != 4), (n, results[n])
+    saved = {c.call_index for c in storage.get_checkpoints(job_id)}
+    assert saved == {n for n in range(24) if n % 6 < 4}
 
 
 def test_storage_on_an_existing_engine(db_url: str) -> None:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,6 +174,72 @@ def _use_wal(cur: Any) -> None:
         pause = min(pause * 2, 0.05)
 
 
+@dataclass
+class _Write:
+    """One statement waiting for a group commit, and how it went."""
+
+    sql: str
+    params: dict[str, Any]
+    rows: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _GroupCommit:
+    """Single-statement SQLite writes from many threads, committed together.
+
+    SQLite has one writer at a time and each commit waits for the disk. When threads
+    write at once (the steps of concurrent workflows), the first to arrive commits every
+    write waiting at that moment in one transaction while the others wait; each caller
+    still returns only once its own write is committed, or raises its own error.
+    """
+
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+        self._cond = threading.Condition()
+        self._waiting: list[_Write] = []
+        self._leading = False
+
+    def run(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        write = _Write(sql, params)
+        with self._cond:
+            self._waiting.append(write)
+            while self._leading and not write.done:
+                self._cond.wait()
+            batch: list[_Write] = []
+            if not write.done:
+                self._leading = True
+                batch, self._waiting = self._waiting, []
+        if batch:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if write.error is not None:
+            raise write.error
+        return write.rows
+
+    def _commit(self, batch: list[_Write]) -> None:
+        try:
+            with self._storage._cursor(write=True) as cur:
+                for write in batch:
+                    try:
+                        cur.execute(write.sql, write.params)
+                        write.rows = cur.fetchall() if cur.description else []
+                    except sqlite3.DatabaseError as exc:  # undoes this statement only
+                        write.error = exc
+        except BaseException as exc:  # nothing of the batch was committed
+            for write in batch:
+                write.error = write.error or exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for write in batch:
+                write.done = True
+
+
 class SQLStorage:
     """Job storage on SQLite or PostgreSQL.
 
@@ -199,6 +265,7 @@ class SQLStorage:
         # rather than spinning in SQLite's busy handler. An in-memory database is one
         # shared connection, so every use is serialised.
         self._write_lock = threading.RLock()
+        self._group = _GroupCommit(self) if self.is_sqlite else None
         self._migrated = False
         self._idle: list[Any] = []
         self._idle_pid = os.getpid()
@@ -327,6 +394,13 @@ class SQLStorage:
                     stale.invalidate()
             self._idle = [r for r in self._idle if r.is_valid]
 
+    def _run_grouped(self, name: str, params: dict[str, Any]) -> list[Any]:
+        """A single-statement write, committed with others waiting at the same moment
+        (SQLite; PostgreSQL's own commits already share disk flushes)."""
+        if self._group is None:
+            return self._run(name, params)
+        return self._group.run(self._sql[name], params)
+
     def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
         with self._cursor(write=write) as cur:
             cur.execute(self._sql[name], params)
@@ -443,7 +517,7 @@ class SQLStorage:
         if connection is not None:
             self._enqueue_in(connection, [self._insert_params(row) for row in rows])
         elif len(rows) == 1:
-            self._run("insert_job", self._insert_params(rows[0]))
+            self._run_grouped("insert_job", self._insert_params(rows[0]))
         elif isinstance(self.dialect, PostgresDialect):
             self._copy_jobs(rows, now)
         else:
@@ -457,7 +531,7 @@ class SQLStorage:
         """
         now = utcnow()
         [row] = self._stamp([job], now)
-        self._run("insert_claimed_job", {**self._insert_params(row), "worker": worker_id})
+        self._run_grouped("insert_claimed_job", {**self._insert_params(row), "worker": worker_id})
         job.status, job.attempt, job.locked_by = JobStatus.RUNNING, 1, worker_id
         job.started_at = job.heartbeat_at = now
         return job.id
@@ -849,7 +923,7 @@ class SQLStorage:
             "worker": worker_id,
             "attempt": attempt,
         }
-        return bool(self._run("save_checkpoint", params))
+        return bool(self._run_grouped("save_checkpoint", params))
 
     def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """A job's checkpoints, in call order."""
