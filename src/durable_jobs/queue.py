@@ -247,9 +247,8 @@ class Queue:
             opts = {**handler.defaults, **opts}
             if "at" in options:
                 opts.pop("delay", None)
-        now = utcnow()
         try:
-            run_at = opts.get("at") or (now + opts["delay"] if "delay" in opts else None)
+            run_at = opts.get("at") or (utcnow() + opts["delay"] if "delay" in opts else None)
         except OverflowError:
             raise ValueError(f"delay is out of range: {opts['delay']!r}") from None
         backoff = opts.get("backoff")

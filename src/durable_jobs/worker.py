@@ -160,10 +160,14 @@ class Worker:
         self._stop_callbacks: list[Callable[[], None]] = []
         self._tasks: queue_mod.SimpleQueue[Job | None] = queue_mod.SimpleQueue()
         self._outcomes: queue_mod.SimpleQueue[RunOutcome | None] = queue_mod.SimpleQueue()
+        self._reports: queue_mod.SimpleQueue[tuple[list[RunOutcome], set[str]] | None] = (
+            queue_mod.SimpleQueue()
+        )
         self._threads: list[threading.Thread] = []
         self._services: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._completer: threading.Thread | None = None
+        self._reporter: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
         self._give_up_at = float("inf")
 
@@ -206,6 +210,7 @@ class Worker:
         for n in range(self._slots):
             self._spawn(f"slot-{n}", self._slot_loop, self._threads)
         self._completer = self._spawn("completer", self._completer_loop, [])
+        self._reporter = self._spawn("reporter", self._reporter_loop, [])
         self._spawn("maintenance", self._maintenance_loop, self._services)
         self._start_listener()
         self.queue.attach(self)
@@ -242,6 +247,7 @@ class Worker:
         self._stopping.set()
         self._wake.set()
         assert self._dispatcher is not None and self._completer is not None
+        assert self._reporter is not None
         self._dispatcher.join()
         with self._lock:
             unstarted = [job for ready in self._ready.values() for job in ready]
@@ -260,6 +266,7 @@ class Worker:
             self._tasks.put(None)
         self._outcomes.put(None)
         self._completer.join(max(0.0, deadline - time.monotonic()) + 1)
+        self._reporter.join(max(0.0, deadline - time.monotonic()) + 1)
         if unfinished:
             log.warning(
                 "worker %s stopped with %d job(s) still running; they will be retried after "
@@ -641,6 +648,22 @@ class Worker:
             done = None in batch
             self._store([o for o in batch if o is not None])
             self._wake.set()
+        self._reports.put(None)
+
+    def _reporter_loop(self) -> None:
+        # Hooks, events and log lines of stored outcomes, in order, off the completer's
+        # thread: that one stores the next batch meanwhile (its commits bound throughput).
+        while (report := self._reports.get()) is not None:
+            batch, accepted = report
+            for outcome in batch:
+                if outcome.job.id in accepted:
+                    self._report(outcome)
+                elif outcome.kind in ("completed", "retry", "failed"):
+                    log.warning(
+                        "outcome of job %s rejected: the worker lost its lock",
+                        outcome.job.id,
+                        extra={"job_id": outcome.job.id, "worker_id": self.id},
+                    )
 
     def _store(self, batch: list[RunOutcome]) -> None:
         storage = self.queue.storage
@@ -665,15 +688,7 @@ class Worker:
         with self._lock:
             for outcome in batch:
                 self._active.pop((outcome.job.id, outcome.job.attempt), None)
-        for outcome in batch:
-            if outcome.job.id in accepted:
-                self._report(outcome)
-            elif outcome.kind in ("completed", "retry", "failed"):
-                log.warning(
-                    "outcome of job %s rejected: the worker lost its lock",
-                    outcome.job.id,
-                    extra={"job_id": outcome.job.id, "worker_id": self.id},
-                )
+        self._reports.put((batch, accepted))
 
     def _committed_anyway(self, storage: SQLStorage, rejected: list[RunOutcome]) -> set[str]:
         """Outcomes whose write was retried after its reply was lost but had committed.
