@@ -223,11 +223,11 @@ class _GroupCommit:
 
     def _commit(self, batch: list[_Write]) -> None:
         try:
-            with self._storage._cursor(write=True) as cur:
+            with self._storage._cursor(write=True, single=len(batch) == 1) as cur:
                 for write in batch:
                     try:
                         cur.execute(write.sql, write.params)
-                        write.rows = cur.fetchall() if cur.description else []
+                        write.rows = cur.fetchall() if self._storage._has_rows(cur) else []
                     except sqlite3.DatabaseError as exc:  # undoes this statement only
                         write.error = exc
         except BaseException as exc:  # nothing of the batch was committed
@@ -291,11 +291,15 @@ class SQLStorage:
     # -- connections --------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _cursor(self, *, write: bool = False, atomic: bool = False) -> Iterator[Any]:
+    def _cursor(
+        self, *, write: bool = False, atomic: bool = False, single: bool = False
+    ) -> Iterator[Any]:
         """A driver cursor inside a transaction, committed on exit.
 
         ``write`` marks statements that take SQLite's write lock; ``atomic`` groups several
-        statements into one transaction (single statements are atomic by themselves).
+        statements into one transaction (single statements are atomic by themselves);
+        ``single`` promises one statement, which on SQLite then needs no explicit
+        transaction.
         """
         lock = self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
         if lock is not None:
@@ -303,7 +307,7 @@ class SQLStorage:
         try:
             raw = self._checkout()
             try:
-                with self._transaction(raw, write=write, atomic=atomic) as cur:
+                with self._transaction(raw, write=write and not single, atomic=atomic) as cur:
                     yield cur
             finally:
                 self._checkin(raw)
@@ -356,11 +360,15 @@ class SQLStorage:
 
     @contextlib.contextmanager
     def _transaction(self, raw: Any, *, write: bool, atomic: bool) -> Iterator[Any]:
-        cur = raw.cursor()
+        # One cursor per connection, kept: making one costs as much as a small statement.
+        cur = raw.info.get("sdj_cursor")
+        if cur is None:
+            cur = raw.info["sdj_cursor"] = raw.cursor()
         try:
             if self.is_sqlite and write:
                 # Taking the write lock up front avoids the deadlock of two deferred
-                # transactions that both read and then try to write.
+                # transactions that both read and then try to write. (A lone writing
+                # statement takes the write lock before it reads: no such deadlock.)
                 cur.execute("BEGIN IMMEDIATE")
                 yield cur
             elif atomic and not self.is_sqlite:
@@ -371,11 +379,11 @@ class SQLStorage:
             # Commits what an engine without autocommit began implicitly; else a no-op.
             raw.commit()
         except BaseException as exc:
-            self._abort(raw, exc)
-            raise
-        finally:
+            del raw.info["sdj_cursor"]
             with contextlib.suppress(Exception):
                 cur.close()
+            self._abort(raw, exc)
+            raise
 
     def _abort(self, raw: Any, exc: BaseException) -> None:
         try:
@@ -402,9 +410,16 @@ class SQLStorage:
         return self._group.run(self._sql[name], params)
 
     def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
-        with self._cursor(write=write) as cur:
+        with self._cursor(write=write, single=True) as cur:
             cur.execute(self._sql[name], params)
-            return cur.fetchall() if cur.description else []
+            return cur.fetchall() if self._has_rows(cur) else []
+
+    def _has_rows(self, cur: Any) -> bool:
+        """Whether the last statement returned a result set (psycopg's ``description``
+        builds column objects: its row number answers alone)."""
+        if self.is_sqlite:
+            return cur.description is not None
+        return cur.rownumber is not None
 
     # -- schema -------------------------------------------------------------------------
 
