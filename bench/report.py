@@ -49,7 +49,11 @@ def latency_figures(key: str, where: str, waits_ms: Sequence[float]) -> list[Fig
 
 
 # Short names of the references, for the ceiling column.
-CEILING_NAMES = {"ref.insert": "bare INSERT", "ref.claim": "claim-complete"}
+CEILING_NAMES = {
+    "ref.insert": "bare INSERT",
+    "ref.claim": "claim-complete",
+    "ref.bulk": "bare bulk",
+}
 
 HEADER = (
     "backend",

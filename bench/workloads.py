@@ -14,7 +14,7 @@ import durable_jobs as jobs
 
 from .database import connect, database, queue_on
 from .fill import claim_plan, fill_pending
-from .references import InsertLoop, claim_complete_rate
+from .references import InsertLoop, bulk_insert_seconds, claim_complete_rate
 from .report import Figure, Result, latency_figures
 from .sizes import CONCURRENCY, Sizes, count, drain_timeout
 
@@ -89,14 +89,22 @@ def enqueue_one_at_a_time(backend: str, sizes: Sizes, rounds: int = 10) -> Resul
 def enqueue_many(backend: str, sizes: Sizes) -> Result:
     """One ``enqueue_many`` call, argument encoding included."""
     n = sizes.enqueue_many
-    with database(backend) as url, queue_on(url) as queue:
+    with database(backend) as url, connect(url) as conn, queue_on(url) as queue:
         queue.enqueue("noop")  # opens the pool's connection outside the timing
         items = [("noop", {"i": i}) for i in range(n)]
         start = time.perf_counter()
         queue.enqueue_many(items)
         rate = n / (time.perf_counter() - start)
-    figure = Figure("enqueue_many", f"enqueue_many of {count(n)}", rate, "jobs/s")
-    return Result(backend, "enqueue-many", [figure])
+        bulk = n / bulk_insert_seconds(conn, backend, n)
+    label = "bare COPY" if backend == "postgresql" else "bare executemany"
+    return Result(
+        backend,
+        "enqueue-many",
+        [
+            Figure("ref.bulk", f"{label} of the same rows", bulk, "rows/s"),
+            Figure("enqueue_many", f"enqueue_many of {count(n)}", rate, "jobs/s", "ref.bulk"),
+        ],
+    )
 
 
 class _Completions:
