@@ -241,12 +241,19 @@ class Queue:
     ) -> Job:
         """Validate and encode a job without storing it."""
         name = self.resolve_name(name_or_fn)
+        return self._new_job(name, args, self._job_options(name, options))
+
+    def _job_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked options with the handler's defaults under them."""
         opts = check_options(options, _ENQUEUE_OPTIONS, f"enqueue({name!r})")
         handler = self._handlers.get(name)
         if handler is not None:
             opts = {**handler.defaults, **opts}
             if "at" in options:
                 opts.pop("delay", None)
+        return opts
+
+    def _new_job(self, name: str, args: Any, opts: Mapping[str, Any]) -> Job:
         try:
             run_at = opts.get("at") or (utcnow() + opts["delay"] if "delay" in opts else None)
         except OverflowError:
@@ -293,6 +300,7 @@ class Queue:
     ) -> list[str]:
         """Enqueue ``(name, args)`` or ``(name, args, options)`` items all-or-nothing."""
         jobs = []
+        plain: dict[str, dict[str, Any]] = {}  # options of items that give none, by name
         for position, item in enumerate(items):
             if not isinstance(item, tuple) or len(item) not in (2, 3):
                 raise ValueError(
@@ -303,7 +311,14 @@ class Queue:
                 raise ValueError(f"item {position}: options must be a dict, got {options!r}")
             if "connection" in options:
                 raise ValueError("give connection to enqueue_many itself, not per item")
-            jobs.append(self.build_job(item[0], item[1], options))
+            name = self.resolve_name(item[0])
+            if options:
+                opts = self._job_options(name, options)
+            else:
+                if name not in plain:
+                    plain[name] = self._job_options(name, {})
+                opts = plain[name]
+            jobs.append(self._new_job(name, item[1], opts))
         self._store(jobs, connection)
         return [job.id for job in jobs]
 
