@@ -14,6 +14,7 @@ import durable_jobs as jobs
 from .app import PROBE_REPORT
 from .database import database, queue_on
 from .procs import Outstanding, WorkerProcesses, outstanding, rss_mb
+from .references import idle_commit_ms
 from .report import Figure, Result, latency_figures
 from .sizes import CONCURRENCY, Sizes, count, drain_timeout
 from .workloads import IDLE_GAP, LATENCY_WARM_UP
@@ -97,7 +98,8 @@ def latency_other_process(backend: str, sizes: Sizes) -> Result:
             started = _receive(sock, seq)
             if seq >= LATENCY_WARM_UP:
                 waits.append((started - sent) * 1000)
-    figures = latency_figures("latency.other", "other process", waits)
+        floor = idle_commit_ms(url, backend, sizes.latency_samples, IDLE_GAP)
+    figures = latency_figures("latency.other", "other process", waits, floor)
     return Result(backend, "latency-other-process", figures)
 
 

@@ -6,6 +6,7 @@ workload's ratio to its ceiling means the same on any machine.
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from durable_jobs.storage.dialects import INSERT_COLUMNS
 from .database import backend_of, connect
 from .fill import fill_pending
 
-__all__ = ["InsertLoop", "bulk_insert_seconds", "claim_complete_rate"]
+__all__ = ["InsertLoop", "bulk_insert_seconds", "claim_complete_rate", "idle_commit_ms"]
 
 
 class InsertLoop:
@@ -53,6 +54,23 @@ class InsertLoop:
         elapsed = time.perf_counter() - start
         cur.close()
         return elapsed
+
+
+def idle_commit_ms(url: str, backend: str, samples: int, gap: float) -> float:
+    """Median ms of one job-row INSERT-and-commit after ``gap`` seconds of idleness.
+
+    The floor of an idle enqueue-to-start latency: an enqueue commits once, and a job
+    that another process claims needs a second commit. An idle machine answers a commit
+    more slowly than a busy loop does (cold caches, sleeping cores).
+    """
+    with connect(url) as conn:
+        loop = InsertLoop(conn, backend)
+        loop.run(5)
+        times = []
+        for _ in range(samples):
+            time.sleep(gap)
+            times.append(loop.run(1) * 1000)
+    return statistics.median(times)
 
 
 def bulk_insert_seconds(conn: Any, backend: str, n: int) -> float:

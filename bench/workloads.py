@@ -14,7 +14,7 @@ import durable_jobs as jobs
 
 from .database import connect, database, queue_on
 from .fill import claim_plan, fill_pending
-from .references import InsertLoop, bulk_insert_seconds, claim_complete_rate
+from .references import InsertLoop, bulk_insert_seconds, claim_complete_rate, idle_commit_ms
 from .report import Figure, Result, latency_figures
 from .sizes import CONCURRENCY, Sizes, count, drain_timeout
 
@@ -221,5 +221,6 @@ def latency_same_process(backend: str, sizes: Sizes) -> Result:
                     raise TimeoutError("a probe job did not start within 10 s")
                 if i >= LATENCY_WARM_UP:
                     waits.append((stamp[0] - sent) * 1000)
-    figures = latency_figures("latency.same", "same process", waits)
+        floor = idle_commit_ms(url, backend, sizes.latency_samples, IDLE_GAP)
+    figures = latency_figures("latency.same", "same process", waits, floor)
     return Result(backend, "latency-same-process", figures)
