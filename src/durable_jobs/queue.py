@@ -113,6 +113,8 @@ def check_options(
     options: Mapping[str, Any], allowed: frozenset[str], where: str
 ) -> dict[str, Any]:
     """Validate job options, returning them normalised; raises ``ValueError`` on bad input."""
+    if not options:
+        return {}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(

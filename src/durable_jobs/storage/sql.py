@@ -222,8 +222,17 @@ class _GroupCommit:
         return write.rows
 
     def _commit(self, batch: list[_Write]) -> None:
+        if len(batch) == 1:  # alone: a statement that commits by itself
+            write = batch[0]
+            try:
+                write.rows = self._storage._execute(write.sql, write.params, write=True)
+            except Exception as exc:
+                write.error = exc
+            finally:
+                write.done = True
+            return
         try:
-            with self._storage._cursor(write=True, single=len(batch) == 1) as cur:
+            with self._storage._cursor(write=True) as cur:
                 for write in batch:
                     try:
                         cur.execute(write.sql, write.params)
@@ -291,15 +300,12 @@ class SQLStorage:
     # -- connections --------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _cursor(
-        self, *, write: bool = False, atomic: bool = False, single: bool = False
-    ) -> Iterator[Any]:
-        """A driver cursor inside a transaction, committed on exit.
+    def _cursor(self, *, write: bool = False, atomic: bool = False) -> Iterator[Any]:
+        """A driver cursor inside a transaction, committed on exit (for single statements
+        see ``_execute``).
 
         ``write`` marks statements that take SQLite's write lock; ``atomic`` groups several
-        statements into one transaction (single statements are atomic by themselves);
-        ``single`` promises one statement, which on SQLite then needs no explicit
-        transaction.
+        statements into one transaction (single statements are atomic by themselves).
         """
         lock = self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
         if lock is not None:
@@ -307,7 +313,7 @@ class SQLStorage:
         try:
             raw = self._checkout()
             try:
-                with self._transaction(raw, write=write and not single, atomic=atomic) as cur:
+                with self._transaction(raw, write=write, atomic=atomic) as cur:
                     yield cur
             finally:
                 self._checkin(raw)
@@ -367,8 +373,7 @@ class SQLStorage:
         try:
             if self.is_sqlite and write:
                 # Taking the write lock up front avoids the deadlock of two deferred
-                # transactions that both read and then try to write. (A lone writing
-                # statement takes the write lock before it reads: no such deadlock.)
+                # transactions that both read and then try to write.
                 cur.execute("BEGIN IMMEDIATE")
                 yield cur
             elif atomic and not self.is_sqlite:
@@ -410,9 +415,38 @@ class SQLStorage:
         return self._group.run(self._sql[name], params)
 
     def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
-        with self._cursor(write=write, single=True) as cur:
-            cur.execute(self._sql[name], params)
-            return cur.fetchall() if self._has_rows(cur) else []
+        return self._execute(self._sql[name], params, write=write)
+
+    def _execute(self, sql: str, params: dict[str, Any], *, write: bool) -> list[Any]:
+        """One statement, which commits by itself on a connection in driver autocommit.
+
+        On SQLite a lone writing statement takes the write lock before it reads, so it
+        needs no ``BEGIN IMMEDIATE``; and no context managers, which cost as much as a
+        small statement.
+        """
+        lock = self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            raw = self._checkout()
+            try:
+                cur = raw.info.get("sdj_cursor")
+                if cur is None:
+                    cur = raw.info["sdj_cursor"] = raw.cursor()
+                try:
+                    cur.execute(sql, params)
+                    return cur.fetchall() if self._has_rows(cur) else []
+                except BaseException as exc:
+                    del raw.info["sdj_cursor"]
+                    with contextlib.suppress(Exception):
+                        cur.close()
+                    self._abort(raw, exc)
+                    raise
+            finally:
+                self._checkin(raw)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _has_rows(self, cur: Any) -> bool:
         """Whether the last statement returned a result set (psycopg's ``description``
