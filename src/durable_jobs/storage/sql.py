@@ -307,7 +307,7 @@ class SQLStorage:
         ``write`` marks statements that take SQLite's write lock; ``atomic`` groups several
         statements into one transaction (single statements are atomic by themselves).
         """
-        lock = self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
+        lock = self._lock_for(write)
         if lock is not None:
             lock.acquire()
         try:
@@ -320,6 +320,26 @@ class SQLStorage:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _lock_for(self, write: bool) -> threading.RLock | None:
+        """The in-process lock a statement must hold: SQLite allows one writer at a time,
+        and an in-memory database is one connection, so every use of it is serialised."""
+        return self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
+
+    @staticmethod
+    def _kept_cursor(raw: Any) -> Any:
+        # One cursor per connection, kept: making one costs as much as a small statement.
+        cur = raw.info.get("sdj_cursor")
+        if cur is None:
+            cur = raw.info["sdj_cursor"] = raw.cursor()
+        return cur
+
+    def _failed(self, raw: Any, cur: Any, exc: BaseException) -> None:
+        """Forget a connection's cursor after an error, and roll back (or discard) it."""
+        raw.info.pop("sdj_cursor", None)
+        with contextlib.suppress(Exception):
+            cur.close()
+        self._abort(raw, exc)
 
     # The storage keeps a few connections checked out of the engine's pool, in driver
     # autocommit: most statements stand alone and then cost one round trip, not three
@@ -366,10 +386,7 @@ class SQLStorage:
 
     @contextlib.contextmanager
     def _transaction(self, raw: Any, *, write: bool, atomic: bool) -> Iterator[Any]:
-        # One cursor per connection, kept: making one costs as much as a small statement.
-        cur = raw.info.get("sdj_cursor")
-        if cur is None:
-            cur = raw.info["sdj_cursor"] = raw.cursor()
+        cur = self._kept_cursor(raw)
         try:
             if self.is_sqlite and write:
                 # Taking the write lock up front avoids the deadlock of two deferred
@@ -384,10 +401,7 @@ class SQLStorage:
             # Commits what an engine without autocommit began implicitly; else a no-op.
             raw.commit()
         except BaseException as exc:
-            del raw.info["sdj_cursor"]
-            with contextlib.suppress(Exception):
-                cur.close()
-            self._abort(raw, exc)
+            self._failed(raw, cur, exc)
             raise
 
     def _abort(self, raw: Any, exc: BaseException) -> None:
@@ -424,23 +438,18 @@ class SQLStorage:
         needs no ``BEGIN IMMEDIATE``; and no context managers, which cost as much as a
         small statement.
         """
-        lock = self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
+        lock = self._lock_for(write)
         if lock is not None:
             lock.acquire()
         try:
             raw = self._checkout()
             try:
-                cur = raw.info.get("sdj_cursor")
-                if cur is None:
-                    cur = raw.info["sdj_cursor"] = raw.cursor()
+                cur = self._kept_cursor(raw)
                 try:
                     cur.execute(sql, params)
                     return cur.fetchall() if self._has_rows(cur) else []
                 except BaseException as exc:
-                    del raw.info["sdj_cursor"]
-                    with contextlib.suppress(Exception):
-                        cur.close()
-                    self._abort(raw, exc)
+                    self._failed(raw, cur, exc)
                     raise
             finally:
                 self._checkin(raw)
