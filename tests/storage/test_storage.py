@@ -328,7 +328,10 @@ def test_claim_skips_types(storage: SQLStorage, past: datetime) -> None:
 
 
 def test_concurrent_claimers_never_share_a_job(db_url: str) -> None:
-    n_jobs, n_threads = 500, 8
+    # Enough jobs that the claimers overlap: on SQLite a claimer that finds the write
+    # lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms ...) while the holder
+    # claims on, and a claim takes a fraction of a millisecond.
+    n_jobs, n_threads = 3000, 8
     storages = [SQLStorage(db_url) for _ in range(n_threads)]
     storages[0].enqueue_many([make_job() for _ in range(n_jobs)])
     claimed: list[list[str]] = [[] for _ in range(n_threads)]
