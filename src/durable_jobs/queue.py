@@ -345,7 +345,7 @@ class Queue:
             if taker is not None:
                 taker.give_back_enqueued(jobs[0])
             raise
-        if taker is None:
+        if taker is None and self._workers:
             now = utcnow()
             due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
             for worker in list(self._workers):
