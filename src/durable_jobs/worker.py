@@ -54,10 +54,10 @@ _SLOW_JOB = 0.05
 _CLAIM_AHEAD = ((_SLOW_JOB / 100, 16), (_SLOW_JOB / 10, 4), (_SLOW_JOB, 2))
 _MAX_BACKOFF = 5.0
 # The status an outcome of each kind leaves its job in (for retried, fenced-out writes).
-_SETTLED_AS: dict[str, tuple[JobStatus, ...]] = {
-    "completed": (JobStatus.COMPLETED,),
-    "retry": (JobStatus.RETRYING,),
-    "failed": (JobStatus.FAILED,),
+_SETTLED_AS = {
+    "completed": JobStatus.COMPLETED,
+    "retry": JobStatus.RETRYING,
+    "failed": JobStatus.FAILED,
 }
 
 
@@ -698,7 +698,7 @@ class Worker:
         """
         runs = [(o.job.id, o.job.attempt) for o in rejected]
         found = self._retrying(lambda: storage.settled(self.id, runs)) or {}
-        return {o.job.id for o in rejected if found.get(o.job.id) in _SETTLED_AS[o.kind]}
+        return {o.job.id for o in rejected if found.get(o.job.id) == _SETTLED_AS[o.kind]}
 
     def _complete_and_claim(self, storage: SQLStorage, completions: list[RunOutcome]) -> set[str]:
         """Store completions, claiming the next jobs in the same transaction."""

@@ -349,10 +349,14 @@ class SQLStorage:
     def _checkout(self) -> Any:
         if self._idle_pid != os.getpid():  # a forked child must not share its parent's
             self._idle, self._idle_pid = [], os.getpid()
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
+        while True:
+            try:
+                kept = self._idle.pop()
+            except IndexError:
+                break
+            if kept.is_valid:
+                return kept
+            kept.close()  # invalidated: its pool record reconnects when next used
         raw = self.engine.raw_connection()
         attr, on = self._autocommit
         try:
@@ -415,11 +419,11 @@ class SQLStorage:
             exc, raw.dbapi_connection, None
         ):
             raw.invalidate()
-            # The server went away for the idle connections too (a restart, a failover).
+            # The server went away for the idle connections too (a restart, a failover);
+            # _checkout passes over them. (The list itself is left to other threads.)
             for stale in self._idle[:]:
                 with contextlib.suppress(Exception):
                     stale.invalidate()
-            self._idle = [r for r in self._idle if r.is_valid]
 
     def _run_grouped(self, name: str, params: dict[str, Any]) -> list[Any]:
         """A single-statement write, committed with others waiting at the same moment
@@ -579,8 +583,9 @@ class SQLStorage:
         elif isinstance(self.dialect, PostgresDialect):
             self._copy_jobs(rows, now)
         else:
+            assert isinstance(self.dialect, SQLiteDialect)
             with self._cursor(write=True) as cur:
-                cur.executemany(self.dialect.insert_rows, rows)  # type: ignore[attr-defined]
+                cur.executemany(self.dialect.insert_rows, rows)
         return [job.id for job in jobs]
 
     def enqueue_claimed(self, job: Job, worker_id: str) -> str:
