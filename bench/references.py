@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import durable_jobs as jobs
-from durable_jobs.storage.dialects import INSERT_COLUMNS
+from durable_jobs.storage.dialects import INSERT_COLUMNS, PostgresDialect
 
 from .database import backend_of, connect
 from .fill import fill_pending
@@ -75,7 +75,7 @@ def idle_commit_ms(url: str, backend: str, samples: int, gap: float) -> float:
 
 def bulk_insert_seconds(conn: Any, backend: str, n: int) -> float:
     """Seconds to store ``n`` prepared job rows in one transaction the backend's fastest
-    way: COPY on PostgreSQL, ``executemany`` on SQLite (the ceiling of ``enqueue_many``).
+    way: binary COPY on PostgreSQL, ``executemany`` on SQLite (the ceiling of ``enqueue_many``).
     """
     for statement in _copy_of_jobs_table(conn, backend):
         conn.execute(statement)
@@ -86,8 +86,9 @@ def bulk_insert_seconds(conn: Any, backend: str, n: int) -> float:
     rows = [(str(uuid.uuid4()), "noop", f'{{"i":{i}}}', *fixed) for i in range(n)]
     start = time.perf_counter()
     if backend == "postgresql":
-        copy_sql = f"COPY bench_ref ({INSERT_COLUMNS}) FROM STDIN"
+        copy_sql = f"COPY bench_ref ({INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
         with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            copy.set_types(PostgresDialect.copy_types)
             for row in rows:
                 copy.write_row(row)
     else:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -243,7 +243,7 @@ class Queue:
     ) -> Job:
         """Validate and encode a job without storing it."""
         name = self.resolve_name(name_or_fn)
-        return self._new_job(name, args, self._job_options(name, options))
+        return self._new_job(name, args, self._job_options(name, options), utcnow())
 
     def _job_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """Checked options with the handler's defaults under them."""
@@ -255,9 +255,9 @@ class Queue:
                 opts.pop("delay", None)
         return opts
 
-    def _new_job(self, name: str, args: Any, opts: Mapping[str, Any]) -> Job:
+    def _new_job(self, name: str, args: Any, opts: Mapping[str, Any], now: datetime) -> Job:
         try:
-            run_at = opts.get("at") or (utcnow() + opts["delay"] if "delay" in opts else None)
+            run_at = opts.get("at") or (now + opts["delay"] if "delay" in opts else None)
         except OverflowError:
             raise ValueError(f"delay is out of range: {opts['delay']!r}") from None
         backoff = opts.get("backoff")
@@ -270,6 +270,8 @@ class Queue:
             max_retries=opts.get("retries", DEFAULT_RETRIES),
             run_at=run_at,
             backoff=None if backoff is None else backoff.to_json(),
+            created_at=now,
+            updated_at=now,
         )
 
     def _encode_args(self, name: str, args: Any) -> bytes:
@@ -301,28 +303,57 @@ class Queue:
         connection: sa.Connection | None = None,
     ) -> list[str]:
         """Enqueue ``(name, args)`` or ``(name, args, options)`` items all-or-nothing."""
-        jobs = []
-        plain: dict[str, dict[str, Any]] = {}  # options of items that give none, by name
-        for position, item in enumerate(items):
-            if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise ValueError(
-                    f"item {position} must be (name, args) or (name, args, options), got {item!r}"
-                )
-            options = item[2] if len(item) == 3 else {}
-            if not isinstance(options, Mapping):
-                raise ValueError(f"item {position}: options must be a dict, got {options!r}")
-            if "connection" in options:
-                raise ValueError("give connection to enqueue_many itself, not per item")
-            name = self.resolve_name(item[0])
-            if options:
-                opts = self._job_options(name, options)
-            else:
-                if name not in plain:
-                    plain[name] = self._job_options(name, {})
-                opts = plain[name]
-            jobs.append(self._new_job(name, item[1], opts))
-        self._store(jobs, connection)
+        items = items if isinstance(items, Sequence) else list(items)
+        now = utcnow()
+        seen: dict[Any, tuple[str, dict[str, Any]]] = {}
+        built = (self._item_job(p, item, now, seen) for p, item in enumerate(items))
+        storage = self.storage
+        if (
+            len(items) > 1
+            and connection is None
+            and not self.instruments.enqueue
+            and isinstance(storage, SQLStorage)
+        ):
+            # The storage draws jobs while it stores those before: building them and
+            # storing them overlap. A bad item raises from inside, and nothing is stored.
+            jobs: list[Job] = []
+            storage.enqueue_many(_kept(built, jobs))
+            self._announce(jobs, None)
+        else:
+            jobs = list(built)
+            self._store(jobs, connection)
         return [job.id for job in jobs]
+
+    def _item_job(
+        self, position: int, item: Any, now: datetime, seen: dict[Any, tuple[str, dict[str, Any]]]
+    ) -> Job:
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise ValueError(
+                f"item {position} must be (name, args) or (name, args, options), got {item!r}"
+            )
+        options = item[2] if len(item) == 3 else {}
+        if not isinstance(options, Mapping):
+            raise ValueError(f"item {position}: options must be a dict, got {options!r}")
+        if "connection" in options:
+            raise ValueError("give connection to enqueue_many itself, not per item")
+        if options:
+            name = self.resolve_name(item[0])
+            opts = self._job_options(name, options)
+        else:
+            name, opts = self._plain(item[0], seen)
+        return self._new_job(name, item[1], opts, now)
+
+    def _plain(
+        self, name_or_fn: Any, seen: dict[Any, tuple[str, dict[str, Any]]]
+    ) -> tuple[str, dict[str, Any]]:
+        """The name and options of an item that gives no options, memoised in ``seen``
+        by name or function: a batch of one job type resolves and checks them once."""
+        try:
+            return seen[name_or_fn]
+        except (KeyError, TypeError):  # TypeError: unhashable, which resolve_name rejects
+            name = self.resolve_name(name_or_fn)
+            seen[name_or_fn] = plain = (name, self._job_options(name, {}))
+            return plain
 
     async def enqueue_async(
         self, name: str | Callable[..., Any], args: Any = None, **options: Any
@@ -345,6 +376,10 @@ class Queue:
             if taker is not None:
                 taker.give_back_enqueued(jobs[0])
             raise
+        self._announce(jobs, taker)
+
+    def _announce(self, jobs: Sequence[Job], taker: Worker | None) -> None:
+        """After stored jobs commit: wake this process's workers and publish events."""
         if taker is None and self._workers:
             now = utcnow()
             due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
@@ -473,3 +508,10 @@ class Queue:
     def events(self, maxsize: int = 1000) -> EventStream:
         """Subscribe to what this queue's workers do (a bounded, lossy stream)."""
         return self.bus.subscribe(maxsize)
+
+
+def _kept(jobs: Iterable[Job], into: list[Job]) -> Iterator[Job]:
+    """``jobs``, each also appended to ``into`` as it is drawn."""
+    for job in jobs:
+        into.append(job)
+        yield job

@@ -815,6 +815,24 @@ def test_enqueue_many_is_all_or_nothing(storage: SQLStorage, size: int) -> None:
     assert count(storage) == 3
 
 
+def test_enqueue_many_draws_a_lazy_iterable_all_or_nothing(storage: SQLStorage) -> None:
+    # More jobs than one chunk of a streamed PostgreSQL COPY.
+    def jobs(n: int, fail_at: int | None = None) -> Iterator[Job]:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError("bad item")
+            yield make_job(id=f"lazy-{i}")
+
+    with pytest.raises(ValueError, match="bad item"):
+        storage.enqueue_many(jobs(2500, fail_at=2100))
+    assert count(storage) == 0
+    ids = storage.enqueue_many(jobs(2500))
+    assert ids == [f"lazy-{i}" for i in range(2500)]
+    assert count(storage) == 2500
+    assert storage.enqueue_many(iter([make_job(id="alone")])) == ["alone"]
+    assert get(storage, "alone").status is JobStatus.PENDING
+
+
 def test_enqueue_many_of_nothing(storage: SQLStorage) -> None:
     assert storage.enqueue_many([]) == []
     assert count(storage) == 0

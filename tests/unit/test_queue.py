@@ -137,6 +137,25 @@ def test_enqueue_many_rejects_malformed_items(queue: jobs.Queue, item: Any) -> N
     assert count_jobs(queue) == 0
 
 
+def test_enqueue_many_rejects_a_bad_item_deep_in_a_big_batch(queue: jobs.Queue) -> None:
+    # Past the first chunk that PostgreSQL's streamed COPY has already sent.
+    items: list[Any] = [("t", i) for i in range(3000)]
+    items[2500] = ("t", float("nan"))
+    with pytest.raises(TypeError):
+        queue.enqueue_many(items)
+    items[2500] = ("t", 1, {"priority": "high"})
+    with pytest.raises(ValueError):
+        queue.enqueue_many(items)
+    assert count_jobs(queue) == 0
+    items[2500] = ("t", 2500)
+    stream = queue.events(maxsize=5000)
+    ids = queue.enqueue_many(items)
+    assert len(set(ids)) == 3000 and count_jobs(queue) == 3000
+    announced = [stream.get(timeout=5) for _ in range(3000)]
+    assert [getattr(event, "job", None) and event.job.id for event in announced] == ids
+    assert [queue.get_job(ids[i]).args for i in (0, 2999)] == [b"0", b"2999"]  # type: ignore[union-attr]
+
+
 def test_enqueue_many_takes_connection_only_as_a_whole(queue: jobs.Queue) -> None:
     with pytest.raises(ValueError):
         queue.enqueue_many([("t", 1, {"connection": None})])

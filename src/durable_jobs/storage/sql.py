@@ -7,13 +7,14 @@ themselves are plain SQL per dialect (``dialects.py``), run on the driver's curs
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -247,6 +248,17 @@ class _GroupCommit:
         finally:
             for write in batch:
                 write.done = True
+
+
+# Jobs a PostgreSQL batch builds before sending them: enough to amortise the per-chunk
+# work, few enough that the server starts storing early.
+_COPY_CHUNK = 1000
+
+
+def _chunks(items: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 class SQLStorage:
@@ -569,24 +581,33 @@ class SQLStorage:
         return self.enqueue_many([job], connection=connection)[0]
 
     def enqueue_many(
-        self, jobs: Sequence[Job], *, connection: sa.Connection | None = None
+        self, jobs: Iterable[Job], *, connection: sa.Connection | None = None
     ) -> list[str]:
-        """Store jobs all-or-nothing in one transaction; returns their ids in order."""
-        if not jobs:
-            return []
+        """Store jobs all-or-nothing in one transaction; returns their ids in order.
+
+        ``jobs`` may be a lazy iterable. On PostgreSQL it is then drawn in chunks while
+        the server stores the chunks before: building jobs and storing them overlap. An
+        error raised while drawing it stores nothing.
+        """
         now = utcnow()
-        rows = self._stamp(jobs, now)
+        chunks = _chunks(jobs, _COPY_CHUNK)
+        first = next(chunks, [])
+        if len(first) == 1 and connection is None:  # one job: a chunk holds more
+            self._run_grouped("insert_job", self._insert_params(self._stamp(first, now)[0]))
+            return [first[0].id]
+        if connection is None and isinstance(self.dialect, PostgresDialect):
+            return self._copy_jobs(itertools.chain([first], chunks), now)
+        stored = [*first, *itertools.chain.from_iterable(chunks)]
+        if not stored:
+            return []
+        rows = self._stamp(stored, now)
         if connection is not None:
             self._enqueue_in(connection, [self._insert_params(row) for row in rows])
-        elif len(rows) == 1:
-            self._run_grouped("insert_job", self._insert_params(rows[0]))
-        elif isinstance(self.dialect, PostgresDialect):
-            self._copy_jobs(rows, now)
         else:
             assert isinstance(self.dialect, SQLiteDialect)
             with self._cursor(write=True) as cur:
                 cur.executemany(self.dialect.insert_rows, rows)
-        return [job.id for job in jobs]
+        return [job.id for job in stored]
 
     def enqueue_claimed(self, job: Job, worker_id: str) -> str:
         """Store a new, due job already claimed by ``worker_id``, its first run starting
@@ -627,16 +648,23 @@ class SQLStorage:
             raise ValueError("connection belongs to a different kind of database than storage")
         connection.exec_driver_sql(self._sql["insert_job"], params)
 
-    def _copy_jobs(self, rows: list[tuple[Any, ...]], now: datetime) -> None:
+    def _copy_jobs(self, chunks: Iterable[list[Job]], now: datetime) -> list[str]:
         d = self.dialect
         assert isinstance(d, PostgresDialect)
+        ids: list[str] = []
+        due: set[str] = set()
         with self._cursor(write=True, atomic=True) as cur:
             with cur.copy(d.copy_jobs) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            due = sorted({row[3] for row in rows if row[8] <= now})  # queue, run_at
+                copy.set_types(d.copy_types)
+                for chunk in chunks:
+                    for row in self._stamp(chunk, now):
+                        copy.write_row(row)
+                        if row[8] <= now:  # run_at
+                            due.add(row[3])  # queue
+                    ids.extend(job.id for job in chunk)
             if due:
-                cur.execute(d.notify, {"queues": due})
+                cur.execute(d.notify, {"queues": sorted(due)})
+        return ids
 
     # -- claiming -----------------------------------------------------------------------
 
