@@ -7,6 +7,7 @@ psycopg), so ``SQLStorage`` builds one parameter dict and runs either text.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
     "updated_at, backoff, meta"
 )
+INSERT_WIDTH = len(INSERT_COLUMNS.split(","))
 CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
 SCHEDULE_COLUMNS = "name, spec, queue, last_fire_at, next_fire_at, updated_at"
 WORKER_COLUMNS = "id, host, pid, queues, types, started_at, heartbeat_at"
@@ -176,8 +178,13 @@ class SQLiteDialect(Dialect):
     def list_param(self, values: Sequence[str]) -> Any:
         return json.dumps(list(values))
 
-    # Batches bind rows positionally: faster than named parameters for many rows.
-    insert_rows = f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES ({', '.join(['?'] * 13)})"
+    @staticmethod
+    @functools.cache
+    def insert_rows(count: int) -> str:
+        """An INSERT of ``count`` rows bound positionally: one statement for many rows
+        steps once, where ``executemany`` steps and resets once per row."""
+        row = f"({', '.join(['?'] * INSERT_WIDTH)})"
+        return f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES {', '.join([row] * count)}"
 
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"

@@ -24,7 +24,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from ..job import Checkpoint, Job, JobStatus, new_ids, utcnow
-from .dialects import MIGRATION_LOCK_KEY, Dialect, PostgresDialect, SQLiteDialect, dialect_for
+from .dialects import (
+    INSERT_WIDTH,
+    MIGRATION_LOCK_KEY,
+    Dialect,
+    PostgresDialect,
+    SQLiteDialect,
+    dialect_for,
+)
 
 __all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
 
@@ -250,9 +257,17 @@ class _GroupCommit:
                 write.done = True
 
 
-# Jobs a PostgreSQL batch builds before sending them: enough to amortise the per-chunk
-# work, few enough that the server starts storing early.
+# Jobs of a batch built before they are sent: enough to amortise the work per chunk,
+# few enough that PostgreSQL starts storing early. SQLite stores a chunk with one
+# statement, whose parameters must stay under its limit on bound variables.
 _COPY_CHUNK = 1000
+_INSERT_CHUNK = 250
+
+
+def _sqlite_chunk() -> int:
+    # SQLite before 3.32 binds at most 999 variables per statement by default.
+    limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return min(_INSERT_CHUNK, limit // INSERT_WIDTH)
 
 
 def _chunks(items: Iterable[Job], size: int) -> Iterator[list[Job]]:
@@ -287,6 +302,7 @@ class SQLStorage:
         # shared connection, so every use is serialised.
         self._write_lock = threading.RLock()
         self._group = _GroupCommit(self) if self.is_sqlite else None
+        self._chunk = _sqlite_chunk() if self.is_sqlite else _COPY_CHUNK
         self._migrated = False
         self._idle: list[Any] = []
         self._idle_pid = os.getpid()
@@ -590,24 +606,23 @@ class SQLStorage:
         error raised while drawing it stores nothing.
         """
         now = utcnow()
-        chunks = _chunks(jobs, _COPY_CHUNK)
+        chunks = _chunks(jobs, self._chunk)
         first = next(chunks, [])
-        if len(first) == 1 and connection is None:  # one job: a chunk holds more
+        if connection is not None:
+            stored = [*first, *itertools.chain.from_iterable(chunks)]
+            if stored:
+                rows = self._stamp(stored, now)
+                self._enqueue_in(connection, [self._insert_params(row) for row in rows])
+            return [job.id for job in stored]
+        if len(first) == 1:  # one job: a chunk holds more
             self._run_grouped("insert_job", self._insert_params(self._stamp(first, now)[0]))
             return [first[0].id]
-        if connection is None and isinstance(self.dialect, PostgresDialect):
-            return self._copy_jobs(itertools.chain([first], chunks), now)
-        stored = [*first, *itertools.chain.from_iterable(chunks)]
-        if not stored:
+        if not first:
             return []
-        rows = self._stamp(stored, now)
-        if connection is not None:
-            self._enqueue_in(connection, [self._insert_params(row) for row in rows])
-        else:
-            assert isinstance(self.dialect, SQLiteDialect)
-            with self._cursor(write=True) as cur:
-                cur.executemany(self.dialect.insert_rows, rows)
-        return [job.id for job in stored]
+        chunks = itertools.chain([first], chunks)
+        if isinstance(self.dialect, PostgresDialect):
+            return self._copy_jobs(chunks, now)
+        return self._insert_chunks(chunks, now)
 
     def enqueue_claimed(self, job: Job, worker_id: str) -> str:
         """Store a new, due job already claimed by ``worker_id``, its first run starting
@@ -647,6 +662,17 @@ class SQLStorage:
         if connection.engine.dialect.name != self.engine.dialect.name:
             raise ValueError("connection belongs to a different kind of database than storage")
         connection.exec_driver_sql(self._sql["insert_job"], params)
+
+    def _insert_chunks(self, chunks: Iterable[list[Job]], now: datetime) -> list[str]:
+        d = self.dialect
+        assert isinstance(d, SQLiteDialect)
+        ids: list[str] = []
+        with self._cursor(write=True) as cur:
+            for chunk in chunks:
+                rows = self._stamp(chunk, now)
+                cur.execute(d.insert_rows(len(rows)), [value for row in rows for value in row])
+                ids.extend(job.id for job in chunk)
+        return ids
 
     def _copy_jobs(self, chunks: Iterable[list[Job]], now: datetime) -> list[str]:
         d = self.dialect
