@@ -833,6 +833,18 @@ def test_enqueue_many_draws_a_lazy_iterable_all_or_nothing(storage: SQLStorage) 
     assert get(storage, "alone").status is JobStatus.PENDING
 
 
+def test_enqueue_many_failing_late_in_a_big_batch_stores_nothing(storage: SQLStorage) -> None:
+    storage.enqueue(make_job(id="dup"))
+    batch = [make_job(id=f"big-{i}") for i in range(2000)]
+    batch[1500] = make_job(id="dup")  # fails the statement of a late chunk
+    with pytest.raises(_integrity_errors()):
+        storage.enqueue_many(iter(batch))
+    assert count(storage) == 1
+    batch[1500] = make_job(id="big-1500")
+    assert len(storage.enqueue_many(batch)) == 2000
+    assert count(storage) == 2001
+
+
 def test_enqueue_many_of_nothing(storage: SQLStorage) -> None:
     assert storage.enqueue_many([]) == []
     assert count(storage) == 0

@@ -594,16 +594,20 @@ class SQLStorage:
 
     def enqueue(self, job: Job, *, connection: sa.Connection | None = None) -> str:
         """Store a new job (in ``connection``'s transaction when given); returns its id."""
-        return self.enqueue_many([job], connection=connection)[0]
+        if connection is not None:
+            return self.enqueue_many([job], connection=connection)[0]
+        [row] = self._stamp([job], utcnow())
+        self._run_grouped("insert_job", self._insert_params(row))
+        return job.id
 
     def enqueue_many(
         self, jobs: Iterable[Job], *, connection: sa.Connection | None = None
     ) -> list[str]:
         """Store jobs all-or-nothing in one transaction; returns their ids in order.
 
-        ``jobs`` may be a lazy iterable. On PostgreSQL it is then drawn in chunks while
-        the server stores the chunks before: building jobs and storing them overlap. An
-        error raised while drawing it stores nothing.
+        ``jobs`` may be a lazy iterable, drawn a chunk at a time inside the transaction:
+        on PostgreSQL the server stores one chunk while the next is built. An error
+        raised while drawing it stores nothing.
         """
         now = utcnow()
         chunks = _chunks(jobs, self._chunk)
@@ -614,11 +618,8 @@ class SQLStorage:
                 rows = self._stamp(stored, now)
                 self._enqueue_in(connection, [self._insert_params(row) for row in rows])
             return [job.id for job in stored]
-        if len(first) == 1:  # one job: a chunk holds more
-            self._run_grouped("insert_job", self._insert_params(self._stamp(first, now)[0]))
-            return [first[0].id]
-        if not first:
-            return []
+        if len(first) <= 1:  # a chunk holds more: nothing follows
+            return [self.enqueue(job) for job in first]
         chunks = itertools.chain([first], chunks)
         if isinstance(self.dialect, PostgresDialect):
             return self._copy_jobs(chunks, now)
