@@ -88,10 +88,25 @@ def connect(url: str) -> Iterator[Any]:
 
 
 @contextmanager
-def queue_on(url: str) -> Iterator[jobs.Queue]:
-    """A ``Queue`` on ``url`` (already migrated), its connections closed afterwards."""
-    storage = jobs.SQLStorage(url)
+def queue_on(url: str, *, sqlite_synchronous: str | None = None) -> Iterator[jobs.Queue]:
+    """A ``Queue`` on ``url`` (already migrated), its connections closed afterwards.
+
+    ``sqlite_synchronous`` (``"NORMAL"``): an engine of the caller's whose SQLite
+    connections commit without waiting for the disk, as docs/guarantees.md describes.
+    """
+    if sqlite_synchronous is None:
+        storage = jobs.SQLStorage(url)
+    else:
+        engine = sa.create_engine(url)
+
+        def relaxed(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+
+        sa.event.listen(engine, "connect", relaxed)
+        storage = jobs.SQLStorage(engine)
     try:
         yield jobs.Queue(storage)
     finally:
         storage.close()
+        if sqlite_synchronous is not None:
+            storage.engine.dispose()

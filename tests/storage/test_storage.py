@@ -22,6 +22,7 @@ import durable_jobs as jobs
 from durable_jobs import codec
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
 from durable_jobs.storage import Claim, Outcome, SQLStorage
+from durable_jobs.storage import sql as sql_storage
 from tests.conftest import ADMIN_URL
 from tests.helpers import fresh_database
 
@@ -1081,3 +1082,41 @@ def test_schema_version_of_an_empty_database_reads_only(tmp_path: Path) -> None:
         assert sa.inspect(empty.engine).get_table_names() == []
     finally:
         empty.close()
+
+
+def _sqlite_settings(storage: SQLStorage) -> tuple[int, str]:
+    with storage.engine.connect() as conn:
+        synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    return synchronous, journal
+
+
+def test_sqlite_commits_wait_for_the_disk_unless_the_callers_engine_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'durable.db'}"
+    own = SQLStorage(url)
+    try:
+        assert _sqlite_settings(own) == (2, "wal")  # FULL
+        # Set on every connection, whatever default this SQLite was built with.
+        assert sa.event.contains(own.engine, "connect", sql_storage._sqlite_full_sync)
+        relaxed_by_build = sqlite3.connect(tmp_path / "durable.db")
+        relaxed_by_build.execute("PRAGMA synchronous=OFF")
+        sql_storage._sqlite_full_sync(relaxed_by_build, None)
+        assert relaxed_by_build.execute("PRAGMA synchronous").fetchone() == (2,)
+        relaxed_by_build.close()
+    finally:
+        own.close()
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def relaxed(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    theirs = SQLStorage(engine)
+    try:
+        assert _sqlite_settings(theirs) == (1, "wal")  # the caller's choice stands
+        assert not sa.event.contains(engine, "connect", sql_storage._sqlite_full_sync)
+    finally:
+        theirs.close()
+        engine.dispose()

@@ -164,6 +164,13 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
+def _sqlite_full_sync(dbapi_conn: Any, _record: Any) -> None:
+    # Every commit reaches the disk before it returns, whatever default this SQLite was
+    # built with: a committed job survives a power cut. An engine a user passes in keeps
+    # the user's choice (see docs/guarantees.md, "Durability settings").
+    dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+
 def _use_wal(cur: Any) -> None:
     # Switching a database to WAL (once: the mode is stored in the file) needs a lock that
     # SQLite will not wait for while another connection holds one, as when several
@@ -297,6 +304,8 @@ class SQLStorage:
         self.is_memory = self.is_sqlite and _is_memory_sqlite(self.engine.url)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            if self._owns_engine:
+                sa.event.listen(self.engine, "connect", _sqlite_full_sync)
         # SQLite allows one writer at a time: threads of this process queue on a lock
         # rather than spinning in SQLite's busy handler. An in-memory database is one
         # shared connection, so every use is serialised.
