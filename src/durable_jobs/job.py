@@ -28,10 +28,10 @@ def new_ids(count: int) -> list[str]:
     """
     t = f"{time.time_ns() // 1_000_000:012x}"
     head = f"{t[:8]}-{t[8:]}-7"
-    bits = os.urandom(10 * count).hex()
+    b = os.urandom(10 * count).hex()
     return [
-        f"{head}{r[:3]}-{_VARIANT[r[3]]}{r[4:7]}-{r[7:19]}"
-        for r in (bits[i : i + 20] for i in range(0, 20 * count, 20))
+        f"{head}{b[i : i + 3]}-{_VARIANT[b[i + 3]]}{b[i + 4 : i + 7]}-{b[i + 7 : i + 19]}"
+        for i in range(0, 20 * count, 20)
     ]
 
 

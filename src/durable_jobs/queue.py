@@ -171,6 +171,7 @@ class Queue:
         self._storage: Storage = SQLStorage(storage) if isinstance(storage, str) else storage
         self._migrate_lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
+        self._plain_options: dict[str, dict[str, Any]] = {}
         self._names: dict[Callable[..., Any], str] = {}
         self.hooks = Hooks()
         self.bus = EventBus()
@@ -230,6 +231,8 @@ class Queue:
     def resolve_name(self, name_or_fn: str | Callable[..., Any]) -> str:
         """The job type for a name or a registered function."""
         if isinstance(name_or_fn, str):
+            if name_or_fn in self._handlers:  # checked when it was registered
+                return name_or_fn
             return _check_job_name(name_or_fn)
         try:
             return self._names[name_or_fn]
@@ -246,13 +249,18 @@ class Queue:
         return self._new_job(name, args, self._job_options(name, options), utcnow())
 
     def _job_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Checked options with the handler's defaults under them."""
+        """Checked options with the handler's defaults under them (not to be mutated:
+        a registered type's defaults alone are computed once)."""
+        if not options and (plain := self._plain_options.get(name)) is not None:
+            return plain
         opts = check_options(options, _ENQUEUE_OPTIONS, f"enqueue({name!r})")
         handler = self._handlers.get(name)
         if handler is not None:
             opts = {**handler.defaults, **opts}
             if "at" in options:
                 opts.pop("delay", None)
+            if not options:  # a handler is registered once, and never replaced
+                self._plain_options[name] = opts
         return opts
 
     def _new_job(self, name: str, args: Any, opts: Mapping[str, Any], now: datetime) -> Job:
@@ -305,8 +313,7 @@ class Queue:
         """Enqueue ``(name, args)`` or ``(name, args, options)`` items all-or-nothing."""
         items = items if isinstance(items, Sequence) else list(items)
         now = utcnow()
-        seen: dict[Any, tuple[str, dict[str, Any]]] = {}
-        built = (self._item_job(p, item, now, seen) for p, item in enumerate(items))
+        built = (self._item_job(p, item, now) for p, item in enumerate(items))
         storage = self.storage
         if (
             len(items) > 1
@@ -324,9 +331,7 @@ class Queue:
             self._store(jobs, connection)
         return [job.id for job in jobs]
 
-    def _item_job(
-        self, position: int, item: Any, now: datetime, seen: dict[Any, tuple[str, dict[str, Any]]]
-    ) -> Job:
+    def _item_job(self, position: int, item: Any, now: datetime) -> Job:
         if not isinstance(item, tuple) or len(item) not in (2, 3):
             raise ValueError(
                 f"item {position} must be (name, args) or (name, args, options), got {item!r}"
@@ -336,24 +341,8 @@ class Queue:
             raise ValueError(f"item {position}: options must be a dict, got {options!r}")
         if "connection" in options:
             raise ValueError("give connection to enqueue_many itself, not per item")
-        if options:
-            name = self.resolve_name(item[0])
-            opts = self._job_options(name, options)
-        else:
-            name, opts = self._plain(item[0], seen)
-        return self._new_job(name, item[1], opts, now)
-
-    def _plain(
-        self, name_or_fn: Any, seen: dict[Any, tuple[str, dict[str, Any]]]
-    ) -> tuple[str, dict[str, Any]]:
-        """The name and options of an item that gives no options, memoised in ``seen``
-        by name or function: a batch of one job type resolves and checks them once."""
-        try:
-            return seen[name_or_fn]
-        except (KeyError, TypeError):  # TypeError: unhashable, which resolve_name rejects
-            name = self.resolve_name(name_or_fn)
-            seen[name_or_fn] = plain = (name, self._job_options(name, {}))
-            return plain
+        name = self.resolve_name(item[0])
+        return self._new_job(name, item[1], self._job_options(name, options), now)
 
     async def enqueue_async(
         self, name: str | Callable[..., Any], args: Any = None, **options: Any
