@@ -421,6 +421,10 @@ class Run:
                     pause_at.pop(0)
                 else:
                     pause_at[0] = now + 0.5  # no worker in a state to freeze; soon again
+                    if len(self.expected) >= p.jobs:
+                        # The backlog may have run dry, and a freeze needs a worker
+                        # inside a handler: give the workers something to run.
+                        self._produce(2 * WORKERS[self.backend], kind_only="plain")
             if self.paused is not None:
                 self._maybe_thaw()
             if now >= next_kill and now >= self.kill_ban_until:
@@ -528,6 +532,7 @@ class Run:
         # and its outcome must be rejected, which the checks then count.
         candidates = [w for w in self._killable() if self._held(w, executing=True)]
         if not candidates:
+            self.event("freeze: no worker inside a handler")
             return False
         worker = self.rng.choice(candidates)
         worker.proc.send_signal(signal.SIGSTOP)
@@ -536,6 +541,7 @@ class Run:
             # Frozen inside a transaction, it would stall everyone rather than lose its
             # locks; that is the database's lock timeout's business, not this test's.
             worker.proc.send_signal(signal.SIGCONT)
+            self.event(f"freeze: {worker.pid} caught outside a handler or in a transaction")
             return False
         self.paused, self.paused_at = worker, time.monotonic()
         self.event(f"froze {worker.pid} ({worker.log.name}) holding {self._held(worker)} jobs")
