@@ -374,10 +374,9 @@ class PostgresDialect(Dialect):
     migrations = (_POSTGRES_MIGRATION_1, _POSTGRES_MIGRATION_2, _POSTGRES_MIGRATION_3)
 
     sql: ClassVar[dict[str, str]] = {
-        # Notifying in the same statement costs no extra round trip; PostgreSQL delivers
+        # A due job wakes listening workers: notifying from RETURNING costs no extra
+        # round trip (nor the plan of a CTE around the INSERT), and PostgreSQL delivers
         # the notification only when the insert commits.
-        # A due job wakes listening workers at commit; RETURNING calls the notification
-        # at no cost the server can measure, where a CTE around the INSERT costs some.
         "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
                 %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
                 %(now)s, %(now)s, %(backoff)s, %(meta)s)
@@ -481,8 +480,8 @@ class PostgresDialect(Dialect):
         " VALUES (%(version)s, %(now)s)",
         "queue_depths": """SELECT queue, COUNT(*), MIN(run_at) FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
-        # Notifies like insert_job, and only when the row was inserted. A SELECT-only CTE
-        # runs only if referenced, hence the notification in the outer query.
+        # Notifies like insert_job, and only when the row was inserted: a conflict
+        # returns no row.
         "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
