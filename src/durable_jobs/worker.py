@@ -185,7 +185,9 @@ class Worker:
             self._scheduler = Scheduler(self.queue) if self.scheduler else None
             self._state = "running"
         try:
-            self.queue.storage  # noqa: B018 - migrates a URL-made queue before threads race to
+            storage = self.queue.storage  # migrates a URL-made queue before threads race to
+            if isinstance(storage, SQLStorage):
+                storage.require_schema()  # a clear error now, not failures logged forever
         except BaseException:
             # Nothing runs yet (the database may be down): the worker is stopped, so the
             # caller sees this error and a stop() (as in run()) returns at once.

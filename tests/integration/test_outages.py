@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,6 +95,33 @@ def test_a_worker_that_cannot_reach_its_database_fails_to_start_cleanly() -> Non
     assert "127.0.0.1" in str(raised.value) or "connect" in str(raised.value).lower()
     assert not worker.running
     worker.stop(timeout=0)  # a no-op, at once
+
+
+def test_a_worker_on_a_given_storage_that_cannot_reach_it_fails_to_start() -> None:
+    # A queue made from a storage object does not migrate, so nothing else connects
+    # before the worker's threads would start logging the same error forever.
+    storage = jobs.SQLStorage("postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2")
+    worker = jobs.Queue(storage).worker()
+    before = set(threading.enumerate())
+    with pytest.raises(Exception) as raised:
+        worker.start()
+    assert "127.0.0.1" in str(raised.value) or "connect" in str(raised.value).lower()
+    assert not worker.running
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("sdj-")]
+    storage.close()
+
+
+def test_a_worker_on_a_database_never_migrated_fails_to_start(tmp_path: Path) -> None:
+    storage = jobs.SQLStorage(f"sqlite:///{tmp_path / 'empty.db'}")
+    worker = jobs.Queue(storage).worker()
+    with pytest.raises(RuntimeError, match=r"schema version 0 of \d+: run storage.migrate\(\)"):
+        worker.start()
+    assert not worker.running
+    worker.stop(timeout=0)  # a no-op, at once
+    storage.migrate()
+    with jobs.Queue(storage).worker() as migrated:
+        assert migrated.running
+    storage.close()
 
 
 def test_claims_and_outcomes_survive_storage_errors(

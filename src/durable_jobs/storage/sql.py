@@ -526,6 +526,19 @@ class SQLStorage:
                 cur.execute(d.sql["record_version"], {"version": version, "now": now})
         self._migrated = True
 
+    def require_schema(self) -> None:
+        """Raise ``RuntimeError`` unless the database's schema is up to date (and the
+        driver's error if it cannot be reached): a worker checks before it starts."""
+        if self._migrated:
+            return
+        version, latest = self.schema_version(), len(self.dialect.migrations)
+        if version < latest:
+            raise RuntimeError(
+                f"the database is at schema version {version} of {latest}: run "
+                "storage.migrate() (or `sdj migrate`) before starting workers"
+            )
+        self._migrated = True
+
     def schema_version(self) -> int:
         """The highest migration applied (0 for an empty database); reads only."""
         if not sa.inspect(self.engine).has_table("sdj_schema_version"):
