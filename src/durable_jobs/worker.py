@@ -749,9 +749,10 @@ class Worker:
             if any(
                 w.id != self.id and job.type in w.types and job.queue in w.queues for w in others
             ):
-                storage.release(self.id, [(job.id, job.attempt)])
+                # Skipped first: a claim made once the job is back must not take it again.
                 with self._lock:
                     self._skip[job.type] = time.monotonic() + self.lock_timeout
+                storage.release(self.id, [(job.id, job.attempt)])
                 o.kind = "release"
                 return
         o.kind = "failed"

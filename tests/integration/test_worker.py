@@ -221,10 +221,14 @@ def test_unknown_type_is_left_to_a_worker_that_knows_it(queue: jobs.Queue) -> No
     job_id = queue.enqueue("special")
     with queue.worker(poll_interval=0.05, lock_timeout=1) as worker:
         # The job is claimed, seen to be unknown here but known to a live worker, and
-        # handed back without using up an attempt.
+        # handed back without using up an attempt (the type is skipped from then on).
+        def handed_back() -> bool:
+            job = queue.get_job(job_id)
+            assert job is not None
+            return job.status == jobs.JobStatus.PENDING and job.attempt == 0
+
         wait_for(lambda: "special" in worker._skip_types())
-        job = queue.get_job(job_id)
-        assert job is not None and job.status == jobs.JobStatus.PENDING and job.attempt == 0
+        wait_for(handed_back)
         # Once no live worker knows the type, the job fails naming it.
         storage.remove_worker("expert")
         wait_for(lambda: finished(queue, job_id))
