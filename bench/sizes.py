@@ -15,6 +15,8 @@ class Sizes:
     """Jobs, rows or samples per workload."""
 
     drain: int = 10_000
+    #: Drains per figure, alternating where two are compared; the median is reported.
+    drain_rounds: int = 3
     enqueue: int = 2_000
     enqueue_many: int = 20_000
     workflows: int = 500
@@ -28,6 +30,7 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(
     drain=5_000,
+    drain_rounds=1,
     enqueue=1_000,
     workflows=100,
     latency_samples=100,
