@@ -324,7 +324,11 @@ class Queue:
             # The storage draws jobs while it stores those before: building them and
             # storing them overlap. A bad item raises from inside, and nothing is stored.
             jobs: list[Job] = []
-            storage.enqueue_many(_kept(built, jobs))
+            try:
+                storage.enqueue_many(_kept(built, jobs))
+            except Exception as exc:
+                self._explain(exc)
+                raise
             self._announce(jobs, None)
         else:
             jobs = list(built)
@@ -361,11 +365,19 @@ class Queue:
                     self._write(jobs, connection, taker)
             else:
                 self._write(jobs, connection, taker)
-        except BaseException:
+        except BaseException as exc:
             if taker is not None:
                 taker.give_back_enqueued(jobs[0])
+            self._explain(exc)
             raise
         self._announce(jobs, taker)
+
+    def _explain(self, error: BaseException) -> None:
+        """Raise a clearer error than ``error`` when a write failed because the database
+        was never migrated (a queue made from a storage object does not migrate it)."""
+        storage = self._storage
+        if isinstance(storage, SQLStorage) and (clearer := storage.schema_error(error)):
+            raise clearer from error
 
     def _announce(self, jobs: Sequence[Job], taker: Worker | None) -> None:
         """After stored jobs commit: wake this process's workers and publish events."""

@@ -410,6 +410,22 @@ def test_queue_of_a_url_migrates_on_first_use(fresh_url: str, tmp_path: Path) ->
     storage.close()
 
 
+def test_enqueue_on_a_storage_never_migrated_says_to_migrate(fresh_url: str) -> None:
+    storage = jobs.SQLStorage(fresh_url)
+    queue = jobs.Queue(storage)  # a storage object: the queue does not migrate it
+    match = r"schema version 0 of \d+: run storage.migrate\(\)"
+    with pytest.raises(RuntimeError, match=match) as single:
+        queue.enqueue("t", {"n": 1})
+    assert single.value.__cause__ is not None  # the driver's own error, kept
+    with pytest.raises(RuntimeError, match=match):
+        queue.enqueue_many([("t", 1), ("t", 2)])
+    with pytest.raises(ValueError):  # bad input is still reported as such
+        queue.enqueue_many([("t", 1), ("t",)])
+    storage.migrate()
+    assert stored(queue, queue.enqueue("t", {"n": 1})).args == b'{"n":1}'
+    storage.close()
+
+
 def test_queue_uses_the_environment_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'from-env.db'}"

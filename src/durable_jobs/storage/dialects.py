@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -74,6 +75,10 @@ class Dialect:
     def time_param(self, value: datetime | None) -> Any:
         """A datetime as the driver should bind it (aware UTC; naive means UTC)."""
         return None if value is None else _utc(value)
+
+    def missing_table(self, error: BaseException) -> bool:
+        """Whether the driver's ``error`` says a statement's table does not exist."""
+        return False
 
     def time_value(self, value: Any) -> datetime | None:
         """A timestamp read from the database as an aware UTC datetime."""
@@ -177,6 +182,10 @@ class SQLiteDialect(Dialect):
 
     def list_param(self, values: Sequence[str]) -> Any:
         return json.dumps(list(values))
+
+    def missing_table(self, error: BaseException) -> bool:
+        # SQLite gives this no error code of its own, only the message.
+        return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
 
     @staticmethod
     @functools.cache
@@ -372,6 +381,9 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     migrations = (_POSTGRES_MIGRATION_1, _POSTGRES_MIGRATION_2, _POSTGRES_MIGRATION_3)
+
+    def missing_table(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) == "42P01"  # undefined_table
 
     sql: ClassVar[dict[str, str]] = {
         # A due job wakes listening workers: notifying from RETURNING costs no extra

@@ -528,16 +528,30 @@ class SQLStorage:
 
     def require_schema(self) -> None:
         """Raise ``RuntimeError`` unless the database's schema is up to date (and the
-        driver's error if it cannot be reached): a worker checks before it starts."""
+        driver's error if it cannot be reached): workers check before they start, and
+        enqueues when a write fails."""
         if self._migrated:
             return
         version, latest = self.schema_version(), len(self.dialect.migrations)
         if version < latest:
             raise RuntimeError(
                 f"the database is at schema version {version} of {latest}: run "
-                "storage.migrate() (or `sdj migrate`) before starting workers"
+                "storage.migrate() (or `sdj migrate`) first"
             )
         self._migrated = True
+
+    def schema_error(self, error: BaseException) -> RuntimeError | None:
+        """A clearer error than the driver's ``error`` when it says a table is missing
+        because the database was never migrated (None otherwise)."""
+        if not self.dialect.missing_table(error):
+            return None
+        try:
+            self.require_schema()
+        except RuntimeError as missing:
+            return missing
+        except Exception:
+            return None  # cannot tell: the driver's error stands
+        return None
 
     def schema_version(self) -> int:
         """The highest migration applied (0 for an empty database); reads only."""
