@@ -37,10 +37,12 @@ RETRIES = {
     "exhaust": 2,
     "delayed": 6,
     "workflow": 10,
+    "workflow_async": 10,
 }
 FLAKY_FAILURES = 2  # flaky fails its first two attempts
 LATER_DELAY = 0.5  # seconds a RetryAfter asks for
 STEPS = 5
+WORKFLOWS = ("workflow", "workflow_async")
 BACKOFF = jobs.constant(0.2)  # short waits between retries keep the run short
 
 
@@ -58,14 +60,14 @@ def design(kind: str, attempt: int, n: int) -> tuple[str, str]:
         return failure, "RetryAfter: come back later"
     if kind == "exhaust":
         return failure, "RuntimeError: always fails"
-    if kind == "workflow" and attempt == 1 and n % 2 == 0:
+    if kind in WORKFLOWS and attempt == 1 and n % 2 == 0:
         return failure, "RuntimeError: crash after step 3"
     return "completed", ""
 
 
 def expected_result(kind: str, n: int) -> Any:
     """The result of a job of ``kind`` that completes."""
-    if kind == "workflow":
+    if kind in WORKFLOWS:
         return [n * 10 + i for i in range(1, STEPS + 1)]
     return n
 
@@ -190,9 +192,31 @@ def register(queue: jobs.Queue) -> None:
         _work()
         return n * 10 + i
 
-    for fn in (plain, plain_async, flaky, refuse, later, later_always, exhaust, delayed, workflow):
+    async def workflow_async(n: int) -> list[int]:
+        job = await asyncio.to_thread(record, queue, "workflow_async")
+        # Steps 1 and 2 run concurrently and step 1 finishes last: their checkpoints must
+        # keep the order the calls were made in, or a replay swaps their results.
+        first = await asyncio.gather(
+            jobs.call_async("wf_step_async", [n, 1]), jobs.call_async("wf_step_async", [n, 2])
+        )
+        results = list(first)
+        for i in range(3, STEPS + 1):
+            results.append(await jobs.call_async("wf_step_async", [n, i]))
+            if i == 3 and job.attempt == 1 and n % 2 == 0:
+                raise RuntimeError("crash after step 3")
+        return results
+
+    async def wf_step_async(args: list[int]) -> int:
+        n, i = args
+        await asyncio.to_thread(record, queue, "wf_step", i)
+        await asyncio.sleep(random.uniform(0.0, 0.03) + (0.03 if i == 1 else 0.0))
+        return n * 10 + i
+
+    kinds = (plain, plain_async, flaky, refuse, later, later_always, exhaust, delayed, workflow)
+    for fn in (*kinds, workflow_async):
         queue.register(fn.__name__, fn, retries=RETRIES[fn.__name__], backoff=BACKOFF)
     queue.register("wf_step", wf_step)
+    queue.register("wf_step_async", wf_step_async)
 
     @queue.on_job_complete
     def completed(job: jobs.Job) -> None:

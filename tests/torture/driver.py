@@ -16,6 +16,7 @@ as the change itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import random
@@ -46,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 4  # slots per worker process
 CLAIM_AHEAD = 16  # a worker holds at most this many times its concurrency (worker.py)
 LOCK_TIMEOUT = 4.0  # seconds; heartbeats every 0.8 s
+DISK_FULL_FOR = 1.5  # seconds the SQLite file system stays full
+DISK_SIZE = "128m"  # the tmpfs that holds a SQLite run's database
 WORKERS = {"postgresql": 4, "sqlite": 3}
 KINDS = {  # kind -> share of the jobs
     "plain": 26,
@@ -56,7 +59,8 @@ KINDS = {  # kind -> share of the jobs
     "later_always": 4,
     "exhaust": 5,
     "delayed": 10,
-    "workflow": 20,
+    "workflow": 12,
+    "workflow_async": 8,
 }
 FAILING_KINDS = {"refuse", "later_always", "exhaust"}
 # What a run of a workflow fails with when the database goes away under it (the
@@ -64,6 +68,7 @@ FAILING_KINDS = {"refuse", "later_always", "exhaust"}
 OUTAGE_ERRORS = ("OperationalError", "AdminShutdown", "InterfaceError")
 THREAD_DIED = "Exception in thread"
 REJECTED = "rejected: the worker lost its lock"
+DISK_FULL = "database or disk is full"  # SQLite's message for SQLITE_FULL
 
 
 Problem = Callable[[str], None]  # collects the broken guarantees the checks find
@@ -105,6 +110,7 @@ class Report:
     restarts: int = 0
     connection_kills: int = 0
     connections_killed: int = 0
+    disk_fulls: int = 0
     executions: int = 0
     re_executions: int = 0
     reaped_runs: int = 0
@@ -121,7 +127,8 @@ class Report:
         return (
             f"torture: {self.jobs} jobs, {self.kills} kills, {self.restarts} restarts, "
             f"{self.re_executions} re-executions, {self.connection_kills} connection kills "
-            f"({self.connections_killed} connections), {self.pauses} frozen workers, "
+            f"({self.connections_killed} connections), {self.disk_fulls} disk-full episodes, "
+            f"{self.pauses} frozen workers, "
             f"{self.executions} executions, {self.reaped_runs} runs taken back, "
             f"{self.fenced} fenced outcomes, {self.steps_saved} checkpointed steps "
             f"({self.step_reruns_before_save} re-run before their checkpoint, "
@@ -396,7 +403,7 @@ class Run:
         next_batch = t0
         next_kill = t0 + 2 + self.rng.uniform(*p.kill_every)
         pause_at = [t0 + p.chaos_for * (i + 1) / (p.pauses + 1) - 1 for i in range(p.pauses)]
-        outages = []
+        outages = [(t0 + p.chaos_for * 0.5, "disk full")]
         if self.pg is not None:
             outages = [
                 (t0 + p.chaos_for * 0.4, "restart"),
@@ -489,13 +496,17 @@ class Run:
         self.event(f"killed {victim.pid} ({victim.log.name}), started {started.pid}")
 
     def _outage(self, what: str) -> None:
-        assert self.pg is not None
         survivors = {w.pid for w in self.fleet.live}
-        if what == "restart":
+        if what == "disk full":
+            self._fill_disk()
+            self.report.disk_fulls += 1
+        elif what == "restart":
+            assert self.pg is not None
             # Immediate: the server crashes and recovers from its WAL, like a power cut.
             self.pg.restart("immediate")
             self.report.restarts += 1
         else:
+            assert self.pg is not None
             killed = _retry(
                 "terminating connections",
                 lambda: _query(
@@ -512,6 +523,34 @@ class Run:
         # Work for the survivors, however late the outage came (a frozen worker can push
         # it past the last batch): the checks want to see them run jobs after it.
         self._produce(2 * len(survivors), kind_only="plain")
+
+    def _fill_disk(self) -> None:
+        """Fill the file system of the SQLite database for a while, then free it.
+
+        Every write then fails as on a full disk (SQLITE_FULL: in SQLite's journal, its
+        WAL, or the database file), in the middle of whatever the workers are doing. The
+        episode is shorter than the lock timeout: it must cost a pause and nothing else.
+        """
+        path = self.storage.engine.url.database
+        assert path is not None
+        # An emptied WAL: every commit from now on needs new space (a WAL in use is
+        # written over in place, and would hide a full disk).
+        _retry("emptying the WAL", lambda: _truncate_wal(path))
+        filler = Path(path).parent / "filler"
+        chunk = b"\0" * (1 << 20)
+        with filler.open("wb", buffering=0) as out:
+            while True:
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    if len(chunk) == 1:
+                        break
+                    chunk = chunk[: len(chunk) // 2]  # fill to the last byte
+        self.event(f"disk full ({filler.stat().st_size} bytes of filler)")
+        time.sleep(DISK_FULL_FOR)
+        filler.unlink()
 
     # Freezing a worker for longer than the lock timeout: its jobs are taken back and run
     # elsewhere; when it thaws, every outcome it tries to store must be rejected.
@@ -685,7 +724,7 @@ def verify(run: Run) -> None:
         if row is None:
             continue
         _check_job(run, exp, row, runs[job_id], transitions[job_id], hooks[job_id], problem)
-        if exp.kind == "workflow" and row[2] == "completed":
+        if exp.kind in app.WORKFLOWS and row[2] == "completed":
             # call() returned for every step, so each had a committed checkpoint.
             unsaved = [i for i in range(app.STEPS) if not saves.get((job_id, i))]
             if unsaved:
@@ -805,7 +844,7 @@ def _check_job(
             continue
         if ending.attempt not in by_attempt:
             problem(f"{where}: run {ending.attempt} stored an outcome without executing")
-        if ending.error.startswith(OUTAGE_ERRORS) and kind == "workflow":
+        if ending.error.startswith(OUTAGE_ERRORS) and kind in app.WORKFLOWS:
             continue  # jobs.call met the outage; the workflow retries
         designed = app.design(kind, ending.attempt, n)
         if (ending.status, ending.error[: len(designed[1])]) != designed:
@@ -882,7 +921,7 @@ def _check_bounds(run: Run, problem: Problem) -> None:
     A lost execution is one whose run was taken back, so it is bounded by those.
     """
     r = run.report
-    outages = r.restarts + r.connection_kills
+    outages = r.restarts + r.connection_kills + r.disk_fulls
     held = CLAIM_AHEAD * CONCURRENCY
     everything = WORKERS[run.backend] * held
     max_reaped = held * (r.kills + r.pauses) + everything * outages
@@ -894,6 +933,8 @@ def _check_bounds(run: Run, problem: Problem) -> None:
         problem(f"{r.outage_failures} runs failed by outages; at most {everything * outages}")
     if run.pg is not None and (r.restarts, r.connection_kills) != (1, 1):
         problem(f"{r.restarts} restarts and {r.connection_kills} connection kills, wanted 1 each")
+    if run.pg is None and r.disk_fulls != 1:
+        problem(f"{r.disk_fulls} disk-full episodes, wanted 1")
     if r.kills < run.profile.min_kills or r.pauses < run.profile.pauses:
         problem(f"only {r.kills} kills and {r.pauses} frozen workers")
 
@@ -918,6 +959,8 @@ def _check_logs(run: Run, problem: Problem) -> None:
         problem(f"worker threads died: {died[:3]}")
     run.report.fenced = sum(REJECTED in line for line in lines)
     run.report.storage_errors = sum(" failed (" in line for line in lines)
+    if run.report.disk_fulls and not any(DISK_FULL in line for line in lines):
+        problem("no worker met the full disk: the episode tested nothing")
     if run.report.fenced < run.report.pauses:
         problem(
             f"{run.report.pauses} workers thawed after losing their locks but only "
@@ -931,12 +974,45 @@ def _check_logs(run: Run, problem: Problem) -> None:
 @contextlib.contextmanager
 def _database(backend: str, tmp: Path) -> Iterator[tuple[str, PostgresInstance | None]]:
     if backend == "sqlite":
-        yield f"sqlite:///{tmp / 'torture.db'}", None
+        with _small_disk(tmp / "disk") as disk:
+            yield f"sqlite:///{disk / 'torture.db'}", None
     elif backend == "postgresql":
         with postgres_instance() as pg:
             yield pg.url, pg
     else:
         raise ValueError(f"unknown backend {backend!r}")
+
+
+def _truncate_wal(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=5, isolation_level=None)
+    try:
+        busy, _frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    if busy:
+        raise sqlite3.OperationalError("database is busy: the WAL was not emptied")
+
+
+@contextlib.contextmanager
+def _small_disk(where: Path) -> Iterator[Path]:
+    """A file system of its own for the SQLite database (a tmpfs), so that the disk-full
+    episode fills it and nothing else. Its files are copied beside it afterwards, for a
+    post-mortem; the copies are deleted with the rest when the run passes."""
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(where)]
+    done = subprocess.run(mount, capture_output=True, text=True)
+    if done.returncode:
+        raise TortureFailure(
+            f"cannot mount a {DISK_SIZE} tmpfs for the SQLite run's disk-full episode "
+            f"(run as root): {done.stderr.strip()}"
+        )
+    try:
+        yield where
+    finally:
+        for file in where.iterdir():
+            if file.name != "filler":
+                shutil.copy2(file, where.parent / file.name)
+        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def run(backend: str, profile: Profile, seed: int | None = None) -> Report:
