@@ -15,7 +15,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .context import current_job
 from .durable import call, call_async
-from .errors import DurableJobsError, NondeterminismError, NoRetry, NotInJobError, RetryAfter
+from .errors import (
+    DurableJobsError,
+    NondeterminismError,
+    NoRetry,
+    NotInJobError,
+    OutcomeRefused,
+    ResultTooLarge,
+    RetryAfter,
+)
 from .events import (
     CheckpointSaved,
     Event,
@@ -55,7 +63,9 @@ __all__ = [
     "NoRetry",
     "NondeterminismError",
     "NotInJobError",
+    "OutcomeRefused",
     "Queue",
+    "ResultTooLarge",
     "RetryAfter",
     "SQLStorage",
     "Schedule",

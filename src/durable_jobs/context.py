@@ -22,6 +22,8 @@ class JobContext:
     job: Job
     queue: Queue
     worker_id: str
+    #: The worker's lock timeout: how long storage errors may be waited out in place.
+    lock_timeout: float = 30.0
     #: Per-run state of durable calls (owned by ``durable.py``).
     durable: dict[str, Any] = field(default_factory=dict)
 

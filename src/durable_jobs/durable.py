@@ -7,8 +7,9 @@ neither the worker nor the queue module.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,14 @@ from .handler import Handler
 from .instrument import wrapped
 from .job import Checkpoint
 from .retry import DEFAULT_BACKOFF, Backoff
-from .storage import SQLStorage
+from .storage import SQLStorage, retry_transient
 
 __all__ = ["call", "call_async"]
 
 _CALL_OPTIONS = frozenset({"retries", "backoff"})
+# Errors of nested calls that a step's retries in place must not catch: a run that lost
+# its lock must stop at once, and a diverged replay diverges again on every attempt.
+_NEVER_RETRIED = (StaleJobError, NondeterminismError)
 
 # The path of the step whose body is running ("" in the job itself): nested calls are
 # numbered within their step, so they never shift the numbering around them. A context
@@ -34,15 +38,40 @@ _scope: ContextVar[str] = ContextVar("durable_jobs_scope", default="")
 
 @dataclass
 class _Replay:
-    """One run's view of its job's checkpoints and the next call index per scope."""
+    """One run's view of its job's checkpoints and the next call index per scope.
 
-    checkpoints: dict[tuple[str, int], Checkpoint]
+    A call takes its index when it is made, under a lock and before any I/O, so calls
+    made at once (threads, ``asyncio.gather``) get distinct indexes in the order they
+    were made. The checkpoints are read afterwards, once per run, and merged in.
+    """
+
+    checkpoints: dict[tuple[str, int], Checkpoint] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    loaded: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def next_index(self, scope: str) -> int:
-        index = self.counters.get(scope, 0)
-        self.counters[scope] = index + 1
-        return index
+        with self.lock:
+            index = self.counters.get(scope, 0)
+            self.counters[scope] = index + 1
+            return index
+
+    def restart(self, scope: str) -> None:
+        """Number the calls in ``scope`` from 0 again (a step's next attempt in place)."""
+        with self.lock:
+            self.counters.pop(scope, None)
+
+    def merge(self, loaded: Iterable[Checkpoint]) -> None:
+        """Add checkpoints read from storage; those this run recorded meanwhile stay."""
+        with self.lock:
+            for cp in loaded:
+                self.checkpoints.setdefault((cp.scope, cp.call_index), cp)
+            self.loaded = True
+
+    def get(self, scope: str, index: int) -> Checkpoint | None:
+        with self.lock:
+            return self.checkpoints.get((scope, index))
 
 
 @dataclass(frozen=True)
@@ -64,16 +93,26 @@ class _Step:
 
 
 def _replay_state(ctx: context.JobContext) -> _Replay:
+    """This run's replay state with the job's checkpoints read (once per run)."""
+    replay = _replay_of(ctx)
+    if not replay.loaded:
+        with replay.load_lock:  # concurrent first calls wait for one read
+            if not replay.loaded:
+                replay.merge(_read_checkpoints(ctx))
+    return replay
+
+
+def _replay_of(ctx: context.JobContext) -> _Replay:
+    """This run's replay state, created on first use without I/O."""
     replay = ctx.durable.get("replay")
     if replay is None:
-        loaded = ctx.queue.storage.get_checkpoints(ctx.job.id)
-        replay = _Replay({(cp.scope, cp.call_index): cp for cp in loaded})
-        ctx.durable["replay"] = replay
+        replay = ctx.durable.setdefault("replay", _Replay())  # atomic: one per run
     assert isinstance(replay, _Replay)
     return replay
 
 
-def _prepare(name: str, args: Any, options: dict[str, Any]) -> tuple[_Step, Checkpoint | None]:
+def _prepare(name: str, args: Any, options: dict[str, Any]) -> _Step:
+    """Check a call and take its index, at once and without I/O (see ``_Replay``)."""
     from .queue import check_options  # options are validated like enqueue's
 
     ctx = context.current_context()
@@ -82,12 +121,11 @@ def _prepare(name: str, args: Any, options: dict[str, Any]) -> tuple[_Step, Chec
     if handler is None:
         raise LookupError(f"no handler registered for durable call {name!r}")
     encoded = codec.dumps(args)
-    replay = _replay_state(ctx)
+    replay = _replay_of(ctx)
     scope = _scope.get()
     index = replay.next_index(scope)
     backoff = opts.get("backoff") or handler.defaults.get("backoff") or DEFAULT_BACKOFF
-    step = _Step(ctx, replay, handler, scope, index, encoded, opts.get("retries", 0), backoff)
-    return step, replay.checkpoints.get((scope, index))
+    return _Step(ctx, replay, handler, scope, index, encoded, opts.get("retries", 0), backoff)
 
 
 def _replayed(step: _Step, cp: Checkpoint) -> Any:
@@ -112,17 +150,35 @@ def _record(step: _Step, result: bytes | None, error: str | None) -> None:
         error=error,
         scope=step.scope,
     )
-    storage = step.ctx.queue.storage
-    if isinstance(storage, SQLStorage):
-        stored = storage.save_checkpoint(cp, worker_id=step.ctx.worker_id, attempt=job.attempt)
-    else:
-        stored = storage.save_checkpoint(cp) is not False
+    stored = retry_transient(
+        lambda: _save_checkpoint(step.ctx, cp),
+        within=step.ctx.lock_timeout,
+        what=f"saving checkpoint {step.path} of job {job.id}",
+    )
     if not stored:
         raise StaleJobError(f"job {job.id} lost its lock; step {step.path} was not recorded")
     step.replay.checkpoints[(step.scope, step.index)] = cp
     bus = step.ctx.queue.bus
     if bus.has_subscribers:
         bus.publish(CheckpointSaved(job, cp))
+
+
+def _save_checkpoint(ctx: context.JobContext, cp: Checkpoint) -> bool:
+    storage = ctx.queue.storage
+    if isinstance(storage, SQLStorage):
+        return storage.save_checkpoint(cp, worker_id=ctx.worker_id, fence=ctx.job.fence)
+    return storage.save_checkpoint(cp) is not False
+
+
+def _read_checkpoints(ctx: context.JobContext) -> list[Checkpoint]:
+    # Idempotent reads and fenced writes: a brief storage error (shorter than the lock
+    # timeout, after which the run may have been taken back) is waited out in place
+    # rather than failing the run and costing it an attempt.
+    return retry_transient(
+        lambda: ctx.queue.storage.get_checkpoints(ctx.job.id),
+        within=ctx.lock_timeout,
+        what=f"reading the checkpoints of job {ctx.job.id}",
+    )
 
 
 def _succeeded(step: _Step, value: Any) -> Any:
@@ -146,15 +202,17 @@ def call(name: str, args: Any = None, **options: Any) -> Any:
     uncheckpointed, so the job's own retry runs the step again.
 
     Raises ``NotInJobError`` outside a handler and ``NondeterminismError`` when the
-    replayed call names a different handler than its checkpoint.
+    replayed call names a different handler than its checkpoint. ``StaleJobError`` and
+    ``NondeterminismError`` from nested calls are never retried in place.
     """
-    step, cp = _prepare(name, args, options)
+    step = _prepare(name, args, options)
+    cp = _replay_state(step.ctx).get(step.scope, step.index)
     if cp is not None:
         return _replayed(step, cp)
     for attempt in range(step.retries + 1):
         token = _scope.set(step.path)
         try:
-            step.replay.counters.pop(step.path, None)  # nested calls renumber per attempt
+            step.replay.restart(step.path)  # nested calls renumber per attempt
             wrappers = step.ctx.queue.instruments.step_run
             if wrappers:
                 with wrapped(wrappers, step.ctx.job, step.handler.name, step.index):
@@ -163,6 +221,8 @@ def call(name: str, args: Any = None, **options: Any) -> Any:
                 value = _run_sync(step.handler.fn, _arguments(step))
         except NoRetry as exc:
             _record(step, None, exc.message)
+            raise
+        except _NEVER_RETRIED:  # the run lost its lock, or diverged: retrying cannot help
             raise
         except Exception:
             if attempt == step.retries:
@@ -190,22 +250,28 @@ def _run_sync(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     )
 
 
-async def call_async(name: str, args: Any = None, **options: Any) -> Any:
+def call_async(name: str, args: Any = None, **options: Any) -> Coroutine[Any, Any, Any]:
     """``call()`` for async handlers: ``await jobs.call_async(name, args)``.
 
-    Sync steps and storage writes run in threads so they never block the event loop.
+    The call takes its index when ``call_async()`` is called, before anything is
+    awaited, so ``asyncio.gather(call_async(a), call_async(b))`` numbers ``a`` then
+    ``b`` on every run, whichever finishes first. Sync steps and storage reads and
+    writes run in threads so they never block the event loop.
     """
-    ctx = context.current_context()
-    if "replay" not in ctx.durable:
-        await asyncio.to_thread(_replay_state, ctx)
-    step, cp = _prepare(name, args, options)
+    return _call_async(_prepare(name, args, options))
+
+
+async def _call_async(step: _Step) -> Any:
+    if not step.replay.loaded:
+        await asyncio.to_thread(_replay_state, step.ctx)
+    cp = step.replay.get(step.scope, step.index)
     if cp is not None:
         return _replayed(step, cp)
     storage_call = asyncio.to_thread
     for attempt in range(step.retries + 1):
         token = _scope.set(step.path)
         try:
-            step.replay.counters.pop(step.path, None)
+            step.replay.restart(step.path)
             wrappers = step.ctx.queue.instruments.step_run
             if wrappers:
                 with wrapped(wrappers, step.ctx.job, step.handler.name, step.index):
@@ -214,6 +280,8 @@ async def call_async(name: str, args: Any = None, **options: Any) -> Any:
                 value = await _run_async(step.handler, _arguments(step))
         except NoRetry as exc:
             await storage_call(_record, step, None, exc.message)
+            raise
+        except _NEVER_RETRIED:
             raise
         except Exception:
             if attempt == step.retries:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from .retry import MAX_DELAY
+
 __all__ = [
+    "CheckpointConflict",
     "DurableJobsError",
     "NoRetry",
     "NondeterminismError",
     "NotInJobError",
+    "OutcomeRefused",
+    "ResultTooLarge",
     "RetryAfter",
     "StaleJobError",
 ]
@@ -36,13 +41,19 @@ class NoRetry(Exception):
 class RetryAfter(Exception):
     """Raise from a handler to retry after exactly ``delay`` (a timedelta or seconds).
 
-    Once the job's retries are spent it fails like any other error.
+    Once the job's retries are spent it fails like any other error. A delay must be
+    between 0 and ``MAX_DELAY`` (365 days): anything else raises ``ValueError``.
     """
 
     def __init__(self, delay: timedelta | float, message: object = "") -> None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         if seconds < 0 or seconds != seconds:
             raise ValueError(f"RetryAfter delay must be >= 0 seconds, got {delay!r}")
+        if seconds > MAX_DELAY.total_seconds():
+            raise ValueError(
+                f"RetryAfter delay must be at most {MAX_DELAY.days} days"
+                f" ({MAX_DELAY.total_seconds():.0f} s), got {delay!r}"
+            )
         super().__init__(str(message))
         self.delay = timedelta(seconds=seconds)
         self.message = str(message)
@@ -58,3 +69,21 @@ class NondeterminismError(DurableJobsError):
 
 class StaleJobError(DurableJobsError):
     """The worker lost the job's lock; its outcome was rejected."""
+
+
+class CheckpointConflict(NondeterminismError):
+    """A checkpoint was saved at a position (job, scope, call index) that has one already.
+
+    The first checkpoint is kept: two calls of one run never share an index, so this
+    means two runs (or writers outside the library) numbered their calls differently.
+    """
+
+
+class ResultTooLarge(NoRetry):
+    """A handler returned a result that encodes to more bytes than its queue's
+    ``max_payload``: the job fails without retries (the same run would return it again)."""
+
+
+class OutcomeRefused(DurableJobsError):
+    """The database refused to store a run's outcome (a value its column cannot take):
+    the job is failed with this error instead, so the worker's other outcomes go on."""

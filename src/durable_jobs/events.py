@@ -15,7 +15,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -123,6 +123,7 @@ class Hooks:
         self._complete: tuple[JobHook, ...] = ()
         self._fail: tuple[ErrorHook, ...] = ()
         self._retry: tuple[ErrorHook, ...] = ()
+        self._enqueued: tuple[Callable[[Sequence[Job]], None], ...] = ()
         self._lock = threading.Lock()
         self._runner: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
@@ -149,6 +150,20 @@ class Hooks:
         with self._lock:
             self._retry = (*self._retry, fn)
         return fn
+
+    def on_enqueued(self, fn: Callable[[Sequence[Job]], None]) -> None:
+        """Register ``fn(jobs)``, run in the enqueuing thread once new jobs are committed
+        (for counting them: it must be quick and must not block)."""
+        with self._lock:
+            self._enqueued = (*self._enqueued, fn)
+
+    def fire_enqueued(self, jobs: Sequence[Job]) -> None:
+        """Run the enqueued hooks for committed ``jobs``; one that raises is logged."""
+        for fn in self._enqueued:
+            try:
+                fn(jobs)
+            except Exception:
+                logger.exception("enqueued hook %s failed", getattr(fn, "__qualname__", fn))
 
     def fire_start(self, job: Job) -> None:
         """Run the start hooks for ``job``."""

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import codec, context
-from .errors import NondeterminismError, NoRetry, RetryAfter
+from .errors import NondeterminismError, NoRetry, ResultTooLarge, RetryAfter, StaleJobError
 from .events import JobStarted
 from .handler import Handler
 from .instrument import wrapped
 from .job import Job, utcnow
-from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json
+from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json, delayed
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -91,9 +91,10 @@ def _backoff_for(job: Job, handler: Handler | None) -> Backoff:
 class Executor:
     """Runs jobs of one worker; sync handlers in the calling thread, async ones awaited."""
 
-    def __init__(self, queue: Queue, worker_id: str) -> None:
+    def __init__(self, queue: Queue, worker_id: str, *, lock_timeout: float = 30.0) -> None:
         self.queue = queue
         self.worker_id = worker_id
+        self.lock_timeout = lock_timeout
 
     def prepare(self, job: Job) -> tuple[Handler, Callable[[], Any]] | RunOutcome:
         """The handler and a zero-argument call of it, or the outcome when it cannot run."""
@@ -158,7 +159,8 @@ class Executor:
         return self._success(job, handler, value, started)
 
     def _begin(self, job: Job) -> Any:
-        token = context.enter(context.JobContext(job, self.queue, self.worker_id))
+        ctx = context.JobContext(job, self.queue, self.worker_id, self.lock_timeout)
+        token = context.enter(ctx)
         self.queue.hooks.fire_start(job)
         if self.queue.bus.has_subscribers:
             self.queue.bus.publish(JobStarted(job))
@@ -172,19 +174,54 @@ class Executor:
             # Retrying cannot make the same return value serialisable.
             error = NoRetry(f"result of {job.type!r} cannot be stored: {exc}")
             return RunOutcome(job, "failed", error=error, duration=duration)
+        limit = self.queue.max_payload
+        if result is not None and limit is not None and len(result) > limit:
+            # Results are capped like arguments: stored in the job's row and read back
+            # with it, a huge one would bloat the table (or be refused by the database).
+            error = ResultTooLarge(
+                f"result of {job.type!r} encodes to {len(result):,} bytes, over the queue's "
+                f"limit of {limit:,} (Queue(max_payload=...) changes it)"
+            )
+            return RunOutcome(job, "failed", error=error, duration=duration)
         return RunOutcome(job, "completed", result=result, duration=duration)
 
     def classify(
         self, job: Job, handler: Handler | None, error: BaseException, started: float
     ) -> RunOutcome:
-        """Turn a handler's exception into a retry or a permanent failure."""
+        """Turn a handler's exception into a retry or a permanent failure.
+
+        Never raises (the worker's slots call it from their last-resort handlers): if
+        deciding fails, say a custom backoff policy raises, the job fails permanently
+        with an error that says why.
+        """
         duration = timedelta(seconds=time.monotonic() - started)
-        # A replay that diverges from its checkpoints would diverge again on every retry.
-        permanent = isinstance(error, NoRetry | NondeterminismError)
-        if permanent or job.attempt > job.max_retries:
-            return RunOutcome(job, "failed", error=error, duration=duration)
-        if isinstance(error, RetryAfter):
-            delay = error.delay
-        else:
-            delay = _backoff_for(job, handler).delay(job.attempt)
-        return RunOutcome(job, "retry", error=error, run_at=utcnow() + delay, duration=duration)
+        try:
+            # A replay that diverges from its checkpoints would diverge again on every retry.
+            permanent = isinstance(error, NoRetry | NondeterminismError)
+            if permanent or job.attempt > job.max_retries:
+                return RunOutcome(job, "failed", error=error, duration=duration)
+            if isinstance(error, StaleJobError):
+                # The run lost its lock, so the fence rejects this outcome; the run that
+                # took the job over decides. No backoff to compute: just a retry.
+                delay = timedelta(0)
+            elif isinstance(error, RetryAfter):
+                delay = error.delay
+            else:
+                delay = _backoff_for(job, handler).delay(job.attempt)
+            run_at = delayed(utcnow(), delay)  # clamped: a huge delay cannot overflow
+            return RunOutcome(job, "retry", error=error, run_at=run_at, duration=duration)
+        except Exception as exc:
+            log.exception("job %s (%s): cannot classify its outcome", job.id, job.type)
+            failure = NoRetry(
+                f"{type(exc).__name__} while deciding whether to retry after"
+                f" {type(error).__name__}: {_safe_str(exc)}; failed permanently"
+            )
+            failure.__cause__ = error
+            return RunOutcome(job, "failed", error=failure, duration=duration)
+
+
+def _safe_str(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return "<unprintable>"

@@ -77,6 +77,13 @@ class Job:
     heartbeat_at: datetime | None = None
     #: JSON-able data that travels with the job for instruments (such as trace context).
     meta: dict[str, Any] | None = None
+    #: The fencing token of the job's latest claim: one more with every claim, never
+    #: going back (an operator's retry resets ``attempt``, not this). A run's writes
+    #: count only while the job is still running under its owner and this token.
+    fence: int = 0
+    #: While running: when the lock expires unless heartbeated, on the database's clock
+    #: (the claim or last heartbeat plus the owning worker's ``lock_timeout``).
+    lock_expires_at: datetime | None = None
 
 
 @dataclass

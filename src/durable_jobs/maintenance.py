@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
+from .retry import Backoff
 from .storage import SQLStorage, Storage
 
 __all__ = ["Heartbeat", "Reaper"]
@@ -28,12 +29,15 @@ class Heartbeat:
         queues: Sequence[str],
         types: Callable[[], Sequence[str]],
         running: Callable[[], Sequence[tuple[str, int]]],
+        lock_timeout: timedelta | float = 30,
     ) -> None:
         self.storage = storage
         self.worker_id = worker_id
         self.queues = list(queues)
         self.types = types
         self.running = running
+        #: Each heartbeat extends the worker's locks to this long from now.
+        self.lock_timeout = lock_timeout
         self.host = socket.gethostname()
         self.pid = os.getpid()
 
@@ -46,28 +50,43 @@ class Heartbeat:
                 pid=self.pid,
                 queues=self.queues,
                 types=self.types(),
-                jobs=[job_id for job_id, _attempt in self.running()],
+                jobs=[job_id for job_id, _fence in self.running()],
+                lock_timeout=self.lock_timeout,
             )
         else:
-            for job_id, _attempt in self.running():
+            for job_id, _fence in self.running():
                 self.storage.heartbeat(job_id, self.worker_id)
 
 
 class Reaper:
-    """Takes back jobs whose worker stopped heartbeating, and forgets dead workers."""
+    """Takes back jobs whose worker stopped heartbeating, and forgets dead workers.
 
-    def __init__(self, storage: Storage, lock_timeout: timedelta) -> None:
+    On ``SQLStorage`` a job is taken back when its own lock expired, on the database's
+    clock: ``lock_timeout`` (this worker's) only paces the reaper and prunes workers.
+    ``backoff`` gives a job type's default backoff policy (its handler's) when known:
+    a job taken back waits it before running again, like a failed run.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        lock_timeout: timedelta,
+        backoff: Callable[[str], Backoff | None] | None = None,
+    ) -> None:
         self.storage = storage
         self.lock_timeout = lock_timeout
+        self.backoff = backoff
 
     def run_once(self) -> int:
-        """Release stale locks once; returns how many jobs were taken back."""
-        released = self.storage.release_stale_locks(self.lock_timeout)
+        """Release expired locks once; returns how many jobs were taken back."""
+        if isinstance(self.storage, SQLStorage):
+            released = self.storage.release_expired_locks(backoff=self.backoff)
+        else:  # the plain protocol knows one timeout for every job
+            released = self.storage.release_stale_locks(self.lock_timeout)
         if released:
             log.warning(
-                "took back %d job(s) whose worker stopped heartbeating for %s",
+                "took back %d job(s) whose worker stopped heartbeating before its lock expired",
                 released,
-                self.lock_timeout,
             )
         if isinstance(self.storage, SQLStorage):
             self.storage.prune_workers(self.lock_timeout * 10)

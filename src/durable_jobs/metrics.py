@@ -59,8 +59,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class PrometheusMetrics:
     """Counts enqueues, runs and outcomes of ``queue`` and serves them to Prometheus.
 
-    Registers itself on the queue as an instrument (runs, enqueues) and as hooks
-    (committed outcomes). ``registry`` defaults to prometheus_client's global one, so
+    Registers itself on the queue as an instrument (runs) and as hooks (committed
+    enqueues and outcomes). ``registry`` defaults to prometheus_client's global one, so
     an application's existing ``/metrics`` endpoint includes these metrics.
 
     Metrics, labelled by ``job_type`` and ``queue``: ``sdj_jobs_enqueued_total``,
@@ -97,14 +97,13 @@ class PrometheusMetrics:
         queue.on_job_complete(self._on_complete)
         queue.on_job_fail(self._on_fail)
         queue.on_retry(self._on_retry)
+        queue.hooks.on_enqueued(self._on_enqueued)
         queue.instrument(self)
 
     # -- the instrument ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def enqueue(self, jobs: Sequence[Job]) -> Iterator[None]:
-        """Count ``jobs`` once they are stored (an error storing them counts nothing)."""
-        yield
+    def _on_enqueued(self, jobs: Sequence[Job]) -> None:
+        # Once committed, like JobEnqueued: never for a failed write or a caller's rollback.
         for (job_type, queue), n in collections.Counter((j.type, j.queue) for j in jobs).items():
             self.enqueued.labels(job_type, queue).inc(n)
 

@@ -8,6 +8,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from .instrument import Instruments, wrapped
 from .job import Job, JobStatus, utcnow
 from .retry import Backoff
 from .storage import SQLStorage, Storage
+from .storage.commits import after_commit
 
 if TYPE_CHECKING:
     from .schedules import Schedule
@@ -107,6 +109,21 @@ def _check_job_name(value: Any) -> str:
             f"job type must be a non-empty name of at most 200 characters, got {value!r}"
         )
     return _check_storable("job type", value)
+
+
+def _not_a_schedule(name: str, value: Any) -> str:
+    """Why ``value`` is refused as the schedule of ``name``, with what to write instead."""
+    hint = ""
+    if isinstance(value, str):
+        hint = f"; for a cron expression write jobs.cron({value!r})"
+    elif isinstance(value, timedelta) or (
+        isinstance(value, int | float) and not isinstance(value, bool)
+    ):
+        hint = "; for an interval write jobs.every(...), e.g. jobs.every(minutes=5)"
+    return (
+        f"schedule({name!r}): expected a schedule made by jobs.every(), jobs.daily(),"
+        f" jobs.weekly() or jobs.cron() (or a jobs.Schedule subclass), got {value!r}{hint}"
+    )
 
 
 def check_options(
@@ -370,7 +387,12 @@ class Queue:
                 taker.give_back_enqueued(jobs[0])
             self._explain(exc)
             raise
-        self._announce(jobs, taker)
+        if connection is not None:
+            # The jobs exist once the caller's transaction commits, and never if it rolls
+            # back: events, metrics and wake-ups wait for that.
+            after_commit(connection, partial(self._announce, jobs, None))
+        else:
+            self._announce(jobs, taker)
 
     def _explain(self, error: BaseException) -> None:
         """Raise a clearer error than ``error`` when a write failed because the database
@@ -386,6 +408,7 @@ class Queue:
             due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
             for worker in list(self._workers):
                 worker.wake(due)
+        self.hooks.fire_enqueued(jobs)
         if self.bus.has_subscribers:
             for job in jobs:
                 self.bus.publish(JobEnqueued(job))
@@ -414,7 +437,7 @@ class Queue:
         storage = self.storage
         if taker is not None:
             assert isinstance(storage, SQLStorage)
-            storage.enqueue_claimed(jobs[0], taker.id)
+            storage.enqueue_claimed(jobs[0], taker.id, lock_timeout=taker.lock_timeout)
         elif connection is not None or len(jobs) > 1:
             if not isinstance(storage, SQLStorage):
                 for job in jobs:
@@ -435,8 +458,14 @@ class Queue:
     def schedule(self, name: str, schedule: Schedule, args: Any = None, **options: Any) -> None:
         """Enqueue a job of type ``name`` at each fire time of ``schedule``.
 
-        Needs a worker running with ``scheduler=True``.
+        Needs a worker running with ``scheduler=True``. ``schedule`` must be a
+        ``Schedule`` (``jobs.every``, ``daily``, ``weekly``, ``cron``): anything else
+        raises ``TypeError``.
         """
+        from .schedules import Schedule  # a peer module: imported when used
+
+        if not isinstance(schedule, Schedule):
+            raise TypeError(_not_a_schedule(name, schedule))
         _check_job_name(name)
         if name in self.schedules:
             raise ValueError(f"a schedule named {name!r} is already registered")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-__all__ = ["Backoff", "backoff_from_json", "constant", "exponential"]
+__all__ = ["MAX_DELAY", "Backoff", "backoff_from_json", "constant", "delayed", "exponential"]
+
+#: The longest wait before a retry: policies and ``RetryAfter`` beyond it raise
+#: ``ValueError`` when they are made, and computed retry times are clamped to it.
+MAX_DELAY = timedelta(days=365)
 
 
 class Backoff(Protocol):
@@ -31,6 +35,23 @@ def _non_negative(name: str, value: float) -> float:
     return float(value)
 
 
+def _at_most_max_delay(name: str, value: float) -> None:
+    if value > MAX_DELAY.total_seconds():
+        raise ValueError(
+            f"backoff {name} must be at most {MAX_DELAY.total_seconds():.0f} seconds"
+            f" ({MAX_DELAY.days} days), got {value!r}"
+        )
+
+
+def delayed(now: datetime, delay: timedelta) -> datetime:
+    """``now + delay`` with ``delay`` clamped to 0..``MAX_DELAY``; never overflows."""
+    delay = min(max(delay, timedelta(0)), MAX_DELAY)
+    try:
+        return now + delay
+    except OverflowError:  # within a year of 9999-12-31
+        return datetime.max.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class Exponential:
     """``base * factor ** (attempt - 1)`` seconds, spread by ``jitter``, never over ``max``.
@@ -47,6 +68,7 @@ class Exponential:
     def __post_init__(self) -> None:
         for name in ("base", "factor", "max", "jitter"):
             _non_negative(name, getattr(self, name))
+        _at_most_max_delay("max", self.max)  # the longest wait: base beyond it is cut to it
         if self.factor < 1:
             raise ValueError(f"backoff factor must be >= 1, got {self.factor!r}")
         if self.jitter > 1:
@@ -77,6 +99,7 @@ class Constant:
 
     def __post_init__(self) -> None:
         _non_negative("seconds", self.seconds)
+        _at_most_max_delay("seconds", self.seconds)
 
     def delay(self, attempt: int) -> timedelta:
         return timedelta(seconds=self.seconds)
@@ -91,18 +114,30 @@ def exponential(
     max: float = 300,
     jitter: float = 0.1,
 ) -> Exponential:
-    """Exponential backoff (the default policy)."""
+    """Exponential backoff (the default policy); ``max`` is at most a year."""
     return Exponential(base, factor, max, jitter)
 
 
 def constant(seconds: float | timedelta) -> Constant:
-    """Wait the same time (seconds or a timedelta) after every failure."""
+    """Wait the same time (seconds or a timedelta, at most a year) after every failure."""
     if isinstance(seconds, timedelta):
         seconds = seconds.total_seconds()
     return Constant(seconds)
 
 
 DEFAULT_BACKOFF = Exponential()
+
+
+def policy_for(stored: bytes | None, default: Backoff | None = None) -> Backoff:
+    """The policy a job's retries wait by: the one stored with it (given at enqueue),
+    else ``default`` (its handler's), else ``DEFAULT_BACKOFF``. An unreadable stored
+    policy counts as none."""
+    if stored is not None:
+        try:
+            return backoff_from_json(stored)
+        except (ValueError, TypeError):
+            pass
+    return DEFAULT_BACKOFF if default is None else default
 
 
 def backoff_from_json(data: bytes) -> Backoff:

@@ -11,15 +11,19 @@ time, for listings and for schedulers that start later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
 
 from .events import JobEnqueued
 from .job import Job, utcnow
 from .storage import SQLStorage
-from .storage.sql import utc
+from .storage.sql import ScheduleState, utc
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -32,6 +36,7 @@ log = logging.getLogger("durable_jobs")
 #: How late a fire time may be handled and still count as on time rather than missed.
 DEFAULT_GRACE = timedelta(seconds=60)
 _POLL = 0.5
+_RELOG_AFTER = 300.0  # seconds between log lines of a schedule that keeps failing the same way
 
 
 @dataclass
@@ -75,6 +80,9 @@ class Scheduler:
         self.grace = grace
         self._tracked: dict[str, _Tracked] = {}
         self._unhandled: set[str] = set()  # schedules added later without a handler, logged
+        # Schedules whose own code failed (say a custom next_after raised): their error and
+        # when it was last logged. They are retried every poll, not in a tight loop.
+        self._failing: dict[str, tuple[str, float]] = {}
         self._healthy = True
 
     def run_once(self, now: datetime | None = None) -> int:
@@ -88,7 +96,12 @@ class Scheduler:
         inserted = 0
         for name, tracked in self._tracked.items():
             if tracked.pending <= now:
-                inserted += self._fire(storage, name, tracked, now)
+                fired = self._isolated(
+                    storage, name, partial(self._fire, storage, name, tracked, now)
+                )
+                if fired is None:
+                    continue  # not handled: left for the next tick, as if not looked at
+                inserted += fired
             tracked.checked_at = now
         self._healthy = True
         return inserted
@@ -96,9 +109,10 @@ class Scheduler:
     def next_due(self, now: datetime | None = None) -> datetime | None:
         """When ``run_once`` next has work to do; None when there are no schedules."""
         now = utcnow() if now is None else utc(now)
-        if any(self._untracked()):
+        if any(name not in self._failing for name in self._untracked()):
             return now
-        return min((tracked.pending for tracked in self._tracked.values()), default=None)
+        pending = (t.pending for name, t in self._tracked.items() if name not in self._failing)
+        return min(pending, default=None)
 
     def seconds_until_due(self, at_most: float = _POLL) -> float:
         """How long a caller may sleep before ``run_once``, capped at ``at_most``.
@@ -128,18 +142,55 @@ class Scheduler:
             return
         rows = {row.name: row for row in storage.list_schedules()}
         for name in new:
-            schedule, args, options = self.queue.schedules[name]
-            row = rows.get(name)
-            if row is not None and row.spec == schedule.spec and row.next_fire_at is not None:
-                # Known to the fleet: carry on from its record, catching up if it is past.
-                self._tracked[name] = _Tracked(row.next_fire_at, None)
-                continue
-            # First seen: nothing before now is owed. checked_at = now makes the first fire
-            # time an on-time one.
-            pending = schedule.next_after(now)
-            queue_name = self._job(name, args, options, pending).queue
-            storage.upsert_schedule(name, schedule.spec, queue_name, None, pending)
-            self._tracked[name] = _Tracked(pending, now)
+            self._isolated(storage, name, partial(self._track, storage, name, rows, now))
+
+    def _track(
+        self, storage: SQLStorage, name: str, rows: dict[str, ScheduleState], now: datetime
+    ) -> int:
+        schedule, args, options = self.queue.schedules[name]
+        row = rows.get(name)
+        if row is not None and row.spec == schedule.spec and row.next_fire_at is not None:
+            # Known to the fleet: carry on from its record, catching up if it is past.
+            self._tracked[name] = _Tracked(row.next_fire_at, None)
+            return 0
+        # First seen: nothing before now is owed. checked_at = now makes the first fire
+        # time an on-time one.
+        pending = schedule.next_after(now)
+        queue_name = self._job(name, args, options, pending).queue
+        storage.upsert_schedule(name, schedule.spec, queue_name, None, pending)
+        self._tracked[name] = _Tracked(pending, now)
+        return 0
+
+    def _isolated(self, storage: SQLStorage, name: str, work: Callable[[], int]) -> int | None:
+        """Run one schedule's ``work``; if the schedule itself fails, log it and go on.
+
+        A database error is everybody's: it ends the whole ``run_once``, retried at the
+        next tick. Any other error belongs to this schedule (a custom ``next_after`` that
+        raises, options that no longer build a job): it is logged, naming the schedule,
+        and the other schedules still fire. Returns None when ``work`` failed.
+        """
+        try:
+            result = work()
+        except (sa.exc.SQLAlchemyError, storage.engine.dialect.loaded_dbapi.Error):
+            raise
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            previous = self._failing.get(name)
+            logged = previous[1] if previous is not None and previous[0] == text else None
+            if logged is None or time.monotonic() - logged >= _RELOG_AFTER:
+                log.error(
+                    "schedule %r failed and did not fire (%s); the other schedules still fire,"
+                    " and it is tried again at the next tick",
+                    name,
+                    text,
+                    exc_info=exc,
+                )
+                logged = time.monotonic()
+            self._failing[name] = (text, logged)
+            return None
+        if self._failing.pop(name, None) is not None:
+            log.info("schedule %r works again", name)
+        return result
 
     def _fire(self, storage: SQLStorage, name: str, tracked: _Tracked, now: datetime) -> int:
         schedule, args, options = self.queue.schedules[name]

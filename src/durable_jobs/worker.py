@@ -29,12 +29,15 @@ from functools import partial
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .backlog import Backlog
+from .errors import OutcomeRefused
 from .events import JobCompleted, JobFailed, JobRetrying
-from .executor import Executor, RunOutcome
+from .executor import Executor, RunOutcome, describe
 from .job import Job, JobStatus, utcnow
 from .maintenance import Heartbeat, Reaper
+from .retry import Backoff
 from .scheduler import Scheduler
-from .storage import Claim, Outcome, SQLStorage
+from .storage import Claim, Outcome, SQLStorage, is_transient
 from .storage.notify import PostgresListener, SQLiteWatcher
 
 if TYPE_CHECKING:
@@ -53,6 +56,10 @@ _SLOW_JOB = 0.05
 # batches must be for commits not to bound throughput.
 _CLAIM_AHEAD = ((_SLOW_JOB / 100, 16), (_SLOW_JOB / 10, 4), (_SLOW_JOB, 2))
 _MAX_BACKOFF = 5.0
+# Stored outcomes whose hooks have not run yet, at most (by count and by result bytes):
+# beyond that the completer waits for slow hooks instead of holding ever more results.
+_REPORT_BACKLOG = 64
+_REPORT_BACKLOG_BYTES = 16 * 1024 * 1024
 # The status an outcome of each kind leaves its job in (for retried, fenced-out writes).
 _SETTLED_AS = {
     "completed": JobStatus.COMPLETED,
@@ -133,7 +140,7 @@ class Worker:
         self.poll_interval = _seconds("poll_interval", poll_interval)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._slots = sum(self.concurrency.values())
-        self._executor = Executor(queue, self.id)
+        self._executor = Executor(queue, self.id, lock_timeout=self.lock_timeout)
         self._lock = threading.Condition()
         # Per queue: jobs claimed and not yet finished (running or waiting in _ready),
         # and how many of them run. Queues of short jobs claim ahead of their free slots
@@ -144,8 +151,9 @@ class Worker:
         self._duration = dict.fromkeys(self.concurrency, _SLOW_JOB)
         self._running = dict.fromkeys(self.concurrency, 0)
         self._ready: dict[str, deque[Job]] = {name: deque() for name in self.concurrency}
-        # Keyed by run, not job: after a take-back this worker may claim the same job
-        # again while its old run is still finishing, and both must stay known.
+        # Keyed by run (job id, fence), not job: after a take-back this worker may claim
+        # the same job again while its old run is still finishing, and both must stay
+        # known. The fence, unlike the attempt, differs even after an operator's retry.
         self._active: dict[tuple[str, int], Job] = {}
         self._maybe_work = dict.fromkeys(self.concurrency, True)
         self._generation = dict.fromkeys(self.concurrency, 0)
@@ -160,8 +168,10 @@ class Worker:
         self._stop_callbacks: list[Callable[[], None]] = []
         self._tasks: queue_mod.SimpleQueue[Job | None] = queue_mod.SimpleQueue()
         self._outcomes: queue_mod.SimpleQueue[RunOutcome | None] = queue_mod.SimpleQueue()
-        self._reports: queue_mod.SimpleQueue[tuple[list[RunOutcome], set[str]] | None] = (
-            queue_mod.SimpleQueue()
+        # Stored outcomes waiting for their hooks, events and log lines: (outcome, whether
+        # the database accepted it).
+        self._reports: Backlog[tuple[RunOutcome, bool]] = Backlog(
+            _REPORT_BACKLOG, _REPORT_BACKLOG_BYTES
         )
         self._threads: list[threading.Thread] = []
         self._services: list[threading.Thread] = []
@@ -201,8 +211,11 @@ class Worker:
             list(self.concurrency),
             lambda: self.queue.job_types,
             self._running_jobs,
+            self.lock_timeout,
         )
-        self._reaper = Reaper(self.queue.storage, timedelta(seconds=self.lock_timeout))
+        self._reaper = Reaper(
+            self.queue.storage, timedelta(seconds=self.lock_timeout), self._default_backoff
+        )
         self._run_service("heartbeat", self._heartbeat.run_once)  # listed as live before claiming
         for handler_name in self.queue.job_types:
             handler = self.queue.handler(handler_name)
@@ -246,6 +259,7 @@ class Worker:
     def _drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._give_up_at = deadline
+        self._reports.wake()  # a completer waiting for slow hooks now waits until then
         self._stopping.set()
         self._wake.set()
         assert self._dispatcher is not None and self._completer is not None
@@ -268,7 +282,14 @@ class Worker:
             self._tasks.put(None)
         self._outcomes.put(None)
         self._completer.join(max(0.0, deadline - time.monotonic()) + 1)
-        self._reporter.join(max(0.0, deadline - time.monotonic()) + 1)
+        self._reporter.join(max(0.0, deadline - time.monotonic()))
+        if self._reporter.is_alive():
+            log.warning(
+                "worker %s stopped before the hooks and events of %d stored outcome(s) ran; "
+                "they run in the background while the process lives",
+                self.id,
+                self._reports.pending,
+            )
         if unfinished:
             log.warning(
                 "worker %s stopped with %d job(s) still running; they will be retried after "
@@ -512,7 +533,7 @@ class Worker:
             if short and self._generation[name] == request.generation:
                 self._maybe_work[name] = False
             for job in jobs:
-                self._active[(job.id, job.attempt)] = job
+                self._active[(job.id, job.fence)] = job
             if self._stopping.is_set():
                 # Stop began while the claim was out: these will never start.
                 self._claimed[name] -= len(jobs)
@@ -552,6 +573,7 @@ class Worker:
                 claim.limit,
                 skip_types=claim.skip_types,
                 min_retries=claim.min_retries,
+                lock_timeout=self.lock_timeout,
             )
         if claim.min_retries:
             return []  # the plain protocol's dequeue cannot leave out single-run jobs
@@ -618,9 +640,15 @@ class Worker:
         if refill:
             self._wake.set()
 
+    def _default_backoff(self, job_type: str) -> Backoff | None:
+        """The backoff policy the handler of ``job_type`` registered with, if any."""
+        handler = self.queue.handler(job_type)
+        policy: Backoff | None = None if handler is None else handler.defaults.get("backoff")
+        return policy
+
     def _running_jobs(self) -> list[tuple[str, int]]:
         with self._lock:
-            return [(job.id, job.attempt) for job in self._active.values()]
+            return [(job.id, job.fence) for job in self._active.values()]
 
     # -- async handlers -----------------------------------------------------------------
 
@@ -650,15 +678,14 @@ class Worker:
             done = None in batch
             self._store([o for o in batch if o is not None])
             self._wake.set()
-        self._reports.put(None)
+        self._reports.close()
 
     def _reporter_loop(self) -> None:
         # Hooks, events and log lines of stored outcomes, in order, off the completer's
         # thread: that one stores the next batch meanwhile (its commits bound throughput).
-        while (report := self._reports.get()) is not None:
-            batch, accepted = report
-            for outcome in batch:
-                if outcome.job.id in accepted:
+        while (batch := self._reports.get()) is not None:
+            for outcome, accepted in batch:
+                if accepted:
                     self._report(outcome)
                 elif outcome.kind in ("completed", "retry", "failed"):
                     log.warning(
@@ -666,6 +693,7 @@ class Worker:
                         outcome.job.id,
                         extra={"job_id": outcome.job.id, "worker_id": self.id},
                     )
+                self._reports.done()
 
     def _store(self, batch: list[RunOutcome]) -> None:
         storage = self.queue.storage
@@ -675,22 +703,31 @@ class Worker:
             accepted |= self._complete_and_claim(storage, completions)
         for o in batch:
             if o.kind == "completed" and not isinstance(storage, SQLStorage):
-                self._retrying(partial(storage.complete, o.job.id))
-                accepted.add(o.job.id)
+                try:
+                    self._retrying(partial(storage.complete, o.job.id))
+                    accepted.add(o.job.id)
+                except Exception as exc:  # refused for good: the job fails instead
+                    self._refused(o, exc)
             if o.kind == "unknown":
-                self._retrying(partial(self._resolve_unknown, o))
-            if o.kind in ("retry", "failed") and self._retrying(partial(self._fail, o)):
+                self._permanent_ok(
+                    "resolving an unknown job type", partial(self._resolve_unknown, o)
+                )
+            if o.kind in ("retry", "failed") and self._store_failure(o):
                 accepted.add(o.job.id)
-        releases = [(o.job.id, o.job.attempt) for o in batch if o.kind == "release"]
+        releases = [(o.job.id, o.job.fence) for o in batch if o.kind == "release"]
         if releases and isinstance(storage, SQLStorage):
-            self._retrying(lambda: storage.release(self.id, releases))
+            self._permanent_ok(
+                "releasing unstarted jobs", lambda: storage.release(self.id, releases)
+            )
         rejected = [o for o in batch if o.kind in _SETTLED_AS and o.job.id not in accepted]
         if rejected and isinstance(storage, SQLStorage):
             accepted |= self._committed_anyway(storage, rejected)
         with self._lock:
             for outcome in batch:
-                self._active.pop((outcome.job.id, outcome.job.attempt), None)
-        self._reports.put((batch, accepted))
+                self._active.pop((outcome.job.id, outcome.job.fence), None)
+        reports = [(o, o.job.id in accepted) for o in batch]
+        size = sum(len(o.result or b"") for o in batch)
+        self._reports.put(reports, size, lambda: self._give_up_at)
 
     def _committed_anyway(self, storage: SQLStorage, rejected: list[RunOutcome]) -> set[str]:
         """Outcomes whose write was retried after its reply was lost but had committed.
@@ -698,16 +735,31 @@ class Worker:
         The retry is then fenced out like a stale worker's; the row still names this run
         as the one that settled it, so the outcome counts (and its hooks fire).
         """
-        runs = [(o.job.id, o.job.attempt) for o in rejected]
-        found = self._retrying(lambda: storage.settled(self.id, runs)) or {}
+        runs = [(o.job.id, o.job.fence) for o in rejected]
+        found = self._permanent_ok(
+            "reading stored outcomes", lambda: storage.settled(self.id, runs)
+        )
+        found = found or {}
         return {o.job.id for o in rejected if found.get(o.job.id) == _SETTLED_AS[o.kind]}
 
     def _complete_and_claim(self, storage: SQLStorage, completions: list[RunOutcome]) -> set[str]:
         """Store completions, claiming the next jobs in the same transaction."""
-        outcomes = [Outcome(o.job.id, o.job.attempt, o.result) for o in completions]
+        outcomes = [Outcome(o.job.id, o.job.fence, o.result) for o in completions]
         requests = self._reserve()
         claims = [r.claim for r in requests]
-        stored = self._retrying(lambda: storage.complete_and_claim(self.id, outcomes, claims))
+        try:
+            stored = self._retrying(
+                lambda: storage.complete_and_claim(
+                    self.id, outcomes, claims, lock_timeout=self.lock_timeout
+                )
+            )
+        except Exception as exc:
+            # Refused for good, the whole transaction: find the outcome(s) to blame.
+            self._unreserve(requests)
+            log.warning(
+                "storing %d completions failed (%s); storing them one by one", len(outcomes), exc
+            )
+            return self._complete_each(storage, completions)
         if stored is None:  # given up at the stop deadline
             self._unreserve(requests)
             return set()
@@ -716,13 +768,84 @@ class Worker:
             self._accept(request, jobs)
         return accepted  # type: ignore[no-any-return]
 
+    def _complete_each(self, storage: SQLStorage, completions: list[RunOutcome]) -> set[str]:
+        """Store completions one at a time; one the database refuses fails its job."""
+        accepted: set[str] = set()
+        for o in completions:
+            outcome = [Outcome(o.job.id, o.job.fence, o.result)]
+            write = partial(
+                storage.complete_and_claim, self.id, outcome, [], lock_timeout=self.lock_timeout
+            )
+            try:
+                stored = self._retrying(write)
+            except Exception as exc:
+                self._refused(o, exc)
+                continue
+            if stored is not None:
+                accepted |= stored[0]
+        return accepted
+
+    def _refused(self, o: RunOutcome, exc: Exception) -> None:
+        """The database refused ``o``'s outcome for good (a value a column cannot take):
+        the run fails permanently with the refusal instead, so the worker goes on."""
+        what = "result" if o.kind == "completed" else "error"
+        log.error(
+            "the database refused the %s of job %s: %s",
+            what,
+            o.job.id,
+            exc,
+            extra={"job_id": o.job.id, "worker_id": self.id},
+        )
+        o.error = OutcomeRefused(
+            f"the database refused to store the {what} of this run: {describe(exc)}"
+        )
+        if o.kind == "completed":
+            o.kind, o.result, o.run_at = "failed", None, None
+
+    def _store_failure(self, o: RunOutcome) -> bool:
+        """Store a retry or failure; one the database refuses is stored with the refusal."""
+        try:
+            return bool(self._retrying(partial(self._fail, o)))
+        except Exception as exc:
+            if isinstance(o.error, OutcomeRefused):
+                refusal: Exception = exc
+            else:
+                self._refused(o, exc)
+                try:
+                    return bool(self._retrying(partial(self._fail, o)))
+                except Exception as again:
+                    refusal = again
+        log.error(
+            "could not store the outcome of job %s (%s); it will be taken back after the "
+            "lock timeout",
+            o.job.id,
+            refusal,
+            extra={"job_id": o.job.id, "worker_id": self.id},
+        )
+        return False
+
+    def _permanent_ok(self, what: str, write: Callable[[], Any]) -> Any:
+        """``_retrying`` for writes whose permanent failure is only logged (None)."""
+        try:
+            return self._retrying(write)
+        except Exception as exc:
+            log.error("%s failed: %s", what, exc, extra={"worker_id": self.id})
+            return None
+
     def _retrying(self, write: Callable[[], Any]) -> Any:
-        """Run a storage write until it succeeds; a lost outcome would mean a second run."""
+        """Run a storage write until it succeeds; a lost outcome would mean a second run.
+
+        Only transient errors (``is_transient``: a lost connection, a busy database) are
+        retried: any other is raised, since the same write would fail forever and hold up
+        every outcome behind it.
+        """
         failures = 0
         while True:
             try:
                 return write()
             except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 failures += 1
                 if time.monotonic() >= self._give_up_at:
                     log.error("could not store an outcome before the stop timeout: %s", exc)
@@ -735,7 +858,7 @@ class Worker:
         storage = self.queue.storage
         if isinstance(storage, SQLStorage):
             return storage.fail(
-                o.job.id, o.error_text, o.run_at, worker_id=self.id, attempt=o.job.attempt
+                o.job.id, o.error_text, o.run_at, worker_id=self.id, fence=o.job.fence
             )
         storage.fail(o.job.id, o.error_text, o.run_at)
         return True
@@ -752,7 +875,7 @@ class Worker:
                 # Skipped first: a claim made once the job is back must not take it again.
                 with self._lock:
                     self._skip[job.type] = time.monotonic() + self.lock_timeout
-                storage.release(self.id, [(job.id, job.attempt)])
+                storage.release(self.id, [(job.id, job.fence)])
                 o.kind = "release"
                 return
         o.kind = "failed"

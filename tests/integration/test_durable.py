@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pydantic
 import pytest
@@ -270,3 +275,143 @@ def test_call_rejects_bad_options_and_unknown_steps(queue: jobs.Queue) -> None:
     assert job.status == "failed"
     assert job.last_error is not None and "missing-step" in job.last_error
     assert "unknown option" in errors[0] and "retries must be >= 0" in errors[1]
+
+
+# -- concurrent calls, and errors that are never retried in place ---------------------------
+
+
+def test_gathered_async_calls_are_numbered_in_call_order_and_replay_their_own_results(
+    queue: jobs.Queue, runs: Counter[str]
+) -> None:
+    finished: list[str] = []
+
+    @queue.job()
+    async def slow(x: int) -> str:
+        runs["slow"] += 1
+        for _ in range(1000):  # finishes after "fast", whose checkpoint comes first
+            if "fast" in finished:
+                break
+            await asyncio.sleep(0.005)
+        finished.append("slow")
+        return f"slow:{x}"
+
+    @queue.job()
+    async def fast(x: int) -> str:
+        runs["fast"] += 1
+        finished.append("fast")
+        return f"fast:{x}"
+
+    stored: list[list[tuple[int, str]]] = []
+
+    @queue.job(retries=2, **NOW)
+    async def workflow() -> list[str]:
+        job = jobs.current_job()
+        cps = await asyncio.to_thread(queue.storage.get_checkpoints, job.id)
+        stored.append([(cp.call_index, cp.call_type) for cp in cps])
+        a, b = await asyncio.gather(jobs.call_async("slow", 1), jobs.call_async("fast", 2))
+        if job.attempt == 1:
+            raise RuntimeError("replay please")
+        return [a, b]
+
+    job = run_to_end(queue, queue.enqueue(workflow))
+    assert job.status == "completed" and job.attempt == 2, job.last_error
+    assert job.result == b'["slow:1","fast:2"]'
+    assert runs == {"slow": 1, "fast": 1}  # both replayed on the second run
+    assert finished == ["fast", "slow"]
+    # Numbered in the order the calls were made, not the order they finished.
+    assert stored == [[], [(0, "slow"), (1, "fast")]]
+
+
+def test_calls_from_threads_of_one_job_each_get_their_own_checkpoint(
+    queue: jobs.Queue, runs: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted(queue, runs, "echo")
+    threads = 8
+    read = queue.storage.get_checkpoints
+
+    def slow_read(job_id: str) -> list[jobs.Checkpoint]:
+        time.sleep(0.05)  # widens the window in which the first calls load checkpoints
+        return read(job_id)
+
+    monkeypatch.setattr(queue.storage, "get_checkpoints", slow_read)
+
+    @queue.job(retries=0)
+    def workflow() -> None:
+        gate = threading.Barrier(threads)
+
+        def one(n: int) -> object:
+            gate.wait(10)
+            return jobs.call("echo", n)
+
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, n) for n in range(threads)]
+            results = [f.result() for f in futures]
+        assert results == [f"echo:{n}" for n in range(threads)]
+        raise jobs.NoRetry("keep the checkpoints")
+
+    job = run_to_end(queue, queue.enqueue(workflow))
+    assert job.last_error == "NoRetry: keep the checkpoints"
+    cps = queue.storage.get_checkpoints(job.id)
+    assert sorted(cp.call_index for cp in cps) == list(range(threads))
+    assert sorted(cp.result or b"" for cp in cps) == sorted(
+        f'"echo:{n}"'.encode() for n in range(threads)
+    )
+    assert runs == {"echo": threads}
+
+
+def test_a_step_that_lost_the_jobs_lock_is_not_retried_in_place(
+    queue: jobs.Queue, runs: Counter[str]
+) -> None:
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    counted(queue, runs, "inner")
+    seen: list[str] = []
+
+    @queue.job()
+    def outer() -> object:
+        runs["outer"] += 1
+        # Another worker's reaper takes the job back (no heartbeat for "too long")...
+        storage.release_stale_locks(timedelta(microseconds=1))
+        return jobs.call("inner")  # ...so this checkpoint is fenced out
+
+    @queue.job(retries=0)
+    def workflow() -> None:
+        try:
+            jobs.call("outer", retries=3, backoff=jobs.constant(0))
+        except BaseException as exc:
+            seen.append(type(exc).__name__)
+            raise
+
+    job_id = queue.enqueue(workflow)
+    with queue.worker(**FAST):
+        wait_for(lambda: seen)
+    assert seen == ["StaleJobError"]
+    assert runs == {"outer": 1, "inner": 1}  # not 4 times: the side effects ran once
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == "failed"
+    assert job.last_error is not None and job.last_error.startswith("WorkerLost")
+    assert storage.get_checkpoints(job_id) == []
+
+
+def test_nondeterminism_in_a_nested_call_is_not_retried_in_place(
+    queue: jobs.Queue, runs: Counter[str]
+) -> None:
+    queue.register("a", lambda: "a")
+    queue.register("b", lambda: "b")
+
+    @queue.job()
+    def outer() -> None:
+        attempt = jobs.current_job().attempt
+        runs[f"outer on run {attempt}"] += 1
+        jobs.call("a" if attempt == 1 else "b")  # inner call 0.0 diverges on run 2
+        raise RuntimeError("outer fails after its inner call was checkpointed")
+
+    @queue.job(retries=1, **NOW)
+    def workflow() -> None:
+        jobs.call("outer", retries=3, backoff=jobs.constant(0))
+
+    job = run_to_end(queue, queue.enqueue(workflow))
+    assert job.status == "failed" and job.attempt == 2
+    assert job.last_error is not None and job.last_error.startswith("NondeterminismError")
+    # Retried in place on run 1 (an ordinary error); on run 2 the divergence ends it.
+    assert runs == {"outer on run 1": 4, "outer on run 2": 1}

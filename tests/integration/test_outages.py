@@ -6,16 +6,19 @@ tests pin each behaviour down deterministically.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 import durable_jobs as jobs
+from durable_jobs import codec
 from durable_jobs.job import utcnow
 from tests.conftest import BACKENDS
 from tests.helpers import wait_for
@@ -60,7 +63,7 @@ def test_a_job_claimed_behind_the_workers_back_is_taken_back_and_run(
     storage = queue.storage
     assert isinstance(storage, jobs.SQLStorage)
     # The lost claim: the job is locked for the worker as its own claim would lock it.
-    [orphan] = storage.claim("default", "worker-1", 1)
+    [orphan] = storage.claim("default", "worker-1", 1, lock_timeout=FAST["lock_timeout"])
     assert orphan.id == job_id
     with queue.worker(worker_id="worker-1", **FAST):
         assert ran.wait(15), "the job locked behind the worker's back was never run"
@@ -260,3 +263,195 @@ def test_a_checkpoint_racing_the_take_back_of_its_job_is_rejected(
         writer.join(10)
     assert saved == [False]
     assert storage.get_checkpoints(job_id) == []
+
+
+def driver_outage(backend: str) -> Exception:
+    """The error the database driver raises when its connection breaks or is busy."""
+    if backend == "sqlite":
+        return sqlite3.OperationalError("database is locked")
+    return psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+class Failing:
+    """Wraps a storage method so that its next ``failures`` calls raise ``error``."""
+
+    def __init__(self, method: Callable[..., Any], failures: int, error: Exception) -> None:
+        self.method = method
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+            failing = self.calls <= self.failures
+        if failing:
+            raise self.error
+        return self.method(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["save_checkpoint", "get_checkpoints"])
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_brief_storage_error_on_a_checkpoint_costs_no_attempt(
+    queue: jobs.Queue, backend: str, method: str, failures: int
+) -> None:
+    # docs/guarantees.md: an outage shorter than lock_timeout costs a pause and nothing
+    # else. A checkpoint read or write that met one used to fail the run, and a job
+    # allowed a single run failed for good.
+    queue.register("double", lambda n: n * 2)
+
+    def flow() -> int:
+        return int(jobs.call("double", 1) + jobs.call("double", 2))
+
+    queue.register("flow", flow, retries=0)
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    flaky = Failing(getattr(storage, method), failures, driver_outage(backend))
+    setattr(storage, method, flaky)
+    job_id = queue.enqueue("flow")
+    with queue.worker(lock_timeout=5, poll_interval=0.05):
+        wait_for(lambda: status(queue, job_id) in (jobs.JobStatus.COMPLETED, jobs.JobStatus.FAILED))
+    job = queue.get_job(job_id)
+    assert job is not None
+    assert job.status == jobs.JobStatus.COMPLETED, job.last_error
+    assert job.attempt == 1 and codec.loads(job.result) == 6
+    assert flaky.calls > failures
+
+
+def test_a_permanent_storage_error_on_a_checkpoint_is_not_retried(queue: jobs.Queue) -> None:
+    queue.register("double", lambda n: n * 2)
+    queue.register("flow", lambda: jobs.call("double", 1), retries=0)
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    refusal = Failing(storage.save_checkpoint, 1000, ValueError("refused"))
+    storage.save_checkpoint = refusal  # type: ignore[method-assign]
+    job_id = queue.enqueue("flow")
+    with queue.worker(**FAST):
+        wait_for(lambda: status(queue, job_id) == jobs.JobStatus.FAILED)
+    job = queue.get_job(job_id)
+    assert job is not None and job.last_error == "ValueError: refused"
+    assert refusal.calls == 1
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_checkpoint_written_after_the_servers_connections_were_killed(
+    queue: jobs.Queue,
+) -> None:
+    # Every connection of the storage dies (a failover, say) while a step runs: its
+    # checkpoint write meets a dead connection, discards the idle ones with it, and is
+    # retried in place on a new one.
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+
+    def kill_connections() -> None:
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    queue.register("kill", kill_connections)
+    queue.register("double", lambda n: n * 2)
+
+    def flow() -> int:
+        jobs.call("kill")
+        return int(jobs.call("double", 3))
+
+    queue.register("flow", flow, retries=0)
+    job_id = queue.enqueue("flow")
+    finished = threading.Event()
+    queue.on_job_complete(lambda job: finished.set())
+    queue.on_job_fail(lambda job, err: finished.set())
+    # Nothing else of the worker uses the database while the step runs (no poll, no
+    # heartbeat yet), so the checkpoint write is the first to meet a dead connection.
+    with queue.worker(lock_timeout=30, poll_interval=60):
+        assert finished.wait(15)
+    job = queue.get_job(job_id)
+    assert job is not None
+    assert job.status == jobs.JobStatus.COMPLETED, job.last_error
+    assert job.attempt == 1 and codec.loads(job.result) == 6
+
+
+def refusal(backend: str) -> Exception:
+    """An error the database gives for a value it will never store (not transient)."""
+    if backend == "sqlite":
+        return sqlite3.IntegrityError("CHECK constraint failed: result")
+    return psycopg.errors.DataError("value too long for the column")
+
+
+def test_a_result_over_the_payload_limit_fails_its_job_and_the_worker_goes_on(
+    storage: jobs.SQLStorage,
+) -> None:
+    queue = jobs.Queue(storage, max_payload=1000)
+    queue.register("big", lambda: "x" * 5000, retries=3)
+    queue.register("small", lambda n: n)
+    failed: list[tuple[str, BaseException]] = []
+    queue.on_job_fail(lambda job, err: failed.append((job.id, err)))
+    big = queue.enqueue("big")
+    small = queue.enqueue_many([("small", n) for n in range(5)])
+    with queue.worker(**FAST):
+        wait_for(lambda: all(status(queue, i) == jobs.JobStatus.COMPLETED for i in small))
+        wait_for(lambda: status(queue, big) == jobs.JobStatus.FAILED)
+    job = queue.get_job(big)
+    assert job is not None and job.attempt == 1 and job.result is None
+    assert job.last_error == (
+        "ResultTooLarge: result of 'big' encodes to 5,002 bytes, over the queue's limit of "
+        "1,000 (Queue(max_payload=...) changes it)"
+    )
+    assert [(i, type(e)) for i, e in failed] == [(big, jobs.ResultTooLarge)]
+
+
+def test_an_outcome_the_database_refuses_fails_its_job_alone(
+    queue: jobs.Queue, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One outcome that the database refuses for good used to be retried forever: the
+    # outcomes batched with it and after it were never stored, and heartbeats kept their
+    # jobs locked, so no other worker could rescue them either.
+    queue.register("ok", lambda n: n)
+    queue.register("refused", lambda: "a value the database refuses")
+
+    def unstorable() -> None:
+        raise jobs.NoRetry("an error the database refuses")
+
+    queue.register("unstorable", unstorable)
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    bad_result = queue.enqueue("refused")
+    bad_error = queue.enqueue("unstorable")
+    complete_and_claim, fail = storage.complete_and_claim, storage.fail
+
+    def refusing_completions(worker_id: str, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(o.job_id == bad_result for o in outcomes):
+            raise refusal(backend)
+        return complete_and_claim(worker_id, outcomes, *args, **kwargs)
+
+    def refusing_errors(job_id: str, err_msg: str, *args: Any, **kwargs: Any) -> Any:
+        if "the database refuses" in err_msg:
+            raise refusal(backend)
+        return fail(job_id, err_msg, *args, **kwargs)
+
+    storage.complete_and_claim = refusing_completions  # type: ignore[method-assign]
+    storage.fail = refusing_errors  # type: ignore[method-assign]
+    failed: list[tuple[str, BaseException]] = []
+    queue.on_job_fail(lambda job, err: failed.append((job.id, err)))
+    good = queue.enqueue_many([("ok", n) for n in range(5)])
+    worker = queue.worker(**FAST)
+    with worker:
+        wait_for(lambda: all(status(queue, i) == jobs.JobStatus.COMPLETED for i in good))
+        wait_for(lambda: status(queue, bad_result) == jobs.JobStatus.FAILED)
+        wait_for(lambda: status(queue, bad_error) == jobs.JobStatus.FAILED)
+        later = queue.enqueue("ok", 99)  # the worker goes on
+        wait_for(lambda: status(queue, later) == jobs.JobStatus.COMPLETED)
+    assert not worker.running
+    for job_id, what in ((bad_result, "result"), (bad_error, "error")):
+        job = queue.get_job(job_id)
+        assert job is not None and job.attempt == 1
+        assert job.last_error == (
+            f"OutcomeRefused: the database refused to store the {what} of this run: "
+            f"{type(refusal(backend)).__name__}: {refusal(backend)}"
+        )
+    assert sorted((i, type(e)) for i, e in failed) == sorted(
+        [(bad_result, jobs.OutcomeRefused), (bad_error, jobs.OutcomeRefused)]
+    )
+    assert not [r for r in caplog.records if "storing an outcome failed" in r.getMessage()]

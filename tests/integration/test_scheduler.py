@@ -102,6 +102,8 @@ def test_migration_2_upgrades_a_version_1_database(storage: jobs.SQLStorage) -> 
             "DROP INDEX sdj_jobs_unique_key",
             "ALTER TABLE sdj_jobs DROP COLUMN unique_key",
             "ALTER TABLE sdj_jobs DROP COLUMN meta",
+            "ALTER TABLE sdj_jobs DROP COLUMN fence",
+            "ALTER TABLE sdj_jobs DROP COLUMN lock_expires_at",
             "DELETE FROM sdj_schema_version WHERE version >= 2",
         ):
             conn.exec_driver_sql(statement)
@@ -296,3 +298,77 @@ def test_three_scheduler_processes_fire_each_second_exactly_once(
     # Every fire time while all three ran is there.
     assert times[0] <= all_up + second and times[-1] >= stopping - second
     assert len(times) >= 4
+
+
+# -- what is not a schedule, and schedules that fail ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (None, ""),
+        ("0 * * * *", "jobs.cron('0 * * * *')"),
+        (5, "jobs.every("),
+        (timedelta(minutes=5), "jobs.every("),
+    ],
+    ids=repr,
+)
+def test_schedule_refuses_what_is_not_a_schedule(
+    queue: jobs.Queue, value: object, hint: str
+) -> None:
+    queue.register("tick", lambda: None)
+    expected = r"jobs\.every.*jobs\.daily.*jobs\.weekly.*jobs\.cron"
+    with pytest.raises(TypeError, match=expected) as exc:
+        queue.schedule("tick", value)  # type: ignore[arg-type]
+    assert hint in str(exc.value)
+    assert queue.schedules == {}
+    assert Scheduler(queue).run_once(at()) == 0
+    assert queue.storage.list_schedules() == []  # type: ignore[attr-defined]
+
+
+class _Breakable(jobs.Schedule):
+    """A custom schedule whose next_after raises while ``broken`` is set."""
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def next_after(self, dt: datetime) -> datetime:
+        if self.broken:
+            raise RuntimeError("this schedule has a bug")
+        return jobs.every(minutes=5).next_after(dt)
+
+    @property
+    def spec(self) -> str:
+        return "breakable"
+
+
+def test_a_failing_schedule_does_not_stop_the_others(
+    queue: jobs.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = _Breakable()
+    queue.register("bad", lambda: None)
+    queue.schedule("bad", bad)  # first in line
+    queue.register("tick", lambda: None)
+    queue.schedule("tick", jobs.every(minutes=5))
+    scheduler = Scheduler(queue)
+    with caplog.at_level("INFO", logger="durable_jobs"):
+        assert scheduler.run_once(at(minutes=1)) == 0  # "bad" fails when first seen
+        assert scheduler.run_once(at(minutes=1, seconds=1)) == 0
+        # The failing schedule is retried at the next poll, not in a tight loop.
+        assert scheduler.next_due(at(minutes=1, seconds=2)) == at(minutes=5)
+        bad.broken = False
+        assert scheduler.run_once(at(minutes=2)) == 0  # now tracked
+        bad.broken = True
+        assert scheduler.run_once(at(minutes=5)) == 1  # "bad" fails to fire; "tick" fires
+        assert fire_times(queue, "tick") == [at(minutes=5)]
+        assert fire_times(queue, "bad") == []
+        bad.broken = False
+        assert scheduler.run_once(at(minutes=5, seconds=30)) == 1  # "bad" fires late
+        assert scheduler.run_once(at(minutes=10)) == 2
+    assert fire_times(queue, "bad") == [at(minutes=5), at(minutes=10)]
+    assert fire_times(queue, "tick") == [at(minutes=5), at(minutes=10)]
+    failures = [r for r in caplog.records if "failed and did not fire" in r.getMessage()]
+    # Logged once per spell of failures (not every tick), naming the schedule and error.
+    assert len(failures) == 2
+    assert all("'bad'" in r.getMessage() for r in failures)
+    assert all("RuntimeError: this schedule has a bug" in r.getMessage() for r in failures)

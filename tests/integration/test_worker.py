@@ -501,7 +501,7 @@ def test_a_failed_claimed_enqueue_gives_its_slot_back(queue: jobs.Queue) -> None
     assert isinstance(storage, jobs.SQLStorage)
     real = storage.enqueue_claimed
 
-    def broken(job: jobs.Job, worker_id: str) -> str:
+    def broken(job: jobs.Job, worker_id: str, **options: object) -> str:
         raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
 
     with queue.worker({"default": 1}, poll_interval=30) as worker:
@@ -519,7 +519,8 @@ def test_stale_lock_is_taken_back_and_retried(queue: jobs.Queue) -> None:
     ran = threading.Event()
     queue.register("t", lambda: ran.set())
     job_id = queue.enqueue("t", retries=1)
-    dead = queue.storage.claim("default", "dead-worker", 1)  # type: ignore[attr-defined]
+    # Claimed by a worker that died at once: its lock expires after its lock timeout.
+    dead = queue.storage.claim("default", "dead-worker", 1, lock_timeout=0.5)  # type: ignore[attr-defined]
     assert dead[0].id == job_id
     with queue.worker(poll_interval=0.05, lock_timeout=0.5):
         assert ran.wait(10)
@@ -531,7 +532,7 @@ def test_stale_lock_is_taken_back_and_retried(queue: jobs.Queue) -> None:
 def test_stale_job_without_retries_left_fails(queue: jobs.Queue) -> None:
     queue.register("t", lambda: None)
     job_id = queue.enqueue("t", retries=0)
-    queue.storage.claim("default", "dead-worker", 1)  # type: ignore[attr-defined]
+    queue.storage.claim("default", "dead-worker", 1, lock_timeout=0.5)  # type: ignore[attr-defined]
     with queue.worker(poll_interval=0.05, lock_timeout=0.5):
         wait_for(lambda: finished(queue, job_id))
     job = queue.get_job(job_id)
@@ -648,3 +649,76 @@ def test_hooks_fire_after_the_outcome_is_stored(queue: jobs.Queue) -> None:
     assert events.index(("start", "good", jobs.JobStatus.RUNNING)) < events.index(
         ("complete", "good", jobs.JobStatus.COMPLETED)
     )
+
+
+class _Forever:
+    """A custom policy (the Backoff protocol) that asks for a wait no datetime can hold."""
+
+    def delay(self, attempt: int) -> timedelta:
+        return timedelta.max
+
+    def to_json(self) -> bytes:
+        return b'{"kind": "forever"}'
+
+
+class _Broken:
+    def delay(self, attempt: int) -> timedelta:
+        raise ArithmeticError("the policy has a bug")
+
+    def to_json(self) -> bytes:
+        return b'{"kind": "broken"}'
+
+
+class _HugeRetryAfter(jobs.RetryAfter):
+    """A RetryAfter whose delay got past the constructor's bound."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "much later")
+        self.delay = timedelta.max
+
+
+def test_absurd_retry_delays_never_kill_a_slot(
+    queue: jobs.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail() -> None:
+        raise RuntimeError("fails")
+
+    def huge() -> None:
+        raise _HugeRetryAfter()
+
+    async def huge_async() -> None:
+        raise _HugeRetryAfter()
+
+    def asks_too_much() -> None:
+        raise jobs.RetryAfter(1e14, "in three million years")
+
+    queue.register("forever", fail, backoff=_Forever())
+    queue.register("broken", fail, backoff=_Broken())
+    queue.register("huge", huge)
+    queue.register("huge-async", huge_async)
+    queue.register("asks-too-much", asks_too_much)
+    queue.register("ok", lambda: "fine")
+    names = ["forever", "broken", "huge", "huge-async", "asks-too-much"]
+    ids = {name: queue.enqueue(name, priority=10) for name in names}
+    ok = queue.enqueue("ok")
+    start = datetime.now(UTC)
+    with caplog.at_level("WARNING", logger="durable_jobs"), queue.worker({"default": 1}, **FAST):
+        # One slot: "ok" runs after the others, so that slot survived them all.
+        wait_for(lambda: status(queue, ok) == "completed")
+        wait_for(lambda: all(status(queue, i) != "running" for i in ids.values()))
+    assert "still running" not in caplog.text  # stop() found no stuck run
+
+    year = timedelta(days=365)
+    for name in ("forever", "huge", "huge-async"):
+        job = queue.get_job(ids[name])
+        assert job is not None and job.status == "retrying", (name, job)
+        assert job.run_at is not None
+        assert start + year <= job.run_at <= datetime.now(UTC) + year, name  # clamped
+    broken = queue.get_job(ids["broken"])
+    assert broken is not None and broken.status == "failed"
+    assert broken.last_error is not None
+    assert "ArithmeticError" in broken.last_error and "failed permanently" in broken.last_error
+    too_much = queue.get_job(ids["asks-too-much"])
+    assert too_much is not None and too_much.status == "retrying"
+    assert too_much.last_error is not None
+    assert too_much.last_error.startswith("ValueError: RetryAfter delay must be at most 365 days")

@@ -20,10 +20,11 @@ import sqlalchemy as sa
 
 import durable_jobs as jobs
 from durable_jobs import codec
+from durable_jobs.errors import CheckpointConflict
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
 from durable_jobs.storage import Claim, Outcome, SQLStorage
 from durable_jobs.storage import sql as sql_storage
-from tests.conftest import ADMIN_URL
+from tests.conftest import ADMIN_URL, BACKENDS
 from tests.helpers import fresh_database
 
 W1, W2 = "worker-1", "worker-2"
@@ -538,12 +539,14 @@ def test_release_gives_back_a_run_without_counting_it(storage: SQLStorage) -> No
     assert job.status is JobStatus.PENDING and job.attempt == 0
     assert job.locked_by is None and job.heartbeat_at is None
 
-    claim_one(storage)
-    storage.fail(job_id, "boom", utcnow() - timedelta(seconds=1), worker_id=W1, attempt=1)
-    assert claim_one(storage).attempt == 2
-    storage.release(W1, [(job_id, 2)])
+    second = claim_one(storage)
+    assert second.attempt == 1 and second.fence == 2  # the released run's fence is spent
+    storage.fail(job_id, "boom", utcnow() - timedelta(seconds=1), worker_id=W1, fence=2)
+    third = claim_one(storage)
+    assert third.attempt == 2 and third.fence == 3
+    storage.release(W1, [(job_id, 3)])
     job = get(storage, job_id)
-    assert job.status is JobStatus.RETRYING and job.attempt == 1
+    assert job.status is JobStatus.RETRYING and job.attempt == 1 and job.fence == 3
     assert job.last_error == "boom"
     assert claim_one(storage).attempt == 2
 
@@ -613,10 +616,10 @@ def test_heartbeat_keeps_a_job_from_being_reaped(storage: SQLStorage, past: date
     assert reaped.completed_at is None
     assert reaped.last_error is not None and W1 in reaped.last_error
     assert "WorkerLost" in reaped.last_error
-    assert reaped.run_at is not None and reaped.run_at <= utcnow()
+    assert reaped.run_at is not None and reaped.run_at > utcnow()  # it waits its backoff
     # Nothing else is stale now.
     assert storage.release_stale_locks(timedelta(seconds=30)) == 0
-    assert claim_one(storage).attempt == 2
+    assert claim_one(storage, now=reaped.run_at).attempt == 2
 
 
 def test_heartbeat_worker_extends_all_its_jobs(storage: SQLStorage, past: datetime) -> None:
@@ -648,7 +651,7 @@ def test_stale_lock_fails_a_job_whose_retries_are_spent(
     assert failed.completed_at is not None
     assert failed.last_error is not None and W1 in failed.last_error
     assert get(storage, retried).status is JobStatus.RETRYING
-    assert claim_one(storage, W2).id == retried
+    assert claim_one(storage, W2, now=get(storage, retried).run_at).id == retried
     set_heartbeat(storage, retried, stale)
     assert storage.release_stale_locks(30) == 1
     assert get(storage, retried).status is JobStatus.FAILED
@@ -737,10 +740,13 @@ def test_checkpoints_save_get_delete(storage: SQLStorage) -> None:
     assert failed.error == "NoRetry: declined" and failed.result is None
     assert by_key[("2", 0)].call_type == "inner"
 
-    # Saving the same position again replaces it.
-    storage.save_checkpoint(Checkpoint(job_id="j1", call_index=3, call_type="charge", result=b"1"))
-    replaced = next(c for c in storage.get_checkpoints("j1") if c.call_index == 3)
-    assert replaced.result == b"1" and replaced.error is None
+    # Saving another checkpoint at the same position raises and keeps the first.
+    with pytest.raises(CheckpointConflict, match="durable call 3"):
+        storage.save_checkpoint(
+            Checkpoint(job_id="j1", call_index=3, call_type="charge", result=b"1")
+        )
+    kept = next(c for c in storage.get_checkpoints("j1") if c.call_index == 3)
+    assert kept == failed
     assert len(storage.get_checkpoints("j1")) == 5
 
     storage.delete_checkpoints("j1")
@@ -967,6 +973,7 @@ def test_claim_uses_the_dequeue_index(storage: SQLStorage) -> None:
         "now": storage.dialect.time_param(utcnow()),
         "skip": storage.dialect.list_param(["type-3"]),
         "min_retries": 1,
+        "lock_timeout": 30.0,
     }
     statement = storage.dialect.sql["claim"]
     prefix = "EXPLAIN QUERY PLAN " if storage.is_sqlite else "EXPLAIN "
@@ -1000,6 +1007,28 @@ def test_save_checkpoint_is_fenced_when_given_the_run(storage: SQLStorage) -> No
     assert storage.save_checkpoint(cp(0), worker_id=W1, attempt=1) is True
     assert storage.save_checkpoint(cp(1)) is True  # unfenced
     assert [c.call_index for c in storage.get_checkpoints(job_id)] == [0, 1]
+
+
+def test_a_checkpoint_position_is_never_overwritten(storage: SQLStorage) -> None:
+    job_id = storage.enqueue(make_job())
+    job = claim_one(storage)
+    first = Checkpoint(job_id=job_id, call_index=0, call_type="a", result=b'"first"')
+    assert storage.save_checkpoint(first, worker_id=W1, attempt=job.attempt) is True
+    # The same checkpoint again (a write retried after its reply was lost) is saved.
+    assert storage.save_checkpoint(first, worker_id=W1, attempt=job.attempt) is True
+
+    def other() -> Checkpoint:
+        return Checkpoint(job_id=job_id, call_index=0, call_type="b", result=b'"second"')
+
+    with pytest.raises(CheckpointConflict, match="already has a checkpoint"):
+        storage.save_checkpoint(other(), worker_id=W1, attempt=job.attempt)
+    with pytest.raises(CheckpointConflict):
+        storage.save_checkpoint(other())  # unfenced
+    # A run that lost the lock hears that, not that the position is taken.
+    assert storage.save_checkpoint(other(), worker_id=W2, attempt=job.attempt) is False
+    assert storage.get_checkpoints(job_id) == [first]
+    nested = Checkpoint(job_id=job_id, scope="0", call_index=0, call_type="b")
+    assert storage.save_checkpoint(nested, worker_id=W1, attempt=job.attempt) is True
 
 
 def test_concurrent_writes_each_commit_and_fail_alone(storage: SQLStorage) -> None:
@@ -1120,3 +1149,145 @@ def test_sqlite_commits_wait_for_the_disk_unless_the_callers_engine_says_otherwi
     finally:
         theirs.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "sqlite"])
+def test_a_group_commit_rolled_back_by_a_full_disk_fails_every_write_it_held(
+    db_url: str,
+) -> None:
+    # A full disk (or an I/O error) makes SQLite roll back the whole transaction, not just
+    # the failing statement. The group commit used to report the writes before it as
+    # committed (an id of a job that does not exist, a call() with no checkpoint) and run
+    # the ones after it alone in autocommit.
+    limit: dict[str, int] = {}
+
+    def cap_the_file(dbapi_conn: Any, _record: Any) -> None:
+        if limit:  # a connection of the storage: the file may not grow past the cap
+            dbapi_conn.execute(f"PRAGMA max_page_count = {limit['pages']}")
+
+    storage = SQLStorage(db_url)
+    sa.event.listen(storage.engine, "connect", cap_the_file)
+    try:
+        job_id = storage.enqueue(make_job())
+        job = claim_one(storage)
+        storage._drop_idle()
+        storage.engine.dispose()  # every connection from now on is capped
+        path = storage.engine.url.database
+        assert path is not None
+        with sqlite3.connect(path) as probe:
+            [pages] = probe.execute("PRAGMA page_count").fetchone()
+        limit["pages"] = pages + 12  # room for some of the writes below, not all
+        big = "x" * 3000  # about a page per row
+        writers = 32
+        ids = [str(uuid.uuid4()) for _ in range(writers)]
+        results: dict[int, Any] = {}
+
+        def write(n: int) -> None:
+            try:
+                if n % 2:
+                    results[n] = storage.enqueue(make_job(id=ids[n], args=codec.dumps(big)))
+                else:
+                    result = codec.dumps(big)
+                    cp = Checkpoint(job_id=job_id, call_index=n, call_type="s", result=result)
+                    results[n] = storage.save_checkpoint(cp, worker_id=W1, attempt=job.attempt)
+            except Exception as exc:
+                results[n] = exc
+
+        group = storage._group
+        assert group is not None
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+        with storage._write_lock:  # the writes queue up behind one leader: one batch
+            threads[0].start()
+            deadline = time.monotonic() + 10
+            while not (group._leading and not group._waiting):
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            for t in threads[1:]:
+                t.start()
+            while len(group._waiting) < writers - 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+        for t in threads:
+            t.join(30)
+        assert len(results) == writers
+        failed = [n for n, r in results.items() if isinstance(r, Exception)]
+        assert failed, "the database never filled up"
+        for n in failed:
+            assert "full" in str(results[n]), results[n]
+        saved = {c.call_index for c in storage.get_checkpoints(job_id)}
+        for n, r in sorted(results.items()):
+            if n % 2:
+                stored = storage.get_job(ids[n]) is not None
+                assert stored == (r == ids[n]), (n, r, stored)
+            else:
+                assert (n in saved) == (r is True), (n, r, n in saved)
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_dead_connection_discards_the_idle_ones_with_it(storage: SQLStorage) -> None:
+    # After a server restart every idle connection is dead. The first statement to meet
+    # one fails; the storage must then discard the others, so that a retry gets a live
+    # connection instead of the next dead one.
+    job_id = storage.enqueue(make_job())
+    kept = [storage._checkout() for _ in range(4)]
+    for raw in kept:
+        storage._checkin(raw)
+    assert len(storage._idle) == 4
+    killer = sa.create_engine(storage.engine.url, poolclass=sa.pool.NullPool)
+    with killer.connect() as conn:
+        conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    killer.dispose()
+    with pytest.raises(psycopg.OperationalError):
+        storage.get_job(job_id)
+    assert get(storage, job_id).id == job_id
+
+
+def test_is_transient_tells_passing_storage_errors_from_permanent_ones() -> None:
+    from durable_jobs.storage import is_transient
+
+    def sqlite_error(kind: type[sqlite3.Error], message: str, code: int) -> sqlite3.Error:
+        error = kind(message)
+        error.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return error
+
+    transient = [
+        psycopg.OperationalError("server closed the connection unexpectedly"),
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+        psycopg.InterfaceError("the connection is lost"),
+        sqlite3.OperationalError("database is locked"),
+        sqlite_error(sqlite3.OperationalError, "disk I/O error", 522),  # IOERR_SHORT_READ
+        sqlite_error(sqlite3.OperationalError, "database or disk is full", 13),
+        sa.exc.OperationalError("SELECT", {}, Exception("connection refused")),
+        sa.exc.OperationalError("SELECT", {}, psycopg.OperationalError("connection refused")),
+        sa.exc.TimeoutError("QueuePool limit reached"),
+    ]
+    permanent = [
+        psycopg.errors.DataError("invalid input syntax"),
+        psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"),
+        psycopg.IntegrityError("duplicate key"),
+        sqlite3.IntegrityError("UNIQUE constraint failed"),
+        sqlite3.DataError("string or blob too big"),
+        sqlite_error(sqlite3.OperationalError, "no such table: sdj_jobs", 1),
+        sa.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE")),
+        ValueError("a bug"),
+    ]
+    assert [e for e in transient if not is_transient(e)] == []
+    assert [e for e in permanent if is_transient(e)] == []
+
+
+def test_an_error_text_over_the_cap_is_stored_truncated_with_a_marker(
+    storage: SQLStorage,
+) -> None:
+    job_id = storage.enqueue(make_job())
+    job = claim_one(storage)
+    cap = sql_storage.MAX_ERROR_TEXT
+    text = "E" * (cap + 12345)
+    assert storage.fail(job_id, text, None, worker_id=W1, attempt=job.attempt)
+    stored = get(storage, job_id).last_error
+    assert stored == "E" * cap + "... [truncated: 12,345 more characters]"

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 import durable_jobs as jobs
-from durable_jobs.retry import DEFAULT_BACKOFF, Constant, Exponential, backoff_from_json
+from durable_jobs.retry import (
+    DEFAULT_BACKOFF,
+    MAX_DELAY,
+    Constant,
+    Exponential,
+    backoff_from_json,
+    delayed,
+)
 
 
 def seconds(policy: jobs.Backoff, attempt: int) -> float:
@@ -156,3 +163,37 @@ def test_constant_round_trip_keeps_the_wait() -> None:
 def test_unreadable_policies_raise_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
         backoff_from_json(data)
+
+
+def test_waits_beyond_a_year_are_refused_when_declared() -> None:
+    assert timedelta(days=365) == MAX_DELAY
+    assert seconds(jobs.constant(MAX_DELAY), 1) == MAX_DELAY.total_seconds()
+    assert seconds(jobs.exponential(max=MAX_DELAY.total_seconds(), jitter=0), 99) == 365 * 86400
+    for make in (
+        lambda: jobs.constant(1e14),  # would overflow a datetime when added to now
+        lambda: jobs.constant(MAX_DELAY + timedelta(seconds=1)),
+        lambda: jobs.exponential(max=1e14),
+        lambda: jobs.RetryAfter(1e14),
+        lambda: jobs.RetryAfter(timedelta.max),
+        lambda: jobs.RetryAfter(float("inf")),
+    ):
+        with pytest.raises(ValueError, match="at most"):
+            make()
+    assert jobs.RetryAfter(MAX_DELAY).delay == MAX_DELAY
+    with pytest.raises(ValueError, match="at most"):
+        backoff_from_json(b'{"kind": "constant", "seconds": 1e14}')
+
+
+def test_registering_a_backoff_beyond_a_year_raises(queue: jobs.Queue) -> None:
+    with pytest.raises(ValueError, match="at most"):
+        queue.register("t", lambda: None, backoff=jobs.constant(1e14))
+    assert queue.handler("t") is None
+
+
+def test_delayed_clamps_instead_of_overflowing() -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert delayed(now, timedelta(seconds=5)) == now + timedelta(seconds=5)
+    assert delayed(now, timedelta.max) == now + MAX_DELAY
+    assert delayed(now, -timedelta(days=1)) == now
+    end = datetime(9999, 12, 31, tzinfo=UTC)
+    assert delayed(end, timedelta.max) == datetime.max.replace(tzinfo=UTC)

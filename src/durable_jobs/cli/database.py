@@ -75,8 +75,8 @@ def _connect(storage: SQLStorage) -> None:
 def _check_sqlite_file_exists(url: str) -> None:
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        return  # SQLStorage reports the bad URL
+    except (sa.exc.ArgumentError, ValueError):  # a port that is not a number: ValueError
+        return  # SQLStorage reports the bad URL, its password masked
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     if not Path(parsed.database).exists():

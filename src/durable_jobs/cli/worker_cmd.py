@@ -16,6 +16,7 @@ import typer
 
 from ..queue import Queue
 from ..storage import SQLStorage
+from ..storage.urls import masked
 from .errors import CLIError
 from .loader import load_queue
 
@@ -67,6 +68,7 @@ def worker(
     """Run workers for the Queue defined in MODULE until SIGINT or SIGTERM, then drain."""
     _configure_logging()
     if database_url:
+        _check_url(database_url)
         os.environ["SDJ_DATABASE_URL"] = database_url
     concurrency = parse_queues(queues)
     # Also in the parent of --processes, so that a mistake fails once, not in every child.
@@ -85,6 +87,15 @@ def worker(
     if metrics_port is not None:
         _serve_metrics(queue, metrics_port)
     runner.run()
+
+
+def _check_url(url: str) -> None:
+    """Refuse a malformed URL here, in one line: inside the user's module it would be a
+    traceback from their ``Queue()``."""
+    try:
+        SQLStorage(url).close()  # parses and builds an engine; connects to nothing
+    except ValueError as exc:  # its message masks the password
+        raise CLIError(str(exc)) from None
 
 
 def _serve_metrics(queue: Queue, port: int) -> None:
@@ -148,17 +159,22 @@ def _log_start(
     if (
         database_url
         and isinstance(storage, SQLStorage)
-        and not _same_database(sa.make_url(database_url), storage.engine.url)
+        and not _same_database(database_url, storage.engine.url)
     ):
         log.warning(
             "%s builds its Queue on %s; --database-url %s is not used by it",
             target,
             url,
-            database_url,
+            masked(database_url),
         )
 
 
-def _same_database(given: sa.URL, used: sa.URL) -> bool:
+def _same_database(given_url: str, used: sa.URL) -> bool:
+    try:
+        given = sa.make_url(given_url)
+    except (sa.exc.ArgumentError, ValueError):
+        return False  # cannot be the URL the queue parsed
+
     def key(url: sa.URL) -> tuple[str, str | None, int | None, str | None]:
         database = url.database
         if url.get_backend_name() == "sqlite" and database:

@@ -5,5 +5,15 @@ All SQL of the library lives in this package.
 
 from .protocol import Storage
 from .sql import Claim, Outcome, ScheduleState, SQLStorage, WorkerInfo
+from .transient import is_transient, retry_transient
 
-__all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "Storage", "WorkerInfo"]
+__all__ = [
+    "Claim",
+    "Outcome",
+    "SQLStorage",
+    "ScheduleState",
+    "Storage",
+    "WorkerInfo",
+    "is_transient",
+    "retry_transient",
+]

@@ -71,7 +71,8 @@ SQLITE: dict[str, str] = {
     # :ids is a JSON array (one parameter however many ids).
     "jobs_by_id": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
         WHERE id IN (SELECT value FROM json_each(:ids))""",
-    # A fresh start: full retry budget; checkpoints stay, so a workflow resumes.
+    # A fresh start: full retry budget; checkpoints stay, so a workflow resumes. The
+    # fence stays: the next claim takes a new one, so a stale run's writes stay rejected.
     "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
             completed_at = NULL, updated_at = :now
         WHERE id = :id AND status IN ('failed', 'retrying')
@@ -337,10 +338,12 @@ class Admin:
     def retry(self, job_id: str) -> Job | None:
         """Give a failed or retrying job a fresh start now; returns it as stored.
 
-        It becomes ``pending`` with ``attempt`` 0 (its full retry budget again). Its
-        checkpoints are kept, so a workflow resumes after its last completed step, and
-        ``last_error`` stays until the next run. None when there is no such job or it is
-        neither failed nor retrying (nothing changes then).
+        It becomes ``pending`` with ``attempt`` 0 (its full retry budget again; its next
+        run shows attempt 1). Its ``fence`` is kept, so a run of the job that lost its
+        lock before still has its writes rejected. Its checkpoints are kept, so a
+        workflow resumes after its last completed step, and ``last_error`` stays until
+        the next run. None when there is no such job or it is neither failed nor
+        retrying (nothing changes then).
         """
         now = self.storage.dialect.time_param(utcnow())
         with self.storage._cursor(write=True) as cur:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 JOB_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
     "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at, "
-    "meta"
+    "meta, fence, lock_expires_at"
 )
 INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
@@ -44,6 +44,8 @@ STATEMENTS = (
     "delete_worker",
     "live_workers",
     "prune_workers",
+    "expired_locks",
+    "stale_locks",
     "reap",
     "get_job",
     "jobs_by_status",
@@ -159,6 +161,24 @@ _SQLITE_MIGRATION_2 = (
 # Data that travels with a job for instruments, such as a trace context (JSON).
 _SQLITE_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta TEXT",)
 
+# The fencing token (one more per claim, never reset) and each lock's own expiry, on the
+# database's clock. A running job without an expiry was claimed by an older release:
+# the reapers give it the default lock timeout from its last heartbeat.
+_SQLITE_MIGRATION_4 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at TEXT",
+)
+
+# SQLite has no server: every process using the file shares the host's clock, which is
+# the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
+_SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+_SQLITE_EXPIRY = (
+    "(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', :lock_timeout)) || '000')"
+)
+_SQLITE_LEGACY_EXPIRY = (
+    "(strftime('%Y-%m-%d %H:%M:%f', heartbeat_at, printf('%+.6f seconds', :lock_timeout)) || '000')"
+)
+
 
 class SQLiteDialect(Dialect):
     """SQLite: writes serialise on the database lock, so claims run in IMMEDIATE transactions.
@@ -168,7 +188,12 @@ class SQLiteDialect(Dialect):
     """
 
     name = "sqlite"
-    migrations = (_SQLITE_MIGRATION_1, _SQLITE_MIGRATION_2, _SQLITE_MIGRATION_3)
+    migrations = (
+        _SQLITE_MIGRATION_1,
+        _SQLITE_MIGRATION_2,
+        _SQLITE_MIGRATION_3,
+        _SQLITE_MIGRATION_4,
+    )
 
     def time_param(self, value: datetime | None) -> Any:
         if value is None:
@@ -200,13 +225,14 @@ class SQLiteDialect(Dialect):
         " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta)",
         # A job enqueued in a process whose worker has a free slot starts out claimed.
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
-                heartbeat_at, started_at)
+                heartbeat_at, started_at, fence, lock_expires_at)
             VALUES (:id, :type, :args, :queue, :priority, 'running', 1, :max_retries, :run_at,
-                :now, :now, :backoff, :meta, :worker, :now, :now)""",
+                :now, :now, :backoff, :meta, :worker, :now, :now, 1, {_SQLITE_EXPIRY})""",
         # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
         "claim": f"""UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
             locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
             WHERE id IN (
                 SELECT id FROM sdj_jobs
@@ -217,32 +243,35 @@ class SQLiteDialect(Dialect):
                 LIMIT :limit)
             RETURNING {JOB_COLUMNS}, rowid""",
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = :result,
-            completed_at = :now, updated_at = :now, heartbeat_at = NULL
+            completed_at = :now, updated_at = :now, heartbeat_at = NULL, lock_expires_at = NULL
             WHERE id = :id AND status = 'running'
-              AND (:worker IS NULL OR (locked_by = :worker AND attempt = :attempt))
+              AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
         # SQLite runs "complete" once per job inside one transaction instead.
         "complete_many": "",
         "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
             run_at = COALESCE(:run_at, run_at), completed_at = :completed_at,
-            updated_at = :now, heartbeat_at = NULL
+            updated_at = :now, heartbeat_at = NULL, lock_expires_at = NULL
             WHERE id = :id AND status = 'running'
-              AND (:worker IS NULL OR (locked_by = :worker AND attempt = :attempt))
+              AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
         "release": """UPDATE sdj_jobs SET
             status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
-            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, updated_at = :now
-            WHERE id = :id AND status = 'running' AND locked_by = :worker AND attempt = :attempt""",
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            updated_at = :now
+            WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
         # Outcomes leave locked_by naming the run's owner (reap and release clear it), so a
         # worker whose outcome write lost its reply can tell whether it was committed.
-        "settled": """SELECT id, attempt, status FROM sdj_jobs
+        "settled": """SELECT id, fence, status FROM sdj_jobs
             WHERE locked_by = :worker AND status <> 'running'
               AND id IN (SELECT value FROM json_each(:ids))""",
-        "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = :now
+        "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = :now,
+                lock_expires_at = {_SQLITE_EXPIRY}
             WHERE id = :id AND status = 'running' AND locked_by = :worker""",
         # Only the jobs the worker knows it holds (:jobs, a JSON list; NULL for all): a job
         # whose claim committed but whose reply was lost must go stale and be taken back.
-        "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = :now
+        "heartbeat_worker_jobs": f"""UPDATE sdj_jobs SET heartbeat_at = :now,
+                lock_expires_at = {_SQLITE_EXPIRY}
             WHERE status = 'running' AND locked_by = :worker
               AND (:jobs IS NULL OR id IN (SELECT value FROM json_each(:jobs)))""",
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
@@ -252,14 +281,21 @@ class SQLiteDialect(Dialect):
         "delete_worker": "DELETE FROM sdj_workers WHERE id = :id",
         "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers WHERE heartbeat_at >= :cutoff",
         "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < :cutoff",
-        "reap": """UPDATE sdj_jobs SET
-            status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
-            completed_at = CASE WHEN attempt > max_retries THEN :now ELSE NULL END,
+        # Take-backs select the runs to take back, then update each (fenced) with the
+        # retry time its backoff gives, computed in Python: the IMMEDIATE transaction
+        # around them holds the write lock throughout.
+        "expired_locks": f"""SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running'
+              AND COALESCE(lock_expires_at, {_SQLITE_LEGACY_EXPIRY}) < {_SQLITE_CLOCK}
+            LIMIT :limit""",
+        "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < :cutoff
+            LIMIT :limit""",
+        "reap": """UPDATE sdj_jobs SET status = :status, completed_at = :completed_at,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
-            run_at = :now, updated_at = :now,
-            locked_by = NULL, heartbeat_at = NULL
-            WHERE status = 'running' AND heartbeat_at < :cutoff
-            RETURNING id""",
+            run_at = COALESCE(:run_at, run_at), updated_at = :now,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = :id AND status = 'running' AND fence = :fence""",
         "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = :id",
         "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = :status
             ORDER BY created_at, rowid LIMIT :limit""",
@@ -271,9 +307,9 @@ class SQLiteDialect(Dialect):
             SELECT :id, :job_id, :call_index, :call_type, :result, :error, :now, :scope
             WHERE :worker IS NULL OR EXISTS (
                 SELECT 1 FROM sdj_jobs WHERE id = :job_id AND status = 'running'
-                  AND locked_by = :worker AND attempt = :attempt)
-            ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
-                result = excluded.result, error = excluded.error
+                  AND locked_by = :worker AND fence = :fence)
+            ON CONFLICT (job_id, scope, call_index)
+                DO UPDATE SET call_type = sdj_checkpoints.call_type
             RETURNING id""",
         "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
             WHERE job_id = :job_id ORDER BY scope, call_index""",
@@ -372,6 +408,17 @@ _POSTGRES_MIGRATION_2 = (
 
 _POSTGRES_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta TEXT",)
 
+_POSTGRES_MIGRATION_4 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at TIMESTAMPTZ",
+)
+
+# Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
+# which need not agree. clock_timestamp(): the moment the row is written, not the start
+# of its transaction, so a lock never starts out shorter than its timeout.
+_POSTGRES_EXPIRY = "(clock_timestamp() + %(lock_timeout)s::float8 * interval '1 second')"
+_POSTGRES_LEGACY_EXPIRY = "(heartbeat_at + %(lock_timeout)s::float8 * interval '1 second')"
+
 # Any constant works as long as every process uses the same one.
 MIGRATION_LOCK_KEY = 0x5D1_0B5
 
@@ -380,7 +427,12 @@ class PostgresDialect(Dialect):
     """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks."""
 
     name = "postgresql"
-    migrations = (_POSTGRES_MIGRATION_1, _POSTGRES_MIGRATION_2, _POSTGRES_MIGRATION_3)
+    migrations = (
+        _POSTGRES_MIGRATION_1,
+        _POSTGRES_MIGRATION_2,
+        _POSTGRES_MIGRATION_3,
+        _POSTGRES_MIGRATION_4,
+    )
 
     def missing_table(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) == "42P01"  # undefined_table
@@ -394,10 +446,10 @@ class PostgresDialect(Dialect):
                 %(now)s, %(now)s, %(backoff)s, %(meta)s)
             RETURNING CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
-                heartbeat_at, started_at)
+                heartbeat_at, started_at, fence, lock_expires_at)
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(worker)s, %(now)s, %(now)s)""",
+                %(worker)s, %(now)s, %(now)s, 1, {_POSTGRES_EXPIRY})""",
         "claim": f"""WITH next AS (
                 SELECT id FROM sdj_jobs
                 WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
@@ -407,48 +459,54 @@ class PostgresDialect(Dialect):
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)
             UPDATE sdj_jobs AS j SET status = 'running', attempt = j.attempt + 1,
+                fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
                 locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
                 updated_at = %(now)s
             FROM next WHERE j.id = next.id
             RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))}, j.seq""",
         "complete": """WITH done AS (
                 UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
-                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL
+                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
+                    lock_expires_at = NULL
                 WHERE id = %(id)s AND status = 'running'
                   AND (%(worker)s::text IS NULL
-                       OR (locked_by = %(worker)s AND attempt = %(attempt)s::int))
+                       OR (locked_by = %(worker)s AND fence = %(fence)s::int))
                 RETURNING id),
             gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
             SELECT id FROM done""",
         # One statement completes a whole batch and drops the batch's checkpoints.
         "complete_many": """WITH v AS (
-                SELECT * FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(results)s::text[])
-                    AS v(id, attempt, result)),
+                SELECT * FROM unnest(%(ids)s::text[], %(fences)s::int[], %(results)s::text[])
+                    AS v(id, fence, result)),
             done AS (
                 UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
-                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL
+                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
+                    lock_expires_at = NULL
                 FROM v WHERE j.id = v.id AND j.status = 'running'
-                  AND j.locked_by = %(worker)s AND j.attempt = v.attempt
+                  AND j.locked_by = %(worker)s AND j.fence = v.fence
                 RETURNING j.id),
             gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
             SELECT id FROM done""",
         "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
             run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
-            updated_at = %(now)s, heartbeat_at = NULL
+            updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s::text IS NULL
-                   OR (locked_by = %(worker)s AND attempt = %(attempt)s::int))
+                   OR (locked_by = %(worker)s AND fence = %(fence)s::int))
             RETURNING id""",
         "release": """UPDATE sdj_jobs SET
             status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
-            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, updated_at = %(now)s
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            updated_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
-              AND attempt = %(attempt)s""",
-        "settled": """SELECT id, attempt, status FROM sdj_jobs
+              AND fence = %(fence)s""",
+        "settled": """SELECT id, fence, status FROM sdj_jobs
             WHERE id = ANY(%(ids)s::text[]) AND locked_by = %(worker)s AND status <> 'running'""",
-        "heartbeat_job": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
+        "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
+                lock_expires_at = {_POSTGRES_EXPIRY}
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
-        "heartbeat_worker_jobs": """UPDATE sdj_jobs SET heartbeat_at = %(now)s
+        "heartbeat_worker_jobs": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
+                lock_expires_at = {_POSTGRES_EXPIRY}
             WHERE status = 'running' AND locked_by = %(worker)s
               AND (%(jobs)s::text[] IS NULL OR id = ANY(%(jobs)s::text[]))""",
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
@@ -459,14 +517,21 @@ class PostgresDialect(Dialect):
         "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers"
         " WHERE heartbeat_at >= %(cutoff)s",
         "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < %(cutoff)s",
-        "reap": """UPDATE sdj_jobs SET
-            status = CASE WHEN attempt > max_retries THEN 'failed' ELSE 'retrying' END,
-            completed_at = CASE WHEN attempt > max_retries THEN %(now)s ELSE NULL END,
+        # Lock expiry by the server's clock. SKIP LOCKED: a run whose outcome or heartbeat
+        # is being written is left to the next round; the rows selected stay locked until
+        # the take-back commits.
+        "expired_locks": f"""SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running'
+              AND COALESCE(lock_expires_at, {_POSTGRES_LEGACY_EXPIRY}) < now()
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+        "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+        "reap": """UPDATE sdj_jobs SET status = %(status)s, completed_at = %(completed_at)s,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
-            run_at = %(now)s, updated_at = %(now)s,
-            locked_by = NULL, heartbeat_at = NULL
-            WHERE status = 'running' AND heartbeat_at < %(cutoff)s
-            RETURNING id""",
+            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s::int""",
         "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s",
         "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = %(status)s
             ORDER BY created_at, seq LIMIT %(limit)s""",
@@ -480,9 +545,9 @@ class PostgresDialect(Dialect):
                 %(now)s, %(scope)s
             WHERE %(worker)s::text IS NULL OR EXISTS (
                 SELECT 1 FROM sdj_jobs WHERE id = %(job_id)s AND status = 'running'
-                  AND locked_by = %(worker)s AND attempt = %(attempt)s::int FOR SHARE)
-            ON CONFLICT (job_id, scope, call_index) DO UPDATE SET call_type = excluded.call_type,
-                result = excluded.result, error = excluded.error
+                  AND locked_by = %(worker)s AND fence = %(fence)s::int FOR SHARE)
+            ON CONFLICT (job_id, scope, call_index)
+                DO UPDATE SET call_type = sdj_checkpoints.call_type
             RETURNING id""",
         "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
             WHERE job_id = %(job_id)s ORDER BY scope, call_index""",

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from ..errors import CheckpointConflict
 from ..job import Checkpoint, Job, JobStatus, new_ids, utcnow
+from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
 from .dialects import (
     INSERT_WIDTH,
     MIGRATION_LOCK_KEY,
@@ -32,6 +34,7 @@ from .dialects import (
     SQLiteDialect,
     dialect_for,
 )
+from .urls import masked
 
 __all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
 
@@ -44,6 +47,9 @@ _INSERT_PARAMS = (
     "now", "updated_at", "backoff", "meta",
 )  # fmt: skip
 _IDLE_CONNECTIONS = 16  # at most, kept out of the engine's pool for the storage's use
+#: The lock timeout (seconds) of callers that give none, as a worker's default.
+DEFAULT_LOCK_TIMEOUT = 30.0
+_REAP_BATCH = 500  # runs taken back per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +82,11 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A successful run to store: the job's id, the run (attempt) and its JSON result."""
+    """A successful run to store: the job's id, the run (its ``Job.fence``) and its JSON
+    result."""
 
     job_id: str
-    attempt: int
+    fence: int
     result: bytes | None
 
 
@@ -108,7 +115,8 @@ def _normalise_url(url: str | sa.URL) -> sa.URL:
     try:
         parsed = make_url(url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError with a terse message
-        raise ValueError(f"invalid database URL {str(url)!r}: {exc}") from exc
+        # Both the URL and SQLAlchemy's message may hold the password.
+        raise ValueError(masked(f"invalid database URL {str(url)!r}: {exc}")) from None
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         # psycopg 3 is this library's PostgreSQL driver whatever the URL names.
@@ -252,8 +260,14 @@ class _GroupCommit:
                     try:
                         cur.execute(write.sql, write.params)
                         write.rows = cur.fetchall() if self._storage._has_rows(cur) else []
-                    except sqlite3.DatabaseError as exc:  # undoes this statement only
+                    except sqlite3.DatabaseError as exc:
                         write.error = exc
+                        # Most errors (a constraint) undo this statement only. A full disk
+                        # or an I/O error makes SQLite roll back the whole transaction:
+                        # the writes before this one are gone too, and the rest must not
+                        # run one by one in autocommit. All of them fail.
+                        if not getattr(cur.connection, "in_transaction", True):
+                            raise
         except BaseException as exc:  # nothing of the batch was committed
             for write in batch:
                 write.error = write.error or exc
@@ -449,18 +463,20 @@ class SQLStorage:
         try:
             raw.rollback()
         except Exception:
-            raw.invalidate()
-            return
-        dbapi_error = self.engine.dialect.loaded_dbapi.Error
-        if isinstance(exc, dbapi_error) and self.engine.dialect.is_disconnect(
-            exc, raw.dbapi_connection, None
-        ):
+            dead = True  # a connection that cannot even roll back is gone
+        else:
+            dbapi_error = self.engine.dialect.loaded_dbapi.Error
+            dead = isinstance(exc, dbapi_error) and self.engine.dialect.is_disconnect(
+                exc, raw.dbapi_connection, None
+            )
+        if dead:
             raw.invalidate()
             # The server went away for the idle connections too (a restart, a failover);
             # _checkout passes over them. (The list itself is left to other threads.)
             for stale in self._idle[:]:
                 with contextlib.suppress(Exception):
-                    stale.invalidate()
+                    if stale.is_valid:
+                        stale.invalidate()
 
     def _run_grouped(self, name: str, params: dict[str, Any]) -> list[Any]:
         """A single-statement write, committed with others waiting at the same moment
@@ -588,6 +604,8 @@ class SQLStorage:
             locked_by=row[16],
             heartbeat_at=t(row[17]),
             meta=None if row[18] is None else json.loads(row[18]),
+            fence=row[19],
+            lock_expires_at=t(row[20]),
         )
 
     def _checkpoint(self, row: Sequence[Any]) -> Checkpoint:
@@ -661,14 +679,27 @@ class SQLStorage:
             return self._copy_jobs(chunks, now)
         return self._insert_chunks(chunks, now)
 
-    def enqueue_claimed(self, job: Job, worker_id: str) -> str:
+    def enqueue_claimed(
+        self,
+        job: Job,
+        worker_id: str,
+        *,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
+    ) -> str:
         """Store a new, due job already claimed by ``worker_id``, its first run starting
         now: a worker in the enqueuing process with a free slot runs it without a claim.
+        Its lock expires after ``lock_timeout`` (the worker's) unless heartbeated.
         """
         now = utcnow()
         [row] = self._stamp([job], now)
-        self._run_grouped("insert_claimed_job", {**self._insert_params(row), "worker": worker_id})
+        params = {
+            **self._insert_params(row),
+            "worker": worker_id,
+            "lock_timeout": _seconds(lock_timeout),
+        }
+        self._run_grouped("insert_claimed_job", params)
         job.status, job.attempt, job.locked_by = JobStatus.RUNNING, 1, worker_id
+        job.fence = 1
         job.started_at = job.heartbeat_at = now
         return job.id
 
@@ -740,18 +771,23 @@ class SQLStorage:
         skip_types: Sequence[str] = (),
         min_retries: int = 0,
         now: datetime | None = None,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
     ) -> list[Job]:
         """Claim up to ``limit`` due jobs of ``queue`` for ``worker_id`` in one statement.
 
         Jobs come back in dequeue order: priority (higher first), run time, enqueue order.
         Job types in ``skip_types``, and jobs allowed fewer than ``min_retries`` retries,
-        are left for others.
+        are left for others. Each claim is a new run with a new ``fence``; its lock
+        expires ``lock_timeout`` (the worker's) after the claim on the database's clock,
+        unless heartbeated. ``now`` decides which jobs are due (tests pass it).
         """
         claim = Claim(queue, limit, skip_types, min_retries)
         with self._cursor(write=True) as cur:
-            return self._claim_in(cur, claim, worker_id, now or utcnow())
+            return self._claim_in(cur, claim, worker_id, now or utcnow(), _seconds(lock_timeout))
 
-    def _claim_in(self, cur: Any, claim: Claim, worker_id: str, now: datetime) -> list[Job]:
+    def _claim_in(
+        self, cur: Any, claim: Claim, worker_id: str, now: datetime, lock_timeout: float
+    ) -> list[Job]:
         params = {
             "queue": claim.queue,
             "worker": worker_id,
@@ -759,6 +795,7 @@ class SQLStorage:
             "now": self.dialect.time_param(now),
             "skip": self.dialect.list_param(claim.skip_types),
             "min_retries": claim.min_retries,
+            "lock_timeout": lock_timeout,
         }
         cur.execute(self._sql["claim"], params)
         rows = cur.fetchall()
@@ -772,15 +809,18 @@ class SQLStorage:
         worker_id: str,
         outcomes: Sequence[Outcome],
         claims: Sequence[Claim],
+        *,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
     ) -> tuple[set[str], list[list[Job]]]:
         """``complete_many`` and the ``claims`` (jobs per claim, in order) in one
         transaction: a worker that finishes jobs and takes new ones pays one commit (the
         cost that bounds throughput) instead of two.
         """
         now = utcnow()
+        seconds = _seconds(lock_timeout)
         with self._cursor(write=True, atomic=True) as cur:
             accepted = self._complete_in(cur, worker_id, outcomes, now)
-            claimed = [self._claim_in(cur, claim, worker_id, now) for claim in claims]
+            claimed = [self._claim_in(cur, claim, worker_id, now, seconds) for claim in claims]
         return accepted, claimed
 
     def dequeue(self, queues: Sequence[str], worker_id: str) -> Job | None:
@@ -799,18 +839,20 @@ class SQLStorage:
         result: bytes | None = None,
         *,
         worker_id: str | None = None,
+        fence: int | None = None,
         attempt: int | None = None,
     ) -> bool:
         """Mark a running job completed and delete its checkpoints.
 
-        With ``worker_id`` and ``attempt`` the completion is fenced: it is rejected (False)
-        unless that worker still holds that run's lock.
+        With ``worker_id`` and ``fence`` (the run's ``Job.fence``) the completion is
+        fenced: it is rejected (False) unless that worker still holds that run's lock.
+        ``attempt`` is the former name of ``fence``.
         """
         params = {
             "id": job_id,
             "result": None if result is None else result.decode(),
             "worker": worker_id,
-            "attempt": attempt,
+            "fence": _fence(fence, attempt),
             "now": self.dialect.time_param(utcnow()),
         }
         if isinstance(self.dialect, PostgresDialect):
@@ -841,7 +883,7 @@ class SQLStorage:
         if isinstance(self.dialect, PostgresDialect):
             params = {
                 "ids": [o.job_id for o in outcomes],
-                "attempts": [o.attempt for o in outcomes],
+                "fences": [o.fence for o in outcomes],
                 "results": [None if o.result is None else o.result.decode() for o in outcomes],
                 "worker": worker_id,
                 "now": now,
@@ -854,7 +896,7 @@ class SQLStorage:
                 "id": o.job_id,
                 "result": None if o.result is None else o.result.decode(),
                 "worker": worker_id,
-                "attempt": o.attempt,
+                "fence": o.fence,
                 "now": now,
             }
             if self._sqlite_complete(cur, params):
@@ -868,11 +910,13 @@ class SQLStorage:
         run_at: datetime | None,
         *,
         worker_id: str | None = None,
+        fence: int | None = None,
         attempt: int | None = None,
     ) -> bool:
         """Record a failed run: ``retrying`` until ``run_at``, or ``failed`` when it is None.
 
-        Fenced like ``complete`` when ``worker_id`` and ``attempt`` are given.
+        Fenced like ``complete`` when ``worker_id`` and ``fence`` are given (``attempt``:
+        the former name of ``fence``).
         """
         now = utcnow()
         t = self.dialect.time_param
@@ -884,23 +928,27 @@ class SQLStorage:
             "completed_at": t(now) if run_at is None else None,
             "now": t(now),
             "worker": worker_id,
-            "attempt": attempt,
+            "fence": _fence(fence, attempt),
         }
         return bool(self._run("fail", params))
 
     def release(self, worker_id: str, jobs: Sequence[tuple[str, int]]) -> None:
-        """Give back claimed runs that never started, without counting them as attempts."""
+        """Give back claimed runs that never started, without counting them as attempts.
+
+        ``jobs`` are ``(job id, fence)`` pairs; the fence stays as it is (the next claim
+        takes a new one), so a retried release can never give back a later run.
+        """
         now = self.dialect.time_param(utcnow())
         params = [
-            {"id": job_id, "attempt": attempt, "worker": worker_id, "now": now}
-            for job_id, attempt in jobs
+            {"id": job_id, "fence": fence, "worker": worker_id, "now": now}
+            for job_id, fence in jobs
         ]
         if params:
             with self._cursor(write=True, atomic=True) as cur:
                 cur.executemany(self._sql["release"], params)
 
     def settled(self, worker_id: str, runs: Sequence[tuple[str, int]]) -> dict[str, JobStatus]:
-        """The status each of ``worker_id``'s ``(job id, attempt)`` runs was left in by an
+        """The status each of ``worker_id``'s ``(job id, fence)`` runs was left in by an
         outcome that worker stored; runs with no stored outcome of theirs are absent.
 
         A worker asks after a write whose reply was lost: the commit may have happened.
@@ -914,10 +962,22 @@ class SQLStorage:
 
     # -- locks and workers --------------------------------------------------------------
 
-    def heartbeat(self, job_id: str, worker_id: str) -> None:
-        """Extend the lock of one running job held by ``worker_id``."""
-        now = self.dialect.time_param(utcnow())
-        self._run("heartbeat_job", {"id": job_id, "worker": worker_id, "now": now})
+    def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        """Extend the lock of one running job held by ``worker_id`` to ``lock_timeout``
+        from now, on the database's clock."""
+        params = {
+            "id": job_id,
+            "worker": worker_id,
+            "now": self.dialect.time_param(utcnow()),
+            "lock_timeout": _seconds(lock_timeout),
+        }
+        self._run("heartbeat_job", params)
 
     def heartbeat_worker(
         self,
@@ -928,19 +988,25 @@ class SQLStorage:
         queues: Sequence[str],
         types: Sequence[str],
         jobs: Sequence[str] | None = None,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         """Record a worker as alive and extend the locks of its jobs, in one go.
 
         ``jobs`` are the ids the worker knows it holds (all its jobs when None). A worker
         passes them so that a job claimed for it by a claim whose reply never arrived
-        (the connection died after the commit) goes stale and is taken back.
+        (the connection died after the commit) goes stale and is taken back. Each lock
+        then expires ``lock_timeout`` (the worker's) from now, on the database's clock.
         """
         now = self.dialect.time_param(utcnow())
         held = None if jobs is None else self.dialect.list_param(jobs)
+        beat = {
+            "worker": worker_id,
+            "now": now,
+            "jobs": held,
+            "lock_timeout": _seconds(lock_timeout),
+        }
         with self._cursor(write=True, atomic=True) as cur:
-            cur.execute(
-                self._sql["heartbeat_worker_jobs"], {"worker": worker_id, "now": now, "jobs": held}
-            )
+            cur.execute(self._sql["heartbeat_worker_jobs"], beat)
             cur.execute(
                 self._sql["upsert_worker"],
                 {
@@ -976,22 +1042,107 @@ class SQLStorage:
         """Forget workers whose last heartbeat is older than ``max_age``."""
         self._run("prune_workers", {"cutoff": self.dialect.time_param(utcnow() - max_age)})
 
-    def release_stale_locks(self, timeout: timedelta | float) -> int:
-        """Take back running jobs whose heartbeat is older than ``timeout``; returns how many.
+    def release_expired_locks(
+        self, *, backoff: Callable[[str], Backoff | None] | None = None
+    ) -> int:
+        """Take back running jobs whose lock expired; returns how many (what workers'
+        reapers do).
 
-        Each becomes ``retrying`` (the lost run counts as an attempt), or ``failed`` when
-        its retries are spent.
+        Each lock carries its own expiry, set at its claim and every heartbeat from the
+        owning worker's lock timeout, on the database's clock (PostgreSQL's; on SQLite
+        the host's, which every process using the file shares): neither the caller's
+        clock nor its lock timeout matters. A lock taken by an older release, which
+        records no expiry, expires ``DEFAULT_LOCK_TIMEOUT`` after its last heartbeat.
+
+        Each job taken back becomes ``retrying`` (the lost run counts as an attempt) and
+        waits its backoff like a failed run, or ``failed`` when its retries are spent.
+        The backoff is the policy stored with the job, else ``backoff(job type)`` (its
+        handler's default, from a caller that knows handlers), else the default policy.
         """
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-        now = utcnow()
+        return self._take_back(
+            "expired_locks",
+            {"lock_timeout": DEFAULT_LOCK_TIMEOUT},
+            " sent no heartbeat before its lock expired; the run was taken back",
+            backoff,
+        )
+
+    def release_stale_locks(
+        self,
+        timeout: timedelta | float,
+        *,
+        backoff: Callable[[str], Backoff | None] | None = None,
+    ) -> int:
+        """Take back running jobs whose heartbeat is older than ``timeout``, measured on
+        this host's clock, whatever their own lock timeout; returns how many.
+
+        Taken-back jobs are handled as by ``release_expired_locks``, which workers use.
+        """
+        seconds = _seconds(timeout)
+        cutoff = self.dialect.time_param(utcnow() - timedelta(seconds=seconds))
+        return self._take_back(
+            "stale_locks",
+            {"cutoff": cutoff},
+            f" sent no heartbeat for {seconds:g} s; the run was taken back",
+            backoff,
+        )
+
+    def _take_back(
+        self,
+        select: str,
+        params: dict[str, Any],
+        error: str,
+        backoff: Callable[[str], Backoff | None] | None,
+    ) -> int:
+        """Take back the runs ``select`` finds, a batch per transaction.
+
+        The runs are selected (locked on PostgreSQL, under the write lock on SQLite),
+        then each is updated, fenced by its run, with the retry time its own backoff
+        gives: computed here, since policies are Python.
+        """
+        taken = 0
+        while True:
+            with self._cursor(write=True, atomic=True) as cur:
+                cur.execute(self._sql[select], {**params, "limit": _REAP_BATCH})
+                rows = cur.fetchall()
+                if rows:
+                    now = utcnow()
+                    updates = [self._taken_back(row, now, error, backoff) for row in rows]
+                    cur.executemany(self._sql["reap"], updates)
+            taken += len(rows)
+            if len(rows) < _REAP_BATCH:
+                return taken
+
+    def _taken_back(
+        self,
+        row: Sequence[Any],
+        now: datetime,
+        error: str,
+        backoff: Callable[[str], Backoff | None] | None,
+    ) -> dict[str, Any]:
+        """The ``reap`` parameters for one run taken back (a row of the select)."""
+        job_id, fence, attempt, max_retries, stored, job_type = row
         t = self.dialect.time_param
         params = {
+            "id": job_id,
+            "fence": fence,
             "now": t(now),
-            "cutoff": t(now - timedelta(seconds=seconds)),
-            # The statement prefixes "WorkerLost: worker <id>".
-            "error": f" sent no heartbeat for {seconds:g} s; the run was taken back",
+            "error": error,  # the statement prefixes "WorkerLost: worker <id>"
+            "status": JobStatus.RETRYING.value,
+            "completed_at": None,
+            "run_at": None,
         }
-        return len(self._run("reap", params))
+        if attempt > max_retries:
+            params.update(status=JobStatus.FAILED.value, completed_at=t(now))
+            return params
+        try:
+            default = None if backoff is None else backoff(job_type)
+            policy = policy_for(None if stored is None else stored.encode(), default)
+            delay = policy.delay(attempt)
+        except Exception as exc:  # a handler's own policy: never stop the reaper
+            log.warning("job %s: backoff policy failed (%s); using the default", job_id, exc)
+            delay = DEFAULT_BACKOFF.delay(attempt)
+        params["run_at"] = t(delayed(now, delay))
+        return params
 
     # -- reads --------------------------------------------------------------------------
 
@@ -1056,12 +1207,21 @@ class SQLStorage:
     # -- checkpoints --------------------------------------------------------------------
 
     def save_checkpoint(
-        self, cp: Checkpoint, *, worker_id: str | None = None, attempt: int | None = None
+        self,
+        cp: Checkpoint,
+        *,
+        worker_id: str | None = None,
+        fence: int | None = None,
+        attempt: int | None = None,
     ) -> bool:
-        """Store the outcome of a durable call (replacing one at the same position).
+        """Store the outcome of a durable call.
 
-        With ``worker_id`` and ``attempt`` the write is fenced: it is rejected (False)
-        unless that run still holds the job's lock.
+        With ``worker_id`` and ``fence`` (the run's ``Job.fence``; ``attempt`` is its
+        former name) the write is fenced: it is rejected (False) unless that run still
+        holds the job's lock. A checkpoint is never replaced: when
+        its position (job, scope, call index) holds another one, that one is kept and
+        ``CheckpointConflict`` is raised. Saving the same checkpoint (same id) again, as
+        a retry after a lost reply does, returns True.
         """
         if not cp.id:
             [cp.id] = new_ids(1)
@@ -1075,9 +1235,20 @@ class SQLStorage:
             "now": self.dialect.time_param(cp.created_at),
             "scope": cp.scope,
             "worker": worker_id,
-            "attempt": attempt,
+            "fence": _fence(fence, attempt),
         }
-        return bool(self._run_grouped("save_checkpoint", params))
+        # On a conflict the statement's no-op update keeps the stored row and returns its
+        # id; a fenced-out write returns no row (DO NOTHING could not tell them apart).
+        rows = self._run_grouped("save_checkpoint", params)
+        if not rows:
+            return False
+        if rows[0][0] != cp.id:
+            where = f"{cp.scope}.{cp.call_index}" if cp.scope else str(cp.call_index)
+            raise CheckpointConflict(
+                f"job {cp.job_id} already has a checkpoint for durable call {where}; it was"
+                f" kept and this one ({cp.call_type!r}) was not saved"
+            )
+        return True
 
     def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """A job's checkpoints, in call order."""
@@ -1089,14 +1260,32 @@ class SQLStorage:
         self._run("delete_checkpoints", {"job_id": job_id})
 
 
+def _seconds(value: timedelta | float) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _fence(fence: int | None, attempt: int | None) -> int | None:
+    """The fencing token of a write: ``fence``, or ``attempt``, its former name."""
+    return fence if fence is not None else attempt
+
+
+# Error messages (``last_error``, a failed step's checkpoint) are capped as arguments and
+# results are: an exception's text can be any size, and it is read back with its row.
+MAX_ERROR_TEXT = 64 * 1024  # characters
+
+
 def storable_text(text: str | None) -> str | None:
-    """``text`` as any database can store it: NUL and lone surrogates backslash-escaped.
+    """``text`` as any database can store it: NUL and lone surrogates backslash-escaped,
+    and cut to ``MAX_ERROR_TEXT`` characters with a marker saying how much was cut.
 
     Error messages come from arbitrary exceptions; PostgreSQL rejects NUL in text and
     no UTF-8 database takes lone surrogates, and an outcome must never fail to store.
     """
     if text is None:
         return None
+    if len(text) > MAX_ERROR_TEXT:
+        cut = len(text) - MAX_ERROR_TEXT
+        text = f"{text[:MAX_ERROR_TEXT]}... [truncated: {cut:,} more characters]"
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
     try:
