@@ -92,6 +92,7 @@ def claim_plan(url: str, limit: int = 40) -> ClaimPlan:
         "now": storage.dialect.time_param(datetime.now(UTC)),
         "skip": storage.dialect.list_param([]),
         "min_retries": 0,
+        "lock_timeout": 30.0,
     }
     sql = storage.dialect.sql["claim"]
     storage.close()
