@@ -1,4 +1,4 @@
-"""``storage/admin.py``: the dashboard's and the CLI's queries, on SQLite and PostgreSQL."""
+"""``storage/admin.py``: the dashboard's and the CLI's queries, on every backend."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ _SQLITE_PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _PSYCOPG_PARAM = re.compile(r"%\((\w+)\)s")
 
 
+# -- statements ---------------------------------------------------------------------------
+
+
+# Backend-specific: checks the SQLite and PostgreSQL statement tables against each other;
+# a new backend adds its table here.
 def test_both_dialects_define_the_same_statements_and_parameters() -> None:
     assert set(SQLITE) == set(POSTGRES) == set(STATEMENTS)
     for name in STATEMENTS:
@@ -30,6 +35,7 @@ def test_both_dialects_define_the_same_statements_and_parameters() -> None:
         ), name
 
 
+# Backend-specific: SQLite in memory, no backend fixture.
 def test_every_sqlite_statement_compiles_against_the_schema() -> None:
     conn = sqlite3.connect(":memory:")
     for statements in SQLiteDialect.migrations:
@@ -56,6 +62,9 @@ def test_cursor_tokens_round_trip() -> None:
     for bad in ("", "x.1", "1", "1.x", f"{10**30}.1", f"1.{2**63}", "1.-1"):
         with pytest.raises(ValueError):
             Cursor.parse(bad)
+
+
+# -- pages, counts and stats --------------------------------------------------------------
 
 
 def test_pages_walk_every_status_in_order_both_ways(storage: jobs.SQLStorage) -> None:
@@ -135,6 +144,34 @@ def test_counts_throughput_and_oldest_due(storage: jobs.SQLStorage) -> None:
     assert oldest is not None and oldest.id == old
 
 
+def test_get_jobs_by_id(storage: jobs.SQLStorage) -> None:
+    ids = jobs.Queue(storage).enqueue_many([("t", n) for n in range(5)])
+    admin = Admin(storage)
+    found = admin.get_jobs([ids[3], "nope", ids[0], ids[3]])
+    assert sorted(j.id for j in found) == sorted([ids[0], ids[3]])
+    assert {j.id: json.loads(j.args) for j in found} == {ids[0]: 0, ids[3]: 3}
+    assert admin.get_jobs([]) == []
+
+
+def test_queue_stats(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    queue.enqueue("a", at=utcnow() - timedelta(minutes=5))
+    queue.enqueue("a", delay=3600)  # not due: not in the oldest due age
+    queue.enqueue("b", queue="other")
+    storage.claim("other", "w", 1)
+    queue.enqueue("c", queue="later", delay=3600)
+    stats = {s.queue: s for s in Admin(storage).queue_stats()}
+    assert list(stats) == ["default", "later", "other"]
+    assert stats["default"].counts == {jobs.JobStatus.PENDING: 2}
+    oldest = stats["default"].oldest_due
+    assert oldest is not None and timedelta(minutes=5) <= oldest < timedelta(minutes=6)
+    assert stats["other"].counts == {jobs.JobStatus.RUNNING: 1}
+    assert stats["other"].oldest_due is None and stats["later"].oldest_due is None
+
+
+# -- retry and delete ---------------------------------------------------------------------
+
+
 def test_retry_and_delete(storage: jobs.SQLStorage) -> None:
     queue = jobs.Queue(storage)
     first, second = queue.enqueue_many([("t", 1), ("t", 2)])
@@ -166,31 +203,11 @@ def test_delete_a_running_job_only_with_force(storage: jobs.SQLStorage) -> None:
     assert storage.get_job(job_id) is None and storage.get_checkpoints(job_id) == []
 
 
-def test_get_jobs_by_id(storage: jobs.SQLStorage) -> None:
-    ids = jobs.Queue(storage).enqueue_many([("t", n) for n in range(5)])
-    admin = Admin(storage)
-    found = admin.get_jobs([ids[3], "nope", ids[0], ids[3]])
-    assert sorted(j.id for j in found) == sorted([ids[0], ids[3]])
-    assert {j.id: json.loads(j.args) for j in found} == {ids[0]: 0, ids[3]: 3}
-    assert admin.get_jobs([]) == []
+# -- schema -------------------------------------------------------------------------------
 
 
-def test_queue_stats(storage: jobs.SQLStorage) -> None:
-    queue = jobs.Queue(storage)
-    queue.enqueue("a", at=utcnow() - timedelta(minutes=5))
-    queue.enqueue("a", delay=3600)  # not due: not in the oldest due age
-    queue.enqueue("b", queue="other")
-    storage.claim("other", "w", 1)
-    queue.enqueue("c", queue="later", delay=3600)
-    stats = {s.queue: s for s in Admin(storage).queue_stats()}
-    assert list(stats) == ["default", "later", "other"]
-    assert stats["default"].counts == {jobs.JobStatus.PENDING: 2}
-    oldest = stats["default"].oldest_due
-    assert oldest is not None and timedelta(minutes=5) <= oldest < timedelta(minutes=6)
-    assert stats["other"].counts == {jobs.JobStatus.RUNNING: 1}
-    assert stats["other"].oldest_due is None and stats["later"].oldest_due is None
-
-
+# SQLite only as written (it names a SQLite file; no backend fixture), though nothing in it
+# is SQLite's own: taking `fresh_url` instead would run it on every backend.
 def test_has_schema_only_looks(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     storage = jobs.SQLStorage(url)
