@@ -76,7 +76,7 @@ def connect(url: str) -> Iterator[Any]:
     raw = storage.engine.raw_connection()
     conn = raw.driver_connection
     assert conn is not None
-    if storage.is_sqlite:
+    if storage.dialect.name == "sqlite":
         conn.isolation_level = None
     else:
         conn.autocommit = True

@@ -15,7 +15,9 @@ from typing import Any
 
 import durable_jobs as jobs
 from durable_jobs.job import new_ids
-from durable_jobs.storage.dialects import INSERT_COLUMNS, PostgresDialect, SQLiteDialect
+from durable_jobs.storage.dialects import INSERT_COLUMNS
+from durable_jobs.storage.postgres import PostgresDialect
+from durable_jobs.storage.sqlite import SQLiteDialect
 
 from .database import backend_of, connect
 from .fill import fill_pending

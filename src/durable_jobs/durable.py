@@ -20,8 +20,9 @@ from .events import CheckpointSaved
 from .handler import Handler
 from .instrument import wrapped
 from .job import Checkpoint
+from .options import check_options
 from .retry import DEFAULT_BACKOFF, Backoff
-from .storage import SQLStorage, retry_transient
+from .storage import retry_transient
 
 __all__ = ["call", "call_async"]
 
@@ -113,10 +114,8 @@ def _replay_of(ctx: context.JobContext) -> _Replay:
 
 def _prepare(name: str, args: Any, options: dict[str, Any]) -> _Step:
     """Check a call and take its index, at once and without I/O (see ``_Replay``)."""
-    from .queue import check_options  # options are validated like enqueue's
-
     ctx = context.current_context()
-    opts = check_options(options, _CALL_OPTIONS, f"call({name!r})")
+    opts = check_options(options, _CALL_OPTIONS, f"call({name!r})")  # like enqueue's
     handler = ctx.queue.handler(name)
     if handler is None:
         raise LookupError(f"no handler registered for durable call {name!r}")
@@ -164,10 +163,7 @@ def _record(step: _Step, result: bytes | None, error: str | None) -> None:
 
 
 def _save_checkpoint(ctx: context.JobContext, cp: Checkpoint) -> bool:
-    storage = ctx.queue.storage
-    if isinstance(storage, SQLStorage):
-        return storage.save_checkpoint(cp, worker_id=ctx.worker_id, fence=ctx.job.fence)
-    return storage.save_checkpoint(cp) is not False
+    return ctx.queue.storage.save_checkpoint(cp, worker_id=ctx.worker_id, fence=ctx.job.fence)
 
 
 def _read_checkpoints(ctx: context.JobContext) -> list[Checkpoint]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from .retry import Backoff
-from .storage import SQLStorage, Storage
+from .storage import JobStore
 
 __all__ = ["Heartbeat", "Reaper"]
 
@@ -24,7 +24,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: JobStore,
         worker_id: str,
         queues: Sequence[str],
         types: Callable[[], Sequence[str]],
@@ -43,33 +43,29 @@ class Heartbeat:
 
     def run_once(self) -> None:
         """One heartbeat: a single statement group for the worker and all its jobs."""
-        if isinstance(self.storage, SQLStorage):
-            self.storage.heartbeat_worker(
-                self.worker_id,
-                host=self.host,
-                pid=self.pid,
-                queues=self.queues,
-                types=self.types(),
-                jobs=[job_id for job_id, _fence in self.running()],
-                lock_timeout=self.lock_timeout,
-            )
-        else:
-            for job_id, _fence in self.running():
-                self.storage.heartbeat(job_id, self.worker_id)
+        self.storage.heartbeat_worker(
+            self.worker_id,
+            host=self.host,
+            pid=self.pid,
+            queues=self.queues,
+            types=self.types(),
+            jobs=[job_id for job_id, _fence in self.running()],
+            lock_timeout=self.lock_timeout,
+        )
 
 
 class Reaper:
     """Takes back jobs whose worker stopped heartbeating, and forgets dead workers.
 
-    On ``SQLStorage`` a job is taken back when its own lock expired, on the database's
-    clock: ``lock_timeout`` (this worker's) only paces the reaper and prunes workers.
+    A job is taken back when its own lock expired, on the database's clock:
+    ``lock_timeout`` (this worker's) only paces the reaper and prunes workers.
     ``backoff`` gives a job type's default backoff policy (its handler's) when known:
     a job taken back waits it before running again, like a failed run.
     """
 
     def __init__(
         self,
-        storage: Storage,
+        storage: JobStore,
         lock_timeout: timedelta,
         backoff: Callable[[str], Backoff | None] | None = None,
     ) -> None:
@@ -79,15 +75,11 @@ class Reaper:
 
     def run_once(self) -> int:
         """Release expired locks once; returns how many jobs were taken back."""
-        if isinstance(self.storage, SQLStorage):
-            released = self.storage.release_expired_locks(backoff=self.backoff)
-        else:  # the plain protocol knows one timeout for every job
-            released = self.storage.release_stale_locks(self.lock_timeout)
+        released = self.storage.release_expired_locks(backoff=self.backoff)
         if released:
             log.warning(
                 "took back %d job(s) whose worker stopped heartbeating before its lock expired",
                 released,
             )
-        if isinstance(self.storage, SQLStorage):
-            self.storage.prune_workers(self.lock_timeout * 10)
+        self.storage.prune_workers(self.lock_timeout * 10)
         return released

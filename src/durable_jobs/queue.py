@@ -7,9 +7,9 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -18,15 +18,15 @@ from .events import EventBus, EventStream, Hooks, JobEnqueued
 from .handler import Handler, inspect_handler
 from .instrument import Instruments, wrapped
 from .job import Job, JobStatus, utcnow
-from .retry import Backoff
-from .storage import SQLStorage, Storage
+from .options import check_job_name, check_options, not_a_schedule
+from .storage import JobStore, SQLStorage
 from .storage.commits import after_commit
 
 if TYPE_CHECKING:
     from .schedules import Schedule
     from .worker import Worker
 
-__all__ = ["DEFAULT_DATABASE_URL", "Queue"]
+__all__ = ["DEFAULT_DATABASE_URL", "LocalWorker", "Queue"]
 
 DEFAULT_DATABASE_URL = "sqlite:///jobs.db"
 DEFAULT_QUEUE = "default"
@@ -42,121 +42,35 @@ _REGISTER_OPTIONS = frozenset({"priority", "retries", "queue", "backoff", "delay
 _ENQUEUE_OPTIONS = _REGISTER_OPTIONS | {"at", "connection"}
 
 
-def _check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if abs(value) > 2**31 - 1:
-        raise ValueError(f"{name} is out of range: {value!r}")
-    return value
+class LocalWorker(Protocol):
+    """A running worker of this process, as the queue hands it work (``Worker`` is one).
 
+    The queue wakes it when jobs it could run are stored, and offers it a single due job
+    about to be enqueued: a worker that takes it gets the job stored already claimed by
+    it and starts it at once.
+    """
 
-def _check_delay(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        delay = value
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"delay must be a finite number of seconds, got {value!r}")
-        if value < 0:  # before conversion: a tiny negative number rounds to timedelta(0)
-            raise ValueError(f"delay must not be negative, got {value!r}")
-        try:
-            delay = timedelta(seconds=value)
-        except OverflowError:
-            raise ValueError(f"delay is out of range: {value!r}") from None
-    else:
-        raise ValueError(f"delay must be a timedelta or seconds, got {value!r}")
-    if delay < timedelta(0):
-        raise ValueError(f"delay must not be negative, got {value!r}")
-    return delay
+    @property
+    def id(self) -> str: ...
 
+    @property
+    def lock_timeout(self) -> float: ...
 
-def _check_at(value: Any) -> datetime:
-    if not isinstance(value, datetime):
-        raise ValueError(f"at must be a datetime, got {value!r}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    def wake(self, queues: Sequence[str] | set[str]) -> None:
+        """Look for jobs in ``queues`` now rather than at the next poll."""
+        ...
 
+    def take_enqueued(self, job: Job) -> bool:
+        """Reserve a free slot for ``job``; True if it is to be stored claimed by this one."""
+        ...
 
-def _check_storable(what: str, value: str) -> str:
-    # No database stores a lone surrogate in text; say so rather than fail in the driver.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} must be valid Unicode (no lone surrogates): {value!r}") from None
-    return value
+    def give_back_enqueued(self, job: Job) -> None:
+        """The enqueue ``take_enqueued`` reserved room for failed."""
+        ...
 
-
-def _check_queue_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise ValueError(f"queue must be a non-empty name of at most 200 characters, got {value!r}")
-    if "\x00" in value:
-        raise ValueError("queue name must not contain NUL characters")
-    return _check_storable("queue name", value)
-
-
-def _check_backoff(value: Any) -> Backoff:
-    if not (callable(getattr(value, "delay", None)) and callable(getattr(value, "to_json", None))):
-        raise ValueError(
-            f"backoff must be a policy such as jobs.exponential() or jobs.constant(5), "
-            f"got {value!r}"
-        )
-    return value  # type: ignore[no-any-return]
-
-
-def _check_job_name(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 200 or "\x00" in value:
-        raise ValueError(
-            f"job type must be a non-empty name of at most 200 characters, got {value!r}"
-        )
-    return _check_storable("job type", value)
-
-
-def _not_a_schedule(name: str, value: Any) -> str:
-    """Why ``value`` is refused as the schedule of ``name``, with what to write instead."""
-    hint = ""
-    if isinstance(value, str):
-        hint = f"; for a cron expression write jobs.cron({value!r})"
-    elif isinstance(value, timedelta) or (
-        isinstance(value, int | float) and not isinstance(value, bool)
-    ):
-        hint = "; for an interval write jobs.every(...), e.g. jobs.every(minutes=5)"
-    return (
-        f"schedule({name!r}): expected a schedule made by jobs.every(), jobs.daily(),"
-        f" jobs.weekly() or jobs.cron() (or a jobs.Schedule subclass), got {value!r}{hint}"
-    )
-
-
-def check_options(
-    options: Mapping[str, Any], allowed: frozenset[str], where: str
-) -> dict[str, Any]:
-    """Validate job options, returning them normalised; raises ``ValueError`` on bad input."""
-    if not options:
-        return {}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for {where}: {', '.join(unknown)} "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
-    checked: dict[str, Any] = {}
-    for key, value in options.items():
-        if key == "priority":
-            checked[key] = _check_int("priority", value)
-        elif key == "retries":
-            checked[key] = _check_int("retries", value, minimum=0)
-        elif key == "delay":
-            checked[key] = _check_delay(value)
-        elif key == "at":
-            checked[key] = _check_at(value)
-        elif key == "queue":
-            checked[key] = _check_queue_name(value)
-        elif key == "backoff":
-            checked[key] = _check_backoff(value)
-        else:
-            checked[key] = value
-    if "delay" in checked and "at" in checked:
-        raise ValueError("give either delay or at, not both")
-    return checked
+    def start_enqueued(self, job: Job) -> None:
+        """Run ``job``, stored claimed by this worker after ``take_enqueued``."""
+        ...
 
 
 class Queue:
@@ -170,7 +84,7 @@ class Queue:
 
     def __init__(
         self,
-        storage: Storage | str | None = None,
+        storage: JobStore | str | None = None,
         *,
         max_payload: int | None = DEFAULT_MAX_PAYLOAD,
     ) -> None:
@@ -185,7 +99,14 @@ class Queue:
         if storage is None:
             storage = os.environ.get("SDJ_DATABASE_URL") or DEFAULT_DATABASE_URL
         self._needs_migrate = isinstance(storage, str)
-        self._storage: Storage = SQLStorage(storage) if isinstance(storage, str) else storage
+        if isinstance(storage, str):
+            storage = SQLStorage(storage)
+        elif not isinstance(storage, JobStore):
+            raise TypeError(
+                "Queue needs a database URL or a storage implementing"
+                f" durable_jobs.storage.JobStore (such as SQLStorage), got {type(storage).__name__}"
+            )
+        self._storage: JobStore = storage
         self._migrate_lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
         self._plain_options: dict[str, dict[str, Any]] = {}
@@ -194,7 +115,7 @@ class Queue:
         self.bus = EventBus()
         self.instruments = Instruments()
         self.schedules: dict[str, tuple[Schedule, Any, dict[str, Any]]] = {}
-        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        self._workers: weakref.WeakSet[LocalWorker] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"Queue({self._storage!r})"
@@ -202,7 +123,7 @@ class Queue:
     # -- storage ------------------------------------------------------------------------
 
     @property
-    def storage(self) -> Storage:
+    def storage(self) -> JobStore:
         """The storage this queue uses (migrated first when the queue was given a URL)."""
         if self._needs_migrate:
             with self._migrate_lock:
@@ -219,7 +140,7 @@ class Queue:
         ``options`` (priority, retries, queue, backoff, delay) are defaults for jobs of
         this type. Registering a name twice or an unusable function raises ``ValueError``.
         """
-        _check_job_name(name)
+        check_job_name(name)
         if name in self._handlers:
             raise ValueError(f"a handler for {name!r} is already registered")
         defaults = check_options(options, _REGISTER_OPTIONS, f"register({name!r})")
@@ -250,7 +171,7 @@ class Queue:
         if isinstance(name_or_fn, str):
             if name_or_fn in self._handlers:  # checked when it was registered
                 return name_or_fn
-            return _check_job_name(name_or_fn)
+            return check_job_name(name_or_fn)
         try:
             return self._names[name_or_fn]
         except (KeyError, TypeError):
@@ -332,12 +253,7 @@ class Queue:
         now = utcnow()
         built = (self._item_job(p, item, now) for p, item in enumerate(items))
         storage = self.storage
-        if (
-            len(items) > 1
-            and connection is None
-            and not self.instruments.enqueue
-            and isinstance(storage, SQLStorage)
-        ):
+        if len(items) > 1 and connection is None and not self.instruments.enqueue:
             # The storage draws jobs while it stores those before: building them and
             # storing them overlap. A bad item raises from inside, and nothing is stored.
             jobs: list[Job] = []
@@ -397,11 +313,10 @@ class Queue:
     def _explain(self, error: BaseException) -> None:
         """Raise a clearer error than ``error`` when a write failed because the database
         was never migrated (a queue made from a storage object does not migrate it)."""
-        storage = self._storage
-        if isinstance(storage, SQLStorage) and (clearer := storage.schema_error(error)):
+        if clearer := self._storage.schema_error(error):
             raise clearer from error
 
-    def _announce(self, jobs: Sequence[Job], taker: Worker | None) -> None:
+    def _announce(self, jobs: Sequence[Job], taker: LocalWorker | None) -> None:
         """After stored jobs commit: wake this process's workers and publish events."""
         if taker is None and self._workers:
             now = utcnow()
@@ -415,7 +330,9 @@ class Queue:
         if taker is not None:  # after JobEnqueued, which must come before JobStarted
             taker.start_enqueued(jobs[0])
 
-    def _local_taker(self, jobs: Sequence[Job], connection: sa.Connection | None) -> Worker | None:
+    def _local_taker(
+        self, jobs: Sequence[Job], connection: sa.Connection | None
+    ) -> LocalWorker | None:
         """A worker of this process with a free slot for a single due job, reserved.
 
         The job is then stored already claimed by it and starts at once: one commit
@@ -424,7 +341,7 @@ class Queue:
         """
         if connection is not None or len(jobs) != 1 or jobs[0].run_at is not None:
             return None
-        if not self._workers or not isinstance(self.storage, SQLStorage):
+        if not self._workers:
             return None
         for worker in list(self._workers):
             if worker.take_enqueued(jobs[0]):
@@ -432,18 +349,13 @@ class Queue:
         return None
 
     def _write(
-        self, jobs: Sequence[Job], connection: sa.Connection | None, taker: Worker | None
+        self, jobs: Sequence[Job], connection: sa.Connection | None, taker: LocalWorker | None
     ) -> None:
         storage = self.storage
         if taker is not None:
-            assert isinstance(storage, SQLStorage)
             storage.enqueue_claimed(jobs[0], taker.id, lock_timeout=taker.lock_timeout)
         elif connection is not None or len(jobs) > 1:
-            if not isinstance(storage, SQLStorage):
-                for job in jobs:
-                    storage.enqueue(job)
-            else:
-                storage.enqueue_many(jobs, connection=connection)
+            storage.enqueue_many(jobs, connection=connection)
         elif jobs:
             storage.enqueue(jobs[0])
 
@@ -465,8 +377,8 @@ class Queue:
         from .schedules import Schedule  # a peer module: imported when used
 
         if not isinstance(schedule, Schedule):
-            raise TypeError(_not_a_schedule(name, schedule))
-        _check_job_name(name)
+            raise TypeError(not_a_schedule(name, schedule))
+        check_job_name(name)
         if name in self.schedules:
             raise ValueError(f"a schedule named {name!r} is already registered")
         self._encode_args(name, args)
@@ -497,11 +409,11 @@ class Queue:
         )
         return worker
 
-    def attach(self, worker: Worker) -> None:
+    def attach(self, worker: LocalWorker) -> None:
         """Let a running worker of this queue be woken by this process's enqueues."""
         self._workers.add(worker)
 
-    def detach(self, worker: Worker) -> None:
+    def detach(self, worker: LocalWorker) -> None:
         """Stop waking ``worker``."""
         self._workers.discard(worker)
 

@@ -18,12 +18,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-import sqlalchemy as sa
-
 from .events import JobEnqueued
 from .job import Job, utcnow
-from .storage import SQLStorage
-from .storage.sql import ScheduleState, utc
+from .storage import JobStore, ScheduleState
+from .storage.sql import utc
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -90,8 +88,6 @@ class Scheduler:
         now = utcnow() if now is None else utc(now)
         self._healthy = False
         storage = self.queue.storage
-        if not isinstance(storage, SQLStorage):
-            raise TypeError(f"schedules need an SQLStorage, not {type(storage).__name__}")
         self._track_new(storage, now)
         inserted = 0
         for name, tracked in self._tracked.items():
@@ -136,7 +132,7 @@ class Scheduler:
                 self._unhandled.add(name)
                 log.error("schedule %r has no handler registered under its name; not firing", name)
 
-    def _track_new(self, storage: SQLStorage, now: datetime) -> None:
+    def _track_new(self, storage: JobStore, now: datetime) -> None:
         new = list(self._untracked())
         if not new:
             return
@@ -145,7 +141,7 @@ class Scheduler:
             self._isolated(storage, name, partial(self._track, storage, name, rows, now))
 
     def _track(
-        self, storage: SQLStorage, name: str, rows: dict[str, ScheduleState], now: datetime
+        self, storage: JobStore, name: str, rows: dict[str, ScheduleState], now: datetime
     ) -> int:
         schedule, args, options = self.queue.schedules[name]
         row = rows.get(name)
@@ -161,7 +157,7 @@ class Scheduler:
         self._tracked[name] = _Tracked(pending, now)
         return 0
 
-    def _isolated(self, storage: SQLStorage, name: str, work: Callable[[], int]) -> int | None:
+    def _isolated(self, storage: JobStore, name: str, work: Callable[[], int]) -> int | None:
         """Run one schedule's ``work``; if the schedule itself fails, log it and go on.
 
         A database error is everybody's: it ends the whole ``run_once``, retried at the
@@ -171,7 +167,7 @@ class Scheduler:
         """
         try:
             result = work()
-        except (sa.exc.SQLAlchemyError, storage.engine.dialect.loaded_dbapi.Error):
+        except storage.database_errors:
             raise
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
@@ -192,7 +188,7 @@ class Scheduler:
             log.info("schedule %r works again", name)
         return result
 
-    def _fire(self, storage: SQLStorage, name: str, tracked: _Tracked, now: datetime) -> int:
+    def _fire(self, storage: JobStore, name: str, tracked: _Tracked, now: datetime) -> int:
         schedule, args, options = self.queue.schedules[name]
         on_time = tracked.checked_at is not None and now - tracked.checked_at <= self.grace
         if on_time:

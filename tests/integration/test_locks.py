@@ -74,7 +74,7 @@ def test_a_stale_run_is_fenced_out_after_an_operator_retry(queue: jobs.Queue) ->
         assert entered[1].wait(10), "the worker did not claim the retried job"
         assert get(queue, job_id).attempt == 1  # the retried job's first run
         proceed[0].set()  # the stale run ends: its outcome must be rejected
-        wait_for(lambda: len(worker._active) == 1)
+        wait_for(lambda: len(worker._dispatcher.active) == 1)
         # The new run keeps its lock: it outlives several lock timeouts.
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:

@@ -220,7 +220,8 @@ def test_the_listener_reconnects_after_its_connection_is_killed(queue: jobs.Queu
         with storage.engine.connect() as conn:
             conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
         wait_for(lambda: (p := listener_pids()) and p != [pid])
-        wait_for(lambda: not worker._maybe_work["default"])  # idle again after the wake-up
+        # idle again after the wake-up
+        wait_for(lambda: not worker._dispatcher.queues["default"].maybe_work)
         queue.enqueue("ping")
         assert done.wait(10), "the worker was not woken after its listener reconnected"
 

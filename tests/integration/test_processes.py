@@ -177,6 +177,7 @@ def test_enqueue_from_another_process_wakes_an_idle_worker(queue: jobs.Queue) ->
     url = storage.engine.url.render_as_string(hide_password=False)
     producer = "import sys, durable_jobs as j; j.Queue(j.SQLStorage(sys.argv[1])).enqueue('ping')"
     with queue.worker(poll_interval=60, lock_timeout=5) as worker:
-        wait_for(lambda: not worker._maybe_work["default"])  # idle: only a wake-up helps
+        # idle: only a wake-up helps
+        wait_for(lambda: not worker._dispatcher.queues["default"].maybe_work)
         subprocess.run([sys.executable, "-c", producer, url], check=True, timeout=60)
         assert done.wait(10), "a job enqueued by another process did not wake the worker"

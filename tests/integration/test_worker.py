@@ -227,7 +227,7 @@ def test_unknown_type_is_left_to_a_worker_that_knows_it(queue: jobs.Queue) -> No
             assert job is not None
             return job.status == jobs.JobStatus.PENDING and job.attempt == 0
 
-        wait_for(lambda: "special" in worker._skip_types())
+        wait_for(lambda: "special" in worker._dispatcher.skip_types())
         wait_for(handed_back)
         # Once no live worker knows the type, the job fails naming it.
         storage.remove_worker("expert")
@@ -328,7 +328,7 @@ def test_graceful_stop_finishes_running_and_releases_unstarted(queue: jobs.Queue
     waiting = queue.enqueue_many([("slow", None) for _ in range(3)])
     stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10})
     stopper.start()
-    wait_for(lambda: worker._stopping.is_set())
+    wait_for(lambda: worker._dispatcher.stopping.is_set())
     release.set()
     stopper.join(15)
     assert not stopper.is_alive() and not worker.running
@@ -367,7 +367,7 @@ def test_claimed_but_unstarted_jobs_are_released_without_an_attempt(
     assert status(queue, single) == jobs.JobStatus.PENDING
     stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10})
     stopper.start()
-    wait_for(lambda: worker._stopping.is_set())
+    wait_for(lambda: worker._dispatcher.stopping.is_set())
     release.set()
     stopper.join(15)
     assert sorted(entered) == ["busy-1", "busy-2"]
@@ -391,13 +391,13 @@ def test_long_jobs_are_not_claimed_ahead_of_free_slots(queue: jobs.Queue) -> Non
 
     worker = queue.worker({"default": 1}, **FAST)
     rounds = [0]
-    claim_round = worker._claim_round
+    claim_round = worker._dispatcher._claim_round
 
     def counted_round() -> bool:
         rounds[0] += 1
         return claim_round()
 
-    worker._claim_round = counted_round  # type: ignore[method-assign]
+    worker._dispatcher._claim_round = counted_round  # type: ignore[method-assign]
     with worker:
         first = queue.enqueue("hold", "first")
         wait_for(lambda: entered == ["first"])
@@ -448,7 +448,7 @@ def test_in_process_wake_up_beats_the_poll(queue: jobs.Queue) -> None:
     queue.register("t", lambda: done.set())
     with queue.worker(poll_interval=30, lock_timeout=5) as worker:
         # After the first (empty) claim, only a wake-up can make the worker look again.
-        wait_for(lambda: not worker._maybe_work["default"])
+        wait_for(lambda: not worker._dispatcher.queues["default"].maybe_work)
         # A job with a run time is stored waiting, then claimed (unlike test below).
         queue.enqueue("t", at=datetime.now(UTC))
         assert done.wait(5), "the enqueue did not wake the worker"
@@ -473,7 +473,7 @@ def test_a_job_enqueued_next_to_a_free_worker_is_stored_claimed_by_it(
     claim = storage.claim
     storage.claim = lambda *a, **k: claims.append(1) or claim(*a, **k)  # type: ignore[method-assign]
     with queue.events() as events, queue.worker({"default": 1}, poll_interval=30) as worker:
-        wait_for(lambda: not worker._maybe_work["default"])
+        wait_for(lambda: not worker._dispatcher.queues["default"].maybe_work)
         claims.clear()
         job_id = queue.enqueue("t")
         assert ran.wait(5)
@@ -505,11 +505,12 @@ def test_a_failed_claimed_enqueue_gives_its_slot_back(queue: jobs.Queue) -> None
         raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
 
     with queue.worker({"default": 1}, poll_interval=30) as worker:
-        wait_for(lambda: not worker._maybe_work["default"])  # its first claim is done
+        # its first claim is done
+        wait_for(lambda: not worker._dispatcher.queues["default"].maybe_work)
         storage.enqueue_claimed = broken  # type: ignore[method-assign]
         with pytest.raises(sa.exc.OperationalError):
             queue.enqueue("t")
-        assert worker._claimed["default"] == 0
+        assert worker._dispatcher.queues["default"].claimed == 0
         storage.enqueue_claimed = real  # type: ignore[method-assign]
         job_id = queue.enqueue("t")
         wait_for(lambda: finished(queue, job_id))
@@ -568,7 +569,7 @@ def test_completion_from_a_worker_that_lost_its_lock_is_rejected(queue: jobs.Que
                 {"id": job_id},
             )
         proceed.set()
-        wait_for(lambda: not worker._active)  # the outcome was offered to storage
+        wait_for(lambda: not worker._dispatcher.active)  # the outcome was offered to storage
     job = queue.get_job(job_id)
     assert job is not None and job.status == jobs.JobStatus.RUNNING and job.locked_by == "thief"
     assert completions == []
@@ -601,10 +602,10 @@ def test_a_job_taken_back_and_claimed_again_by_its_worker_stays_locked(
                 ),
                 {"id": job_id, "now": storage.dialect.time_param(jobs.job.utcnow())},
             )
-        worker._wake.set()
+        worker._dispatcher.wakeup.set()
         assert entered[1].wait(10), "the worker did not claim the job again"
         proceed[0].set()  # the old run ends; its outcome is rejected
-        wait_for(lambda: len(worker._active) == 1)
+        wait_for(lambda: len(worker._dispatcher.active) == 1)
         # The new run's lock must be extended: the job outlives several lock timeouts.
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:

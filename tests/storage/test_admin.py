@@ -6,18 +6,19 @@ import json
 import re
 import sqlite3
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 import durable_jobs as jobs
 from durable_jobs.job import utcnow
-from durable_jobs.storage.admin import POSTGRES, SQLITE, STATEMENTS, Admin, Cursor
-from durable_jobs.storage.dialects import SQLiteDialect
+from durable_jobs.storage.admin import STATEMENTS, Admin, Cursor
+from durable_jobs.storage.postgres import PostgresDialect
+from durable_jobs.storage.sqlite import SQLiteDialect
 from tests.helpers import wait_for
 
 from .helpers import FAST
 
+SQLITE, POSTGRES = SQLiteDialect.admin_sql, PostgresDialect.admin_sql
 _SQLITE_PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _PSYCOPG_PARAM = re.compile(r"%\((\w+)\)s")
 
@@ -208,9 +209,8 @@ def test_delete_a_running_job_only_with_force(storage: jobs.SQLStorage) -> None:
 
 # SQLite only as written (it names a SQLite file; no backend fixture), though nothing in it
 # is SQLite's own: taking `fresh_url` instead would run it on every backend.
-def test_has_schema_only_looks(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    storage = jobs.SQLStorage(url)
+def test_has_schema_only_looks(fresh_url: str) -> None:
+    storage = jobs.SQLStorage(fresh_url)
     try:
         admin = Admin(storage)
         assert not admin.has_schema()

@@ -303,7 +303,7 @@ def test_claim_uses_the_dequeue_index(storage: SQLStorage) -> None:
         "lock_timeout": 30.0,
     }
     statement = storage.dialect.sql["claim"]
-    prefix = "EXPLAIN QUERY PLAN " if storage.is_sqlite else "EXPLAIN "
+    prefix = "EXPLAIN QUERY PLAN " if storage.dialect.name == "sqlite" else "EXPLAIN "
     raw = storage.engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -314,7 +314,7 @@ def test_claim_uses_the_dequeue_index(storage: SQLStorage) -> None:
     finally:
         raw.close()
     assert "sdj_jobs_dequeue" in plan, plan
-    if storage.is_sqlite:
+    if storage.dialect.name == "sqlite":
         assert "TEMP B-TREE FOR ORDER BY" not in plan, plan  # the index gives the order: no sort
     # Explaining claimed nothing.
     assert storage.get_jobs_by_status(JobStatus.RUNNING, 1) == []

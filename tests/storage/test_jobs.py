@@ -19,7 +19,7 @@ import durable_jobs as jobs
 from durable_jobs import codec
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
 from durable_jobs.storage import SQLStorage
-from durable_jobs.storage import sql as sql_storage
+from durable_jobs.storage.sqlite import full_sync
 from tests.conftest import ADMIN_URL, BACKENDS
 
 from .helpers import W1, W2, claim_one, count, get, make_job
@@ -261,7 +261,7 @@ def test_enqueue_rejects_a_connection_to_another_kind_of_database(
     storage: SQLStorage, tmp_path: Path
 ) -> None:
     other = ADMIN_URL
-    if not storage.is_sqlite:
+    if storage.dialect.name != "sqlite":
         other = f"sqlite:///{tmp_path / 'other.db'}"
     engine = sa.create_engine(other)
     try:
@@ -365,10 +365,10 @@ def test_sqlite_commits_wait_for_the_disk_unless_the_callers_engine_says_otherwi
     try:
         assert _sqlite_settings(own) == (2, "wal")  # FULL
         # Set on every connection, whatever default this SQLite was built with.
-        assert sa.event.contains(own.engine, "connect", sql_storage._sqlite_full_sync)
+        assert sa.event.contains(own.engine, "connect", full_sync)
         relaxed_by_build = sqlite3.connect(tmp_path / "durable.db")
         relaxed_by_build.execute("PRAGMA synchronous=OFF")
-        sql_storage._sqlite_full_sync(relaxed_by_build, None)
+        full_sync(relaxed_by_build, None)
         assert relaxed_by_build.execute("PRAGMA synchronous").fetchone() == (2,)
         relaxed_by_build.close()
     finally:
@@ -382,7 +382,7 @@ def test_sqlite_commits_wait_for_the_disk_unless_the_callers_engine_says_otherwi
     theirs = SQLStorage(engine)
     try:
         assert _sqlite_settings(theirs) == (1, "wal")  # the caller's choice stands
-        assert not sa.event.contains(engine, "connect", sql_storage._sqlite_full_sync)
+        assert not sa.event.contains(engine, "connect", full_sync)
     finally:
         theirs.close()
         engine.dispose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -102,8 +101,8 @@ def test_migrate_concurrently_from_threads_and_processes(fresh_url: str) -> None
 
 # SQLite only as written (it names a SQLite file; no backend fixture), though nothing in it
 # is SQLite's own: taking `fresh_url` instead would run it on every backend.
-def test_schema_version_of_an_empty_database_reads_only(tmp_path: Path) -> None:
-    empty = SQLStorage(f"sqlite:///{tmp_path / 'empty.db'}")
+def test_schema_version_of_an_empty_database_reads_only(fresh_url: str) -> None:
+    empty = SQLStorage(fresh_url)
     try:
         assert empty.schema_version() == 0
         assert sa.inspect(empty.engine).get_table_names() == []

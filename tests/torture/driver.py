@@ -45,7 +45,7 @@ from tests.torture.pg_instance import PostgresInstance, postgres_instance
 ROOT = Path(__file__).resolve().parents[2]
 
 CONCURRENCY = 4  # slots per worker process
-CLAIM_AHEAD = 16  # a worker holds at most this many times its concurrency (worker.py)
+CLAIM_AHEAD = 16  # a worker holds at most this many times its concurrency (dispatcher.py)
 LOCK_TIMEOUT = 4.0  # seconds; heartbeats every 0.8 s
 DISK_FULL_FOR = 1.5  # seconds the SQLite file system stays full
 DISK_SIZE = "128m"  # the tmpfs that holds a SQLite run's database
@@ -200,7 +200,7 @@ _POSTGRES_OBSERVERS = (
 def prepare_database(storage: jobs.SQLStorage) -> None:
     """Migrate, then add the side tables and the observing triggers."""
     storage.migrate()
-    observers = _SQLITE_OBSERVERS if storage.is_sqlite else _POSTGRES_OBSERVERS
+    observers = _SQLITE_OBSERVERS if storage.dialect.name == "sqlite" else _POSTGRES_OBSERVERS
     with storage.engine.begin() as conn:
         app.create_side_tables(conn)
         for statement in observers:
@@ -587,7 +587,7 @@ class Run:
         return True
 
     def _holds_database_lock(self) -> bool:
-        if self.storage.is_sqlite:
+        if self.storage.dialect.name == "sqlite":
             path = self.storage.engine.url.database
             assert path is not None
             conn = sqlite3.connect(path, timeout=2, isolation_level=None)

@@ -1,4 +1,4 @@
-"""Both dialects define every statement, with the same named parameters and migrations."""
+"""Every dialect defines every statement, with the same named parameters and migrations."""
 
 from __future__ import annotations
 
@@ -9,59 +9,95 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from durable_jobs.storage.dialects import (
-    STATEMENTS,
-    Dialect,
-    PostgresDialect,
-    SQLiteDialect,
-    dialect_for,
-)
+from durable_jobs.storage import admin
+from durable_jobs.storage.dialects import STATEMENTS, Dialect, dialect_for
+from durable_jobs.storage.postgres import PostgresDialect
+from durable_jobs.storage.sqlite import SQLiteDialect
 
 _SQLITE_PARAM = re.compile(r"(?<![:\w]):(\w+)")  # not a PostgreSQL-style ::cast
 _PSYCOPG_PARAM = re.compile(r"%\((\w+)\)s")
+_PARAMS = {"sqlite": _SQLITE_PARAM, "postgresql": _PSYCOPG_PARAM}
+
+DIALECTS: list[type[Dialect]] = [SQLiteDialect, PostgresDialect]
+_ids = [d.name for d in DIALECTS]
 
 
-def test_both_dialects_define_exactly_the_listed_statements() -> None:
-    assert set(SQLiteDialect.sql) == set(STATEMENTS)
-    assert set(PostgresDialect.sql) == set(STATEMENTS)
+@pytest.mark.parametrize("dialect", DIALECTS, ids=_ids)
+def test_every_dialect_lists_exactly_the_named_statements_in_order(
+    dialect: type[Dialect],
+) -> None:
+    # The same order in every module, so that a reader can compare them side by side.
+    assert tuple(dialect.sql) == STATEMENTS
+    assert tuple(dialect.admin_sql) == admin.STATEMENTS
+    assert all(text.strip() for text in (*dialect.sql.values(), *dialect.admin_sql.values()))
+
+
+def _params(dialect: type[Dialect], text: str) -> set[str]:
+    return set(_PARAMS[dialect.name].findall(text))
 
 
 @pytest.mark.parametrize("name", STATEMENTS)
-def test_a_statement_takes_the_same_parameters_in_both_dialects(name: str) -> None:
-    sqlite, postgres = SQLiteDialect.sql[name], PostgresDialect.sql[name]
-    if not sqlite:
-        assert name == "complete_many"  # SQLite runs "complete" per job instead
-        return
-    assert set(_SQLITE_PARAM.findall(sqlite)) == set(_PSYCOPG_PARAM.findall(postgres))
+def test_a_statement_takes_the_same_parameters_in_every_dialect(name: str) -> None:
+    first, *others = DIALECTS
+    for other in others:
+        assert _params(first, first.sql[name]) == _params(other, other.sql[name])
 
 
-def test_both_dialects_have_the_same_migrations() -> None:
-    assert len(SQLiteDialect.migrations) == len(PostgresDialect.migrations)
-    for sqlite, postgres in zip(SQLiteDialect.migrations, PostgresDialect.migrations, strict=True):
-        assert len(sqlite) == len(postgres)
+@pytest.mark.parametrize("name", admin.STATEMENTS)
+def test_an_admin_statement_takes_the_same_parameters_in_every_dialect(name: str) -> None:
+    first, *others = DIALECTS
+    for other in others:
+        assert _params(first, first.admin_sql[name]) == _params(other, other.admin_sql[name])
+
+
+def test_every_dialect_has_the_same_migrations() -> None:
+    first, *others = DIALECTS
+    for other in others:
+        assert len(first.migrations) == len(other.migrations)
+        for mine, theirs in zip(first.migrations, other.migrations, strict=True):
+            assert len(mine) == len(theirs)
+
+
+def _sqlite_schema() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    conn.execute(SQLiteDialect.create_version_table)
+    for statements in SQLiteDialect.migrations:
+        for statement in statements:
+            conn.execute(statement)
+    return conn
 
 
 def test_every_sqlite_statement_compiles_against_the_migrated_schema() -> None:
     # EXPLAIN compiles a statement without running it: a misspelt column or table fails.
-    conn = sqlite3.connect(":memory:")
+    conn = _sqlite_schema()
     try:
-        conn.execute(SQLiteDialect.create_version_table)
-        for statements in SQLiteDialect.migrations:
-            for statement in statements:
-                conn.execute(statement)
-        for name in STATEMENTS:
-            text = SQLiteDialect.sql[name]
-            if not text:
-                continue
+        texts = {name: SQLiteDialect.sql[name] for name in STATEMENTS}
+        texts["insert_rows"] = SQLiteDialect.insert_rows(3)
+        for name, text in texts.items():
             params = dict.fromkeys(_SQLITE_PARAM.findall(text))
             try:
-                conn.execute("EXPLAIN " + text, params).fetchall()
+                conn.execute("EXPLAIN " + text, params or [None] * text.count("?")).fetchall()
             except sqlite3.Error as exc:
                 raise AssertionError(f"statement {name!r} does not compile: {exc}") from exc
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "sdj_jobs_dequeue" in indexes
     finally:
         conn.close()
+
+
+def test_the_claim_returns_its_enqueue_order_key_by_name() -> None:
+    # Rows are read by column name: the claim's ordering key has one name everywhere.
+    conn = _sqlite_schema()
+    try:
+        text = SQLiteDialect.sql["claim"]
+        params = dict.fromkeys(_SQLITE_PARAM.findall(text))
+        params.update(skip="[]", limit=1, min_retries=0, lock_timeout=1.0)
+        cur = conn.execute(text, params)
+        assert cur.description[-1][0] == "dequeue_order"
+    finally:
+        conn.close()
+    for dialect in DIALECTS:
+        assert "AS dequeue_order" in dialect.sql["claim"]
 
 
 def test_dialect_for() -> None:
@@ -74,7 +110,7 @@ def test_dialect_for() -> None:
 PARIS_SUMMER = timezone(timedelta(hours=2))
 
 
-@pytest.mark.parametrize("dialect", [SQLiteDialect(), PostgresDialect()], ids=["sqlite", "pg"])
+@pytest.mark.parametrize("dialect", [SQLiteDialect(), PostgresDialect()], ids=_ids)
 def test_times_are_bound_as_utc_and_read_back_aware(dialect: Dialect) -> None:
     aware = datetime(2030, 6, 1, 14, 30, 0, 250, tzinfo=PARIS_SUMMER)
     naive = datetime(2030, 6, 1, 12, 30, 0, 250)  # naive means UTC
@@ -110,11 +146,11 @@ def test_list_params() -> None:
     assert PostgresDialect().list_param(("a", "b")) == ["a", "b"]
 
 
-def test_the_claim_orders_like_the_dequeue_index() -> None:
+@pytest.mark.parametrize("dialect", DIALECTS, ids=_ids)
+def test_the_claim_orders_like_the_dequeue_index(dialect: type[Dialect]) -> None:
     # The index serves the claim only when both name the same columns in the same order.
-    for dialect in (SQLiteDialect, PostgresDialect):
-        index = next(s for s in dialect.migrations[0] if "sdj_jobs_dequeue" in s)
-        assert "priority DESC, run_at" in index
-        assert "ORDER BY priority DESC, run_at" in dialect.sql["claim"]
-        assert "status IN ('pending', 'retrying')" in index
-        assert "status IN ('pending', 'retrying')" in dialect.sql["claim"]
+    index = next(s for s in dialect.migrations[0] if "sdj_jobs_dequeue" in s)
+    assert "priority DESC, run_at" in index
+    assert "ORDER BY priority DESC, run_at" in dialect.sql["claim"]
+    assert "status IN ('pending', 'retrying')" in index
+    assert "status IN ('pending', 'retrying')" in dialect.sql["claim"]

@@ -449,7 +449,7 @@ def test_queue_defaults_to_jobs_db(
         monkeypatch.setenv("SDJ_DATABASE_URL", env)
     queue = jobs.Queue()
     assert "sqlite:///jobs.db" in repr(queue)
-    assert queue._storage.url == "sqlite:///jobs.db"  # type: ignore[attr-defined]
+    assert queue._storage.url == "sqlite:///jobs.db"
 
 
 def test_queue_rejects_unsupported_urls() -> None:
@@ -488,3 +488,19 @@ def test_callable_objects_and_partials_are_typed_handlers(
     assert handler.decode_args(b'{"to": "a@b"}') == EmailArgs("a@b")
     result = handler.fn(EmailArgs("a@b"))
     assert (asyncio.run(result) if is_async else result) == "a@b"
+
+
+class _PlainStorage:
+    """Only the seed's verbs, as a third-party ``jobs.Storage`` might have."""
+
+    def migrate(self) -> None: ...
+
+    def enqueue(self, job: jobs.Job) -> str:
+        return job.id
+
+
+def test_a_queue_refuses_a_storage_without_every_job_store_verb() -> None:
+    with pytest.raises(TypeError, match=r"JobStore \(such as SQLStorage\), got _PlainStorage"):
+        jobs.Queue(_PlainStorage())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got int"):
+        jobs.Queue(42)  # type: ignore[arg-type]

@@ -102,7 +102,7 @@ def process_order(order: dict[str, Any]) -> dict[str, Any]:
     return {"reservation": reservation, "invoice": invoice}
 
 
-def build_queue(storage: jobs.Storage | str | None = None) -> jobs.Queue:
+def build_queue(storage: jobs.SQLStorage | str | None = None) -> jobs.Queue:
     """A Queue with the demo's jobs and schedule (``$SDJ_DATABASE_URL`` without storage)."""
     q = jobs.Queue(storage)
     q.register("thumbnail", thumbnail, queue=QUEUE)

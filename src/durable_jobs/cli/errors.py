@@ -8,18 +8,29 @@ turns into ``Error: ...``. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 import typer
 from typer.core import TyperGroup
 
+from ..storage.dialects import MissingDriver
+
 __all__ = ["CLIError", "FriendlyErrors", "describe_database_error", "fail"]
 
 # Connection failures surface wrapped by SQLAlchemy (pool connect) or raw from the driver
-# (storage runs statements on driver cursors).
-DATABASE_ERRORS = (sa.exc.OperationalError, sqlite3.OperationalError, psycopg.OperationalError)
+# (storage runs statements on driver cursors). psycopg is an optional extra, imported only
+# by a PostgreSQL storage: its errors are recognised by ``is_database_error``.
+DATABASE_ERRORS = (sa.exc.OperationalError, sqlite3.OperationalError)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection or operational failure of the database."""
+    if isinstance(exc, DATABASE_ERRORS):
+        return True
+    psycopg = sys.modules.get("psycopg")  # not loaded: none of its errors was raised
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 class CLIError(Exception):
@@ -46,7 +57,9 @@ class FriendlyErrors(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except CLIError as exc:
+        except (CLIError, MissingDriver) as exc:
             raise fail(str(exc)) from None
-        except DATABASE_ERRORS as exc:
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
             raise fail(f"database error: {describe_database_error(exc)}") from None

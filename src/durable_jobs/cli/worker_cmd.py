@@ -144,7 +144,7 @@ def _log_start(
     database_url: str | None,
 ) -> None:
     storage = queue.storage
-    url = storage.url if isinstance(storage, SQLStorage) else repr(storage)
+    url = storage.url
     log.info(
         "sdj worker %s (pid %d): database %s, queues %s, scheduler %s, lock timeout %gs, "
         "job types %s",
@@ -156,11 +156,7 @@ def _log_start(
         lock_timeout,
         ", ".join(sorted(queue.job_types)) or "none",
     )
-    if (
-        database_url
-        and isinstance(storage, SQLStorage)
-        and not _same_database(database_url, storage.engine.url)
-    ):
+    if database_url and not _same_database(database_url, storage.engine.url):
         log.warning(
             "%s builds its Queue on %s; --database-url %s is not used by it",
             target,

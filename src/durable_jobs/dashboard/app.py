@@ -10,7 +10,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..queue import Queue
-from ..storage import SQLStorage, Storage
+from ..storage import JobStore, SQLStorage
 from .security import Auth, SecurityHeaders
 from .views import Dashboard
 
@@ -20,7 +20,7 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(
-    queue_or_storage: Queue | SQLStorage | str,
+    queue_or_storage: Queue | JobStore | str,
     auth: Auth | None = None,
     *,
     refresh: float = 5.0,
@@ -38,16 +38,20 @@ def create_app(
     ``refresh`` is how often, in seconds, open pages update themselves.
     """
     queue: Queue | None = None
-    storage: Storage
+    storage: JobStore
     if isinstance(queue_or_storage, Queue):
         queue = queue_or_storage
         storage = queue.storage
     elif isinstance(queue_or_storage, str):
         storage = SQLStorage(queue_or_storage)
-    else:
+    elif isinstance(queue_or_storage, JobStore):
         storage = queue_or_storage
-    if not isinstance(storage, SQLStorage):
-        raise TypeError(f"the dashboard needs an SQLStorage, got {type(storage).__name__}")
+    else:
+        raise TypeError(
+            "the dashboard needs a Queue, a database URL or a storage implementing"
+            f" durable_jobs.storage.JobStore (such as SQLStorage), got"
+            f" {type(queue_or_storage).__name__}"
+        )
     if refresh <= 0:
         raise ValueError(f"refresh must be a positive number of seconds, got {refresh!r}")
     board = Dashboard(storage, queue, auth, refresh)

@@ -24,8 +24,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from .. import __version__
 from ..job import Checkpoint, Job, JobStatus, utcnow
 from ..queue import Queue
-from ..storage import SQLStorage
-from ..storage.admin import Admin, Cursor
+from ..storage import JobStore
+from ..storage.admin import Cursor
 from .charts import throughput_chart
 from .format import FILTERS
 from .security import Auth, FormError, allowed, csrf_token, read_form, set_csrf_cookie
@@ -75,14 +75,14 @@ class Dashboard:
     """The state behind the app: storage, the optional queue, auth and templates."""
 
     def __init__(
-        self, storage: SQLStorage, queue: Queue | None, auth: Auth | None, refresh: float
+        self, storage: JobStore, queue: Queue | None, auth: Auth | None, refresh: float
     ) -> None:
         self.storage = storage
         self.queue = queue
         # Enqueues go through a Queue so they are validated and encoded like any other;
         # the user's queue also applies its handlers' registration defaults.
         self.producer = queue or Queue(storage)
-        self.admin = Admin(storage)
+        self.admin = storage.admin()
         self.auth = auth
         self.refresh = refresh
         self._overview_lock = threading.Lock()

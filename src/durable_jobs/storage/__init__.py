@@ -3,13 +3,17 @@
 All SQL of the library lives in this package.
 """
 
-from .protocol import Storage
-from .sql import Claim, Outcome, ScheduleState, SQLStorage, WorkerInfo
+from .protocol import JobStore, Listener, Storage
+from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
+from .sql import SQLStorage
 from .transient import is_transient, retry_transient
 
 __all__ = [
     "Claim",
+    "JobStore",
+    "Listener",
     "Outcome",
+    "QueueDepth",
     "SQLStorage",
     "ScheduleState",
     "Storage",

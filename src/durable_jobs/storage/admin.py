@@ -1,8 +1,8 @@
 """Read and admin queries for operators' tools (the dashboard and ``sdj``): listings,
 counts, actions.
 
-Each dialect's statements sit side by side under the same names, as in ``dialects.py``
-(a unit test checks both define the same names and parameters). ``Admin`` wraps an
+Each dialect's statements sit side by side under the same names in its module's
+``admin_sql`` (a unit test checks both define the same names and parameters). ``Admin`` wraps an
 ``SQLStorage`` and runs them through its cursor. The dashboard and the command line
 share these methods, so a retry or a delete means the same thing in both.
 
@@ -24,8 +24,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..job import Job, JobStatus, utcnow
-from .dialects import JOB_COLUMNS, PostgresDialect
-from .sql import ScheduleState, SQLStorage
+from .records import ScheduleState
+from .sql import _JOB as _JOB_FIELDS
+from .sql import SQLStorage
 
 __all__ = ["STATEMENTS", "Admin", "Cursor", "JobPage", "Minute", "QueueStats", "failure_rate"]
 
@@ -45,76 +46,17 @@ STATEMENTS = (
     "delete_checkpoints",
 )
 
-# ``jobs_page`` takes fragments from the same dict in ``{filters}`` and a fixed
-# ``ASC``/``DESC`` in ``{order}``; every value stays a bound parameter. The tie-breaker
-# (rowid, seq) is the enqueue order within one created_at, so every row has a unique,
-# stable position; SQLite's index ends in rowid, so it serves the whole ORDER BY.
-SQLITE: dict[str, str] = {
-    "jobs_page": f"""SELECT {JOB_COLUMNS}, rowid FROM sdj_jobs
-        WHERE status = :status{{filters}}
-        ORDER BY created_at {{order}}, rowid {{order}} LIMIT :limit""",
-    # The plain range comes first so the index scan starts at the cursor.
-    "older_than": " AND created_at <= :created_at AND (created_at < :created_at OR rowid < :tie)",
-    "newer_than": " AND created_at >= :created_at AND (created_at > :created_at OR rowid > :tie)",
-    "by_queue": " AND queue = :queue",
-    "by_type": " AND type = :type",
-    "counts": "SELECT queue, status, COUNT(*) FROM sdj_jobs GROUP BY queue, status",
-    # Times are fixed-width text, so the first 16 characters name the minute.
-    "throughput": """SELECT substr(completed_at, 1, 16), status, COUNT(*) FROM sdj_jobs
-        WHERE completed_at >= :since AND status IN ('completed', 'failed')
-        GROUP BY 1, 2""",
-    "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
-        WHERE status IN ('pending', 'retrying') AND run_at <= :now
-        ORDER BY run_at, rowid LIMIT 1""",
-    "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
-        ORDER BY started_at LIMIT :limit""",
-    # :ids is a JSON array (one parameter however many ids).
-    "jobs_by_id": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
-        WHERE id IN (SELECT value FROM json_each(:ids))""",
-    # A fresh start: full retry budget; checkpoints stay, so a workflow resumes. The
-    # fence stays: the next claim takes a new one, so a stale run's writes stay rejected.
-    "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
-            completed_at = NULL, updated_at = :now
-        WHERE id = :id AND status IN ('failed', 'retrying')
-        RETURNING {JOB_COLUMNS}""",
-    # A running job only with :force: its worker would go on running it.
-    "delete_job": f"""DELETE FROM sdj_jobs WHERE id = :id AND (:force OR status <> 'running')
-        RETURNING {JOB_COLUMNS}""",
-    "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :id",
-}
+# Each dialect defines these statements in its ``admin_sql`` (``sqlite.py``,
+# ``postgres.py``), in this order. ``jobs_page`` takes fragments from the same dict in
+# ``{filters}`` and a fixed ``ASC``/``DESC`` in ``{order}``; every value stays a bound
+# parameter. Its ``position`` column (rowid, seq) is the enqueue order within one
+# created_at, so every row has a unique, stable position.
 
-POSTGRES: dict[str, str] = {
-    "jobs_page": f"""SELECT {JOB_COLUMNS}, seq FROM sdj_jobs
-        WHERE status = %(status)s{{filters}}
-        ORDER BY created_at {{order}}, seq {{order}} LIMIT %(limit)s""",
-    "older_than": " AND created_at <= %(created_at)s"
-    " AND (created_at < %(created_at)s OR seq < %(tie)s)",
-    "newer_than": " AND created_at >= %(created_at)s"
-    " AND (created_at > %(created_at)s OR seq > %(tie)s)",
-    "by_queue": " AND queue = %(queue)s",
-    "by_type": " AND type = %(type)s",
-    "counts": "SELECT queue, status, COUNT(*) FROM sdj_jobs GROUP BY queue, status",
-    "throughput": """SELECT date_trunc('minute', completed_at), status, COUNT(*) FROM sdj_jobs
-        WHERE completed_at >= %(since)s AND status IN ('completed', 'failed')
-        GROUP BY 1, 2""",
-    "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
-        WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
-        ORDER BY run_at, seq LIMIT 1""",
-    "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
-        ORDER BY started_at LIMIT %(limit)s""",
-    "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])",
-    # Wakes listening workers at once rather than at their next poll.
-    "retry": f"""WITH r AS (
-            UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
-                completed_at = NULL, updated_at = %(now)s
-            WHERE id = %(id)s AND status IN ('failed', 'retrying')
-            RETURNING {JOB_COLUMNS})
-        SELECT {JOB_COLUMNS}, pg_notify('sdj_jobs', queue)::text FROM r""",
-    "delete_job": f"""DELETE FROM sdj_jobs
-        WHERE id = %(id)s AND (%(force)s::boolean OR status <> 'running')
-        RETURNING {JOB_COLUMNS}""",
-    "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
-}
+_JOB = (*_JOB_FIELDS, "position")
+_COUNT = ("queue", "status", "jobs")
+_MINUTE = ("minute", "status", "jobs")
+_CREATED_AT, _POSITION = _JOB.index("created_at"), _JOB.index("position")
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -187,7 +129,7 @@ class Admin:
 
     def __init__(self, storage: SQLStorage) -> None:
         self.storage = storage
-        self._sql = POSTGRES if isinstance(storage.dialect, PostgresDialect) else SQLITE
+        self._sql = storage.dialect.admin_sql
         self._has_schedules = False
 
     def has_schema(self) -> bool:
@@ -197,10 +139,15 @@ class Admin:
     def _has_table(self, name: str) -> bool:
         return sa.inspect(self.storage.engine).has_table(name)
 
-    def _rows(self, name: str, params: dict[str, Any]) -> list[Any]:
+    def _rows(
+        self, name: str, params: dict[str, Any], fields: tuple[str, ...]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a statement, each as the values of the columns named ``fields``."""
+        sql = self._sql[name]
         with self.storage._cursor() as cur:
-            cur.execute(self._sql[name], params)
-            return list(cur.fetchall())
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+            return self.storage._named(cur, sql, fields, rows) if rows else []
 
     # -- listings -----------------------------------------------------------------------
 
@@ -243,7 +190,10 @@ class Admin:
         with self.storage._cursor() as cur:
             for each in statuses:
                 cur.execute(text, {**params, "status": each.value})
-                runs.append([(self._position(row), row) for row in cur.fetchall()])
+                rows = cur.fetchall()
+                if rows:
+                    rows = self.storage._named(cur, text, _JOB, rows)
+                runs.append([(self._position(row), row) for row in rows])
         newest_first = after is None
         merged = heapq.merge(*runs, key=lambda item: item[0], reverse=newest_first)
         page = list(itertools.islice(merged, limit + 1))
@@ -260,25 +210,26 @@ class Admin:
         return JobPage(jobs, older=last, newer=first if more else None)
 
     def _position(self, row: Sequence[Any]) -> Cursor:
-        created_at = self.storage.dialect.time_value(row[12])
+        created_at = self.storage.dialect.time_value(row[_CREATED_AT])
         assert created_at is not None
-        return Cursor(created_at, row[-1])
+        return Cursor(created_at, row[_POSITION])
 
     def running_jobs(self, limit: int = 1000) -> list[Job]:
         """Jobs running now, longest-running first."""
-        rows = self._rows("running_jobs", {"limit": limit})
+        rows = self._rows("running_jobs", {"limit": limit}, _JOB_FIELDS)
         return [self.storage._job(row) for row in rows]
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
         """The jobs among ``job_ids`` that exist, in no particular order, in one query."""
-        rows = self._rows("jobs_by_id", {"ids": self.storage.dialect.list_param(job_ids)})
+        params = {"ids": self.storage.dialect.list_param(job_ids)}
+        rows = self._rows("jobs_by_id", params, _JOB_FIELDS)
         return [self.storage._job(row) for row in rows]
 
     # -- overview -----------------------------------------------------------------------
 
     def counts(self) -> list[tuple[str, JobStatus, int]]:
         """(queue, status, count) for every queue and status that has jobs."""
-        rows = self._rows("counts", {})
+        rows = self._rows("counts", {}, _COUNT)
         return sorted((queue, JobStatus(status), count) for queue, status, count in rows)
 
     def throughput(self, minutes: int = 60, *, now: datetime | None = None) -> list[Minute]:
@@ -288,7 +239,7 @@ class Admin:
         start = end - timedelta(minutes=minutes - 1)
         params = {"since": self.storage.dialect.time_param(start)}
         done: dict[datetime, dict[str, int]] = {}
-        for minute, status, count in self._rows("throughput", params):
+        for minute, status, count in self._rows("throughput", params, _MINUTE):
             done.setdefault(self._minute(minute), {})[status] = count
         series = []
         for i in range(minutes):
@@ -298,8 +249,7 @@ class Admin:
         return series
 
     def _minute(self, value: Any) -> datetime:
-        if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM"
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        # The statement's minute is a time as the dialect stores them, to the minute.
         minute = self.storage.dialect.time_value(value)
         assert minute is not None
         return minute
@@ -321,7 +271,7 @@ class Admin:
     def oldest_due(self, *, now: datetime | None = None) -> Job | None:
         """The job that has waited longest past its run time, if any is due."""
         params = {"now": self.storage.dialect.time_param(now or utcnow())}
-        rows = self._rows("oldest_due", params)
+        rows = self._rows("oldest_due", params, _JOB_FIELDS)
         return self.storage._job(rows[0]) if rows else None
 
     def schedules(self) -> list[ScheduleState] | None:
@@ -346,10 +296,14 @@ class Admin:
         retrying (nothing changes then).
         """
         now = self.storage.dialect.time_param(utcnow())
+        sql = self._sql["retry"]
         with self.storage._cursor(write=True) as cur:
-            cur.execute(self._sql["retry"], {"id": job_id, "now": now})
+            cur.execute(sql, {"id": job_id, "now": now})
             rows = cur.fetchall()
-        return self.storage._job(rows[0]) if rows else None
+            if not rows:
+                return None
+            [job] = self.storage._named(cur, sql, _JOB_FIELDS, rows)
+        return self.storage._job(job)
 
     def delete(self, job_id: str, *, force: bool = False) -> Job | None:
         """Delete a job with its checkpoints; returns the job as it was.
@@ -357,10 +311,12 @@ class Admin:
         A running job is refused (None) unless ``force``: its worker would go on running
         it. None too when there is no such job.
         """
+        sql = self._sql["delete_job"]
         with self.storage._cursor(write=True, atomic=True) as cur:
-            cur.execute(self._sql["delete_job"], {"id": job_id, "force": force})
+            cur.execute(sql, {"id": job_id, "force": force})
             rows = cur.fetchall()
             if not rows:
                 return None
+            [job] = self.storage._named(cur, sql, _JOB_FIELDS, rows)
             cur.execute(self._sql["delete_checkpoints"], {"id": job_id})
-        return self.storage._job(rows[0])
+        return self.storage._job(job)

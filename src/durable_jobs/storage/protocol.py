@@ -1,14 +1,29 @@
-"""The storage protocol: the seed's verbs, snake_cased, that any backend implements."""
+"""The storage protocols.
+
+``Storage`` is the public one: the seed's verbs, snake_cased, that any backend
+implements. ``JobStore`` is internal: everything the worker, the queue, durable calls,
+schedulers and the operator tools use of a storage (what ``SQLStorage`` provides on
+every database), so that they depend on it rather than on ``SQLStorage`` itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..job import Checkpoint, Job, JobStatus
 
-__all__ = ["Storage"]
+if TYPE_CHECKING:
+    import threading
+
+    import sqlalchemy as sa
+
+    from ..retry import Backoff
+    from .admin import Admin
+    from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
+
+__all__ = ["JobStore", "Listener", "Storage"]
 
 
 @runtime_checkable
@@ -73,3 +88,169 @@ class Storage(Protocol):
     def get_jobs_by_status(self, status: JobStatus | str, limit: int) -> list[Job]:
         """Up to ``limit`` jobs with ``status``, oldest first."""
         ...
+
+
+class Listener(Protocol):
+    """Reports queues that got new jobs, from other processes, until stopped."""
+
+    def run(
+        self,
+        on_notify: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        """Call ``on_notify(queue)`` for new jobs until ``stop`` is set, and
+        ``on_reconnect()`` whenever it (re)connects, since jobs may have been missed."""
+        ...
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Everything code outside ``storage/`` uses of a storage (internal).
+
+    ``SQLStorage`` satisfies it on every database it supports; the worker, queue,
+    durable calls, schedulers, the CLI and the dashboard are typed against it.
+    """
+
+    @property
+    def url(self) -> str:
+        """The database URL with the password hidden."""
+        ...
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine (for users' transactions and connection checks)."""
+        ...
+
+    def listener(self) -> Listener | None:
+        """The wake-up listener, or None when in-process wake-ups reach every worker."""
+        ...
+
+    @property
+    def database_errors(self) -> tuple[type[BaseException], ...]:
+        """The exception classes a statement of this storage raises when the database
+        fails (as opposed to the caller's own errors)."""
+        ...
+
+    def admin(self) -> Admin:
+        """The operator's queries (listings, counts, retries) on this storage."""
+        ...
+
+    def close(self) -> None: ...
+
+    # -- schema
+    def migrate(self) -> None: ...
+    def require_schema(self) -> None: ...
+    def schema_error(self, error: BaseException) -> RuntimeError | None: ...
+    def schema_version(self) -> int: ...
+
+    # -- enqueue
+    def enqueue(self, job: Job, *, connection: sa.Connection | None = None) -> str: ...
+    def enqueue_many(
+        self, jobs: Iterable[Job], *, connection: sa.Connection | None = None
+    ) -> list[str]: ...
+    def enqueue_claimed(
+        self, job: Job, worker_id: str, *, lock_timeout: timedelta | float = ...
+    ) -> str: ...
+    def enqueue_unique(self, job: Job, unique_key: str) -> bool: ...
+
+    # -- claims and outcomes
+    def claim(
+        self,
+        queue: str,
+        worker_id: str,
+        limit: int,
+        *,
+        skip_types: Sequence[str] = (),
+        min_retries: int = 0,
+        now: datetime | None = None,
+        lock_timeout: timedelta | float = ...,
+    ) -> list[Job]: ...
+    def dequeue(self, queues: Sequence[str], worker_id: str) -> Job | None: ...
+    def complete_and_claim(
+        self,
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        claims: Sequence[Claim],
+        *,
+        lock_timeout: timedelta | float = ...,
+    ) -> tuple[set[str], list[list[Job]]]: ...
+    def complete(
+        self,
+        job_id: str,
+        result: bytes | None = None,
+        *,
+        worker_id: str | None = None,
+        fence: int | None = None,
+        attempt: int | None = None,
+    ) -> bool: ...
+    def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> set[str]: ...
+    def fail(
+        self,
+        job_id: str,
+        err_msg: str,
+        run_at: datetime | None,
+        *,
+        worker_id: str | None = None,
+        fence: int | None = None,
+        attempt: int | None = None,
+    ) -> bool: ...
+    def release(self, worker_id: str, jobs: Sequence[tuple[str, int]]) -> None: ...
+    def settled(self, worker_id: str, runs: Sequence[tuple[str, int]]) -> dict[str, JobStatus]: ...
+
+    # -- locks and workers
+    def heartbeat(
+        self, job_id: str, worker_id: str, *, lock_timeout: timedelta | float = ...
+    ) -> None: ...
+    def heartbeat_worker(
+        self,
+        worker_id: str,
+        *,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        types: Sequence[str],
+        jobs: Sequence[str] | None = None,
+        lock_timeout: timedelta | float = ...,
+    ) -> None: ...
+    def remove_worker(self, worker_id: str) -> None: ...
+    def live_workers(self, max_age: timedelta) -> list[WorkerInfo]: ...
+    def prune_workers(self, max_age: timedelta) -> None: ...
+    def release_expired_locks(
+        self, *, backoff: Callable[[str], Backoff | None] | None = None
+    ) -> int: ...
+    def release_stale_locks(
+        self,
+        timeout: timedelta | float,
+        *,
+        backoff: Callable[[str], Backoff | None] | None = None,
+    ) -> int: ...
+
+    # -- reads
+    def get_job(self, job_id: str) -> Job | None: ...
+    def get_jobs_by_status(self, status: JobStatus | str, limit: int) -> list[Job]: ...
+    def get_due_jobs(self, limit: int) -> list[Job]: ...
+    def queue_depths(self) -> list[QueueDepth]: ...
+
+    # -- schedules
+    def upsert_schedule(
+        self,
+        name: str,
+        spec: str,
+        queue: str,
+        last_fire_at: datetime | None,
+        next_fire_at: datetime | None,
+    ) -> None: ...
+    def list_schedules(self) -> list[ScheduleState]: ...
+
+    # -- checkpoints
+    def save_checkpoint(
+        self,
+        cp: Checkpoint,
+        *,
+        worker_id: str | None = None,
+        fence: int | None = None,
+        attempt: int | None = None,
+    ) -> bool: ...
+    def get_checkpoints(self, job_id: str) -> list[Checkpoint]: ...
+    def delete_checkpoints(self, job_id: str) -> None: ...

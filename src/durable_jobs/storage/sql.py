@@ -1,7 +1,11 @@
 """``SQLStorage``: the storage protocol on SQLite and PostgreSQL through SQLAlchemy engines.
 
 SQLAlchemy provides engines, pooling, URLs and users' connections; the statements
-themselves are plain SQL per dialect (``dialects.py``), run on the driver's cursor.
+themselves are plain SQL per dialect, run on the driver's cursor. This module is
+dialect-neutral: each database's statements and everything else that differs (connection
+set-up, transactions, bulk inserts, grouped completion, the migration lock, wake-ups)
+live in its own module (``sqlite.py``, ``postgres.py``) as hooks of a ``Dialect``
+(``dialects.py``), which ``SQLStorage`` calls instead of asking which database it is on.
 """
 
 from __future__ import annotations
@@ -11,36 +15,37 @@ import itertools
 import json
 import logging
 import os
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
 
 from ..errors import CheckpointConflict
 from ..job import Checkpoint, Job, JobStatus, new_ids, utcnow
 from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
-from .dialects import (
-    INSERT_WIDTH,
-    MIGRATION_LOCK_KEY,
-    Dialect,
-    PostgresDialect,
-    SQLiteDialect,
-    dialect_for,
-)
-from .urls import masked
+from .dialects import Dialect, dialect_for, dialect_for_url, utc
+from .protocol import JobStore, Listener
+from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
 
-__all__ = ["Claim", "Outcome", "SQLStorage", "ScheduleState", "WorkerInfo"]
+if TYPE_CHECKING:
+    from .admin import Admin
+
+__all__ = [
+    "Claim",
+    "Outcome",
+    "QueueDepth",
+    "SQLStorage",
+    "ScheduleState",
+    "WorkerInfo",
+    "storable_text",
+    "utc",
+]
 
 log = logging.getLogger("durable_jobs")
 
-_SQLITE_BUSY_TIMEOUT_MS = 30_000
 # The named parameters of the insert_job statements, in INSERT_COLUMNS order.
 _INSERT_PARAMS = (
     "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries", "run_at",
@@ -51,244 +56,25 @@ _IDLE_CONNECTIONS = 16  # at most, kept out of the engine's pool for the storage
 DEFAULT_LOCK_TIMEOUT = 30.0
 _REAP_BATCH = 500  # runs taken back per transaction
 
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A live worker as recorded in the database."""
-
-    id: str
-    host: str
-    pid: int
-    queues: list[str]
-    types: list[str]
-    started_at: datetime
-    heartbeat_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A claim to make: up to ``limit`` due jobs of ``queue``.
-
-    ``min_retries`` leaves out jobs with fewer retries: a worker claiming ahead of its
-    free slots sets it to 1, since a claimed run counts as an attempt even if the
-    worker dies before starting it, and a job allowed a single run must not lose it so.
-    """
-
-    queue: str
-    limit: int
-    skip_types: Sequence[str] = ()
-    min_retries: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A successful run to store: the job's id, the run (its ``Job.fence``) and its JSON
-    result."""
-
-    job_id: str
-    fence: int
-    result: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleState:
-    """A schedule as the schedulers last recorded it (``spec`` as in ``Schedule.spec``)."""
-
-    name: str
-    spec: str
-    queue: str
-    last_fire_at: datetime | None
-    next_fire_at: datetime | None
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepth:
-    """How many jobs of a queue are due to run, and since when the oldest has waited."""
-
-    queue: str
-    due: int
-    oldest_run_at: datetime | None
-
-
-def _normalise_url(url: str | sa.URL) -> sa.URL:
-    try:
-        parsed = make_url(url)
-    except Exception as exc:  # SQLAlchemy raises ArgumentError with a terse message
-        # Both the URL and SQLAlchemy's message may hold the password.
-        raise ValueError(masked(f"invalid database URL {str(url)!r}: {exc}")) from None
-    backend = parsed.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        # psycopg 3 is this library's PostgreSQL driver whatever the URL names.
-        return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        return parsed
-    raise ValueError(
-        f"unsupported database URL {parsed.render_as_string()!r}: "
-        "use sqlite:///path.db, sqlite:// (in memory) or postgresql://user@host/db"
-    )
-
-
-def _is_memory_sqlite(url: sa.URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-
-
-def _create_engine(url: sa.URL) -> sa.Engine:
-    if _is_memory_sqlite(url):
-        # One shared connection: every thread must see the same in-memory database.
-        return sa.create_engine(
-            url,
-            poolclass=StaticPool,
-            connect_args={"check_same_thread": False},
-            isolation_level="AUTOCOMMIT",
-        )
-    # The engine keeps SQLAlchemy's usual transactions, so a user's ``engine.begin()``
-    # around ``enqueue(..., connection=conn)`` really commits or rolls back together;
-    # the storage's own statements run in autocommit (see ``SQLStorage._autocommit``).
-    if url.get_backend_name() == "sqlite":
-        return sa.create_engine(
-            url,
-            pool_size=8,
-            max_overflow=32,
-            connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
-        )
-    return sa.create_engine(
-        url,
-        pool_size=10,
-        max_overflow=40,
-        connect_args={"options": "-c TimeZone=UTC"},
-    )
-
-
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    try:
-        # The busy timeout makes writers from other processes wait for the lock instead
-        # of failing; WAL lets readers run beside the single writer.
-        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-        _use_wal(cur)
-        cur.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cur.close()
-
-
-def _sqlite_full_sync(dbapi_conn: Any, _record: Any) -> None:
-    # Every commit reaches the disk before it returns, whatever default this SQLite was
-    # built with: a committed job survives a power cut. An engine a user passes in keeps
-    # the user's choice (see docs/guarantees.md, "Durability settings").
-    dbapi_conn.execute("PRAGMA synchronous=FULL")
-
-
-def _use_wal(cur: Any) -> None:
-    # Switching a database to WAL (once: the mode is stored in the file) needs a lock that
-    # SQLite will not wait for while another connection holds one, as when several
-    # processes open a fresh database at once: it fails at once with "database is locked".
-    # Retry within the busy timeout, as a waiting writer would.
-    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
-    pause = 0.001
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-@dataclass
-class _Write:
-    """One statement waiting for a group commit, and how it went."""
-
-    sql: str
-    params: dict[str, Any]
-    rows: list[Any] = field(default_factory=list)
-    error: BaseException | None = None
-    done: bool = False
-
-
-class _GroupCommit:
-    """Single-statement SQLite writes from many threads, committed together.
-
-    SQLite has one writer at a time and each commit waits for the disk. When threads
-    write at once (the steps of concurrent workflows), the first to arrive commits every
-    write waiting at that moment in one transaction while the others wait; each caller
-    still returns only once its own write is committed, or raises its own error.
-    """
-
-    def __init__(self, storage: SQLStorage) -> None:
-        self._storage = storage
-        self._cond = threading.Condition()
-        self._waiting: list[_Write] = []
-        self._leading = False
-
-    def run(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        write = _Write(sql, params)
-        with self._cond:
-            self._waiting.append(write)
-            while self._leading and not write.done:
-                self._cond.wait()
-            batch: list[_Write] = []
-            if not write.done:
-                self._leading = True
-                batch, self._waiting = self._waiting, []
-        if batch:
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
-        if write.error is not None:
-            raise write.error
-        return write.rows
-
-    def _commit(self, batch: list[_Write]) -> None:
-        if len(batch) == 1:  # alone: a statement that commits by itself
-            write = batch[0]
-            try:
-                write.rows = self._storage._execute(write.sql, write.params, write=True)
-            except Exception as exc:
-                write.error = exc
-            finally:
-                write.done = True
-            return
-        try:
-            with self._storage._cursor(write=True) as cur:
-                for write in batch:
-                    try:
-                        cur.execute(write.sql, write.params)
-                        write.rows = cur.fetchall() if self._storage._has_rows(cur) else []
-                    except sqlite3.DatabaseError as exc:
-                        write.error = exc
-                        # Most errors (a constraint) undo this statement only. A full disk
-                        # or an I/O error makes SQLite roll back the whole transaction:
-                        # the writes before this one are gone too, and the rest must not
-                        # run one by one in autocommit. All of them fail.
-                        if not getattr(cur.connection, "in_transaction", True):
-                            raise
-        except BaseException as exc:  # nothing of the batch was committed
-            for write in batch:
-                write.error = write.error or exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for write in batch:
-                write.done = True
-
-
-# Jobs of a batch built before they are sent: enough to amortise the work per chunk,
-# few enough that PostgreSQL starts storing early. SQLite stores a chunk with one
-# statement, whose parameters must stay under its limit on bound variables.
-_COPY_CHUNK = 1000
-_INSERT_CHUNK = 250
-
-
-def _sqlite_chunk() -> int:
-    # SQLite before 3.32 binds at most 999 variables per statement by default.
-    limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-    return min(_INSERT_CHUNK, limit // INSERT_WIDTH)
+# Rows are read by column name: each statement's columns are looked up in the cursor's
+# description once (per statement text), and its rows then go through an itemgetter
+# that puts the named columns in the order the reader unpacks them.
+_JOB = (
+    "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries",
+    "last_error", "run_at", "started_at", "completed_at", "created_at", "updated_at",
+    "result", "backoff", "locked_by", "heartbeat_at", "meta", "fence", "lock_expires_at",
+)  # fmt: skip
+_CLAIMED = (*_JOB, "dequeue_order")
+_CHECKPOINT = (
+    "id", "job_id", "call_index", "call_type", "result", "error", "created_at", "scope",
+)  # fmt: skip
+_SCHEDULE = ("name", "spec", "queue", "last_fire_at", "next_fire_at", "updated_at")
+_WORKER = ("id", "host", "pid", "queues", "types", "started_at", "heartbeat_at")
+_DEPTH = ("queue", "due", "oldest_run_at")
+_SETTLED = ("id", "fence", "status")
+_TAKE_BACK = ("id", "fence", "attempt", "max_retries", "backoff", "type")
+# Where the claim's sort keys sit in a claimed row read as _CLAIMED.
+_PRIORITY, _RUN_AT, _ORDER = (_CLAIMED.index(c) for c in ("priority", "run_at", "dequeue_order"))
 
 
 def _chunks(items: Iterable[Job], size: int) -> Iterator[list[Job]]:
@@ -298,7 +84,7 @@ def _chunks(items: Iterable[Job], size: int) -> Iterator[list[Job]]:
 
 
 class SQLStorage:
-    """Job storage on SQLite or PostgreSQL.
+    """Job storage on SQLite or PostgreSQL (the ``Dialect`` of each in its own module).
 
     ``SQLStorage("sqlite:///jobs.db")``, ``SQLStorage("postgresql://user@host/db")`` or
     ``SQLStorage(engine)`` with an existing SQLAlchemy ``Engine``. Call ``migrate()``
@@ -309,30 +95,33 @@ class SQLStorage:
         if isinstance(url_or_engine, sa.Engine):
             self.engine = url_or_engine
             self._owns_engine = False
+            self.dialect: Dialect = dialect_for(self.engine.dialect.name)
         else:
-            self.engine = _create_engine(_normalise_url(url_or_engine))
+            cls, url = dialect_for_url(url_or_engine)
+            self.engine = cls.create_engine(url)
             self._owns_engine = True
-        self.dialect: Dialect = dialect_for(self.engine.dialect.name)
-        self._sql = self.dialect.sql
-        self.is_sqlite = isinstance(self.dialect, SQLiteDialect)
-        self.is_memory = self.is_sqlite and _is_memory_sqlite(self.engine.url)
-        if self.is_sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
-            if self._owns_engine:
-                sa.event.listen(self.engine, "connect", _sqlite_full_sync)
-        # SQLite allows one writer at a time: threads of this process queue on a lock
-        # rather than spinning in SQLite's busy handler. An in-memory database is one
-        # shared connection, so every use is serialised.
+            self.dialect = cls()
+        d = self.dialect
+        self._sql = d.sql
+        d.configure(self.engine, owned=self._owns_engine)
+        #: Whether the database is one only this process sees (in-memory SQLite).
+        self.is_memory = d.in_memory(self.engine.url)
+        # A database with one writer at a time: threads of this process queue on a lock
+        # rather than spinning in the database's busy handler. An in-memory database is
+        # one shared connection, so every use is serialised.
         self._write_lock = threading.RLock()
-        self._group = _GroupCommit(self) if self.is_sqlite else None
-        self._chunk = _sqlite_chunk() if self.is_sqlite else _COPY_CHUNK
+        write_lock = self._write_lock if (d.one_writer or self.is_memory) else None
+        self._locks = (self._write_lock if self.is_memory else None, write_lock)
+        self._has_rows = d.has_rows
+        self._group = d.group_commit(self)
+        self._getters: dict[str, Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
         self._migrated = False
         self._idle: list[Any] = []
         self._idle_pid = os.getpid()
         pool_size = getattr(self.engine.pool, "size", lambda: 1)()
         # A caller's engine keeps at least half its pool for the caller.
         self._idle_max = min(_IDLE_CONNECTIONS, pool_size if self._owns_engine else pool_size // 2)
-        self._autocommit = ("isolation_level", None) if self.is_sqlite else ("autocommit", True)
+        self._autocommit = d.autocommit
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -341,6 +130,24 @@ class SQLStorage:
     def url(self) -> str:
         """The database URL with the password hidden."""
         return self.engine.url.render_as_string(hide_password=True)
+
+    def listener(self) -> Listener | None:
+        """The wake-up listener for this storage's database: an object whose
+        ``run(on_notify, on_reconnect, stop_event)`` reports queues that got new jobs
+        until ``stop_event`` is set. None for an in-memory SQLite database (one process:
+        in-process wake-ups reach every worker)."""
+        return self.dialect.listener(self.engine)
+
+    @property
+    def database_errors(self) -> tuple[type[BaseException], ...]:
+        """SQLAlchemy's errors and the driver's: what a failing database raises."""
+        return (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
+
+    def admin(self) -> Admin:
+        """The operator's queries (listings, counts, retries) on this storage."""
+        from .admin import Admin  # admin builds on this module
+
+        return Admin(self)
 
     def close(self) -> None:
         """Close pooled connections (only those of an engine this storage created)."""
@@ -358,7 +165,7 @@ class SQLStorage:
         ``write`` marks statements that take SQLite's write lock; ``atomic`` groups several
         statements into one transaction (single statements are atomic by themselves).
         """
-        lock = self._lock_for(write)
+        lock = self._locks[write]
         if lock is not None:
             lock.acquire()
         try:
@@ -371,11 +178,6 @@ class SQLStorage:
         finally:
             if lock is not None:
                 lock.release()
-
-    def _lock_for(self, write: bool) -> threading.RLock | None:
-        """The in-process lock a statement must hold: SQLite allows one writer at a time,
-        and an in-memory database is one connection, so every use of it is serialised."""
-        return self._write_lock if (self.is_memory or (self.is_sqlite and write)) else None
 
     @staticmethod
     def _kept_cursor(raw: Any) -> Any:
@@ -443,16 +245,12 @@ class SQLStorage:
     def _transaction(self, raw: Any, *, write: bool, atomic: bool) -> Iterator[Any]:
         cur = self._kept_cursor(raw)
         try:
-            if self.is_sqlite and write:
-                # Taking the write lock up front avoids the deadlock of two deferred
-                # transactions that both read and then try to write.
-                cur.execute("BEGIN IMMEDIATE")
+            began = self.dialect.begin(raw, cur, write=write, atomic=atomic)
+            if began is None:
                 yield cur
-            elif atomic and not self.is_sqlite:
-                with raw.driver_connection.transaction():
-                    yield cur
             else:
-                yield cur
+                with began:
+                    yield cur
             # Commits what an engine without autocommit began implicitly; else a no-op.
             raw.commit()
         except BaseException as exc:
@@ -480,7 +278,8 @@ class SQLStorage:
 
     def _run_grouped(self, name: str, params: dict[str, Any]) -> list[Any]:
         """A single-statement write, committed with others waiting at the same moment
-        (SQLite; PostgreSQL's own commits already share disk flushes)."""
+        when the dialect groups commits (SQLite; PostgreSQL's own commits already share
+        disk flushes)."""
         if self._group is None:
             return self._run(name, params)
         return self._group.run(self._sql[name], params)
@@ -488,14 +287,29 @@ class SQLStorage:
     def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
         return self._execute(self._sql[name], params, write=write)
 
-    def _execute(self, sql: str, params: dict[str, Any], *, write: bool) -> list[Any]:
-        """One statement, which commits by itself on a connection in driver autocommit.
+    def _read(
+        self, name: str, params: dict[str, Any], fields: tuple[str, ...]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a reading statement, each as the values of ``fields`` (columns
+        named in the statement), in that order."""
+        return self._execute(self._sql[name], params, write=False, fields=fields)
+
+    def _execute(
+        self,
+        sql: str,
+        params: dict[str, Any],
+        *,
+        write: bool,
+        fields: tuple[str, ...] | None = None,
+    ) -> list[Any]:
+        """One statement, which commits by itself on a connection in driver autocommit;
+        its rows, or with ``fields`` each row's values of those columns (``_named``).
 
         On SQLite a lone writing statement takes the write lock before it reads, so it
         needs no ``BEGIN IMMEDIATE``; and no context managers, which cost as much as a
         small statement.
         """
-        lock = self._lock_for(write)
+        lock = self._locks[write]
         if lock is not None:
             lock.acquire()
         try:
@@ -504,7 +318,10 @@ class SQLStorage:
                 cur = self._kept_cursor(raw)
                 try:
                     cur.execute(sql, params)
-                    return cur.fetchall() if self._has_rows(cur) else []
+                    if not self._has_rows(cur):
+                        return []
+                    rows = cur.fetchall()
+                    return rows if fields is None else self._named(cur, sql, fields, rows)
                 except BaseException as exc:
                     self._failed(raw, cur, exc)
                     raise
@@ -514,12 +331,20 @@ class SQLStorage:
             if lock is not None:
                 lock.release()
 
-    def _has_rows(self, cur: Any) -> bool:
-        """Whether the last statement returned a result set (psycopg's ``description``
-        builds column objects: its row number answers alone)."""
-        if self.is_sqlite:
-            return cur.description is not None
-        return cur.rownumber is not None
+    def _named(
+        self, cur: Any, sql: str, fields: tuple[str, ...], rows: list[Any]
+    ) -> list[tuple[Any, ...]]:
+        """``rows``, just fetched from ``cur`` by ``sql``, as the values of ``fields``.
+
+        The columns' positions are looked up by name in the cursor's description the
+        first time a statement returns rows, and kept (a statement text is always read
+        as the same ``fields``): reading by name then costs one itemgetter call per row.
+        """
+        get = self._getters.get(sql)
+        if get is None:
+            position = {column[0]: i for i, column in enumerate(cur.description)}
+            get = self._getters[sql] = itemgetter(*(position[f] for f in fields))
+        return list(map(get, rows))
 
     # -- schema -------------------------------------------------------------------------
 
@@ -527,10 +352,8 @@ class SQLStorage:
         """Create or upgrade the schema. Idempotent; concurrent callers apply each step once."""
         d = self.dialect
         with self._cursor(write=True, atomic=True) as cur:
-            if isinstance(d, PostgresDialect):
-                # Serialises concurrent migrators; released when the transaction ends.
-                cur.execute(d.lock_migrations, {"key": MIGRATION_LOCK_KEY})
-            cur.execute(d.create_version_table)  # type: ignore[attr-defined]
+            d.lock_migrations(cur)  # serialises concurrent migrators
+            cur.execute(d.create_version_table)
             cur.execute(d.sql["schema_versions"])
             applied = {row[0] for row in cur.fetchall()}
             now = d.time_param(utcnow())
@@ -579,47 +402,55 @@ class SQLStorage:
 
     # -- rows ---------------------------------------------------------------------------
 
-    def _job(self, row: Sequence[Any]) -> Job:
+    def _job(self, values: Sequence[Any]) -> Job:
+        """A job from a row read as ``_JOB`` (or ``_CLAIMED``: extra columns follow)."""
+        (
+            id_, type_, args, queue, priority, status, attempt, max_retries, last_error,
+            run_at, started_at, completed_at, created_at, updated_at, result, backoff,
+            locked_by, heartbeat_at, meta, fence, lock_expires_at, *_,
+        ) = values  # fmt: skip
         t = self.dialect.time_value
-        created_at = t(row[12])
-        updated_at = t(row[13])
-        assert created_at is not None and updated_at is not None
+        created = t(created_at)
+        updated = t(updated_at)
+        assert created is not None and updated is not None
         return Job(
-            id=row[0],
-            type=row[1],
-            args=row[2].encode(),
-            queue=row[3],
-            priority=row[4],
-            status=JobStatus(row[5]),
-            attempt=row[6],
-            max_retries=row[7],
-            last_error=row[8],
-            run_at=t(row[9]),
-            started_at=t(row[10]),
-            completed_at=t(row[11]),
-            created_at=created_at,
-            updated_at=updated_at,
-            result=None if row[14] is None else row[14].encode(),
-            backoff=None if row[15] is None else row[15].encode(),
-            locked_by=row[16],
-            heartbeat_at=t(row[17]),
-            meta=None if row[18] is None else json.loads(row[18]),
-            fence=row[19],
-            lock_expires_at=t(row[20]),
+            id=id_,
+            type=type_,
+            args=args.encode(),
+            queue=queue,
+            priority=priority,
+            status=JobStatus(status),
+            attempt=attempt,
+            max_retries=max_retries,
+            last_error=last_error,
+            run_at=t(run_at),
+            started_at=t(started_at),
+            completed_at=t(completed_at),
+            created_at=created,
+            updated_at=updated,
+            result=None if result is None else result.encode(),
+            backoff=None if backoff is None else backoff.encode(),
+            locked_by=locked_by,
+            heartbeat_at=t(heartbeat_at),
+            meta=None if meta is None else json.loads(meta),
+            fence=fence,
+            lock_expires_at=t(lock_expires_at),
         )
 
-    def _checkpoint(self, row: Sequence[Any]) -> Checkpoint:
-        created_at = self.dialect.time_value(row[6])
-        assert created_at is not None
+    def _checkpoint(self, values: Sequence[Any]) -> Checkpoint:
+        """A checkpoint from a row read as ``_CHECKPOINT``."""
+        id_, job_id, call_index, call_type, result, error, created_at, scope = values
+        created = self.dialect.time_value(created_at)
+        assert created is not None
         return Checkpoint(
-            id=row[0],
-            job_id=row[1],
-            call_index=row[2],
-            call_type=row[3],
-            result=None if row[4] is None else row[4].encode(),
-            error=row[5],
-            created_at=created_at,
-            scope=row[7],
+            id=id_,
+            job_id=job_id,
+            call_index=call_index,
+            call_type=call_type,
+            result=None if result is None else result.encode(),
+            error=error,
+            created_at=created,
+            scope=scope,
         )
 
     def _insert_row(self, job: Job, now: Any) -> tuple[Any, ...]:
@@ -664,7 +495,7 @@ class SQLStorage:
         raised while drawing it stores nothing.
         """
         now = utcnow()
-        chunks = _chunks(jobs, self._chunk)
+        chunks = _chunks(jobs, self.dialect.insert_chunk)
         first = next(chunks, [])
         if connection is not None:
             stored = [*first, *itertools.chain.from_iterable(chunks)]
@@ -674,10 +505,7 @@ class SQLStorage:
             return [job.id for job in stored]
         if len(first) <= 1:  # a chunk holds more: nothing follows
             return [self.enqueue(job) for job in first]
-        chunks = itertools.chain([first], chunks)
-        if isinstance(self.dialect, PostgresDialect):
-            return self._copy_jobs(chunks, now)
-        return self._insert_chunks(chunks, now)
+        return self.dialect.insert_many(self, itertools.chain([first], chunks), now)
 
     def enqueue_claimed(
         self,
@@ -731,35 +559,6 @@ class SQLStorage:
             raise ValueError("connection belongs to a different kind of database than storage")
         connection.exec_driver_sql(self._sql["insert_job"], params)
 
-    def _insert_chunks(self, chunks: Iterable[list[Job]], now: datetime) -> list[str]:
-        d = self.dialect
-        assert isinstance(d, SQLiteDialect)
-        ids: list[str] = []
-        with self._cursor(write=True) as cur:
-            for chunk in chunks:
-                rows = self._stamp(chunk, now)
-                cur.execute(d.insert_rows(len(rows)), [value for row in rows for value in row])
-                ids.extend(job.id for job in chunk)
-        return ids
-
-    def _copy_jobs(self, chunks: Iterable[list[Job]], now: datetime) -> list[str]:
-        d = self.dialect
-        assert isinstance(d, PostgresDialect)
-        ids: list[str] = []
-        due: set[str] = set()
-        with self._cursor(write=True, atomic=True) as cur:
-            with cur.copy(d.copy_jobs) as copy:
-                copy.set_types(d.copy_types)
-                for chunk in chunks:
-                    for row in self._stamp(chunk, now):
-                        copy.write_row(row)
-                        if row[8] <= now:  # run_at
-                            due.add(row[3])  # queue
-                    ids.extend(job.id for job in chunk)
-            if due:
-                cur.execute(d.notify, {"queues": sorted(due)})
-        return ids
-
     # -- claiming -----------------------------------------------------------------------
 
     def claim(
@@ -797,12 +596,14 @@ class SQLStorage:
             "min_retries": claim.min_retries,
             "lock_timeout": lock_timeout,
         }
-        cur.execute(self._sql["claim"], params)
-        rows = cur.fetchall()
+        rows = self.dialect.claim_rows(cur, params)
+        if not rows:
+            return []
+        claimed = self._named(cur, self._sql["claim"], _CLAIMED, rows)
         # RETURNING gives no order guarantee; restore the dequeue order (priority, run
-        # time, then the enqueue-order key the statement returns after the job's columns).
-        rows.sort(key=lambda r: (-r[4], r[9], r[-1]))
-        return [self._job(row) for row in rows]
+        # time, then the enqueue-order key the statement returns).
+        claimed.sort(key=lambda r: (-r[_PRIORITY], r[_RUN_AT], r[_ORDER]))
+        return [self._job(row) for row in claimed]
 
     def complete_and_claim(
         self,
@@ -855,17 +656,7 @@ class SQLStorage:
             "fence": _fence(fence, attempt),
             "now": self.dialect.time_param(utcnow()),
         }
-        if isinstance(self.dialect, PostgresDialect):
-            return bool(self._run("complete", params))
-        with self._cursor(write=True) as cur:
-            return self._sqlite_complete(cur, params)
-
-    def _sqlite_complete(self, cur: Any, params: dict[str, Any]) -> bool:
-        cur.execute(self._sql["complete"], params)
-        if not cur.fetchall():
-            return False
-        cur.execute(self._sql["delete_checkpoints"], {"job_id": params["id"]})
-        return True
+        return self.dialect.complete(self, params)
 
     def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Complete many runs of ``worker_id`` in one transaction; returns the ids accepted."""
@@ -879,29 +670,7 @@ class SQLStorage:
     ) -> set[str]:
         if not outcomes:
             return set()
-        now = self.dialect.time_param(at)
-        if isinstance(self.dialect, PostgresDialect):
-            params = {
-                "ids": [o.job_id for o in outcomes],
-                "fences": [o.fence for o in outcomes],
-                "results": [None if o.result is None else o.result.decode() for o in outcomes],
-                "worker": worker_id,
-                "now": now,
-            }
-            cur.execute(self._sql["complete_many"], params)
-            return {row[0] for row in cur.fetchall()}
-        accepted = set()
-        for o in outcomes:
-            params = {
-                "id": o.job_id,
-                "result": None if o.result is None else o.result.decode(),
-                "worker": worker_id,
-                "fence": o.fence,
-                "now": now,
-            }
-            if self._sqlite_complete(cur, params):
-                accepted.add(o.job_id)
-        return accepted
+        return self.dialect.complete_many(cur, worker_id, outcomes, self.dialect.time_param(at))
 
     def fail(
         self,
@@ -957,8 +726,8 @@ class SQLStorage:
             return {}
         wanted = dict(runs)
         params = {"ids": self.dialect.list_param(list(wanted)), "worker": worker_id}
-        rows = self._run("settled", params, write=False)
-        return {row[0]: JobStatus(row[2]) for row in rows if wanted.get(row[0]) == row[1]}
+        rows = self._read("settled", params, _SETTLED)
+        return {id_: JobStatus(status) for id_, fence, status in rows if wanted.get(id_) == fence}
 
     # -- locks and workers --------------------------------------------------------------
 
@@ -1028,13 +797,13 @@ class SQLStorage:
         cutoff = self.dialect.time_param(utcnow() - max_age)
         t = self.dialect.time_value
         workers = []
-        for row in self._run("live_workers", {"cutoff": cutoff}, write=False):
-            started, beat = t(row[5]), t(row[6])
+        for id_, host, pid, queues, types, started_at, heartbeat_at in self._read(
+            "live_workers", {"cutoff": cutoff}, _WORKER
+        ):
+            started, beat = t(started_at), t(heartbeat_at)
             assert started is not None and beat is not None
             workers.append(
-                WorkerInfo(
-                    row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), started, beat
-                )
+                WorkerInfo(id_, host, pid, json.loads(queues), json.loads(types), started, beat)
             )
         return workers
 
@@ -1102,9 +871,11 @@ class SQLStorage:
         taken = 0
         while True:
             with self._cursor(write=True, atomic=True) as cur:
-                cur.execute(self._sql[select], {**params, "limit": _REAP_BATCH})
+                sql = self._sql[select]
+                cur.execute(sql, {**params, "limit": _REAP_BATCH})
                 rows = cur.fetchall()
                 if rows:
+                    rows = self._named(cur, sql, _TAKE_BACK, rows)
                     now = utcnow()
                     updates = [self._taken_back(row, now, error, backoff) for row in rows]
                     cur.executemany(self._sql["reap"], updates)
@@ -1119,7 +890,8 @@ class SQLStorage:
         error: str,
         backoff: Callable[[str], Backoff | None] | None,
     ) -> dict[str, Any]:
-        """The ``reap`` parameters for one run taken back (a row of the select)."""
+        """The ``reap`` parameters for one run taken back (a row of the select, read as
+        ``_TAKE_BACK``)."""
         job_id, fence, attempt, max_retries, stored, job_type = row
         t = self.dialect.time_param
         params = {
@@ -1148,25 +920,25 @@ class SQLStorage:
 
     def get_job(self, job_id: str) -> Job | None:
         """One job by id, or None."""
-        rows = self._run("get_job", {"id": job_id}, write=False)
+        rows = self._read("get_job", {"id": job_id}, _JOB)
         return self._job(rows[0]) if rows else None
 
     def get_jobs_by_status(self, status: JobStatus | str, limit: int) -> list[Job]:
         """Up to ``limit`` jobs with ``status``, oldest first."""
         params = {"status": JobStatus(status).value, "limit": limit}
-        return [self._job(row) for row in self._run("jobs_by_status", params, write=False)]
+        return [self._job(row) for row in self._read("jobs_by_status", params, _JOB)]
 
     def get_due_jobs(self, limit: int) -> list[Job]:
         """Jobs waiting to run whose run time has come, in dequeue order."""
         params = {"now": self.dialect.time_param(utcnow()), "limit": limit}
-        return [self._job(row) for row in self._run("due_jobs", params, write=False)]
+        return [self._job(row) for row in self._read("due_jobs", params, _JOB)]
 
     def queue_depths(self) -> list[QueueDepth]:
         """Per queue with due jobs: how many are due now and the oldest one's run time."""
         t = self.dialect.time_value
         params = {"now": self.dialect.time_param(utcnow())}
-        rows = self._run("queue_depths", params, write=False)
-        return [QueueDepth(row[0], row[1], t(row[2])) for row in rows]
+        rows = self._read("queue_depths", params, _DEPTH)
+        return [QueueDepth(queue, due, t(oldest)) for queue, due, oldest in rows]
 
     # -- schedules ----------------------------------------------------------------------
 
@@ -1198,10 +970,12 @@ class SQLStorage:
         """Every schedule a scheduler has recorded, by name."""
         t = self.dialect.time_value
         states = []
-        for row in self._run("list_schedules", {}, write=False):
-            updated_at = t(row[5])
-            assert updated_at is not None
-            states.append(ScheduleState(row[0], row[1], row[2], t(row[3]), t(row[4]), updated_at))
+        for name, spec, queue, last, following, updated_at in self._read(
+            "list_schedules", {}, _SCHEDULE
+        ):
+            updated = t(updated_at)
+            assert updated is not None
+            states.append(ScheduleState(name, spec, queue, t(last), t(following), updated))
         return states
 
     # -- checkpoints --------------------------------------------------------------------
@@ -1252,7 +1026,7 @@ class SQLStorage:
 
     def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """A job's checkpoints, in call order."""
-        rows = self._run("get_checkpoints", {"job_id": job_id}, write=False)
+        rows = self._read("get_checkpoints", {"job_id": job_id}, _CHECKPOINT)
         return [self._checkpoint(row) for row in rows]
 
     def delete_checkpoints(self, job_id: str) -> None:
@@ -1295,6 +1069,5 @@ def storable_text(text: str | None) -> str | None:
     return text
 
 
-def utc(value: datetime) -> datetime:
-    """``value`` as aware UTC; a naive datetime is taken to be UTC already."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+if TYPE_CHECKING:  # mypy checks that SQLStorage provides all that JobStore lists
+    _: type[JobStore] = SQLStorage

@@ -1,0 +1,409 @@
+"""The dispatcher: claims due jobs into a worker's queues and hands them to its slots.
+
+Each queue of a worker is one ``QueueState``: its slots, the jobs it holds claimed
+(running, or ready in a buffer), how long its jobs run, and whether a claim may find
+more. Queues of short jobs claim ahead of their free slots (see ``QueueState.capacity``),
+so the next job starts the moment a slot frees and one claim serves many jobs; queues
+of long jobs claim only what they can start, so they never hoard jobs other workers
+could run.
+
+Slot threads run sync handlers, one event loop runs async ones; each finished run goes
+to ``outcomes``, which the completer stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue as queue_mod
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .backoff_loop import keep_trying
+from .executor import Executor, RunOutcome
+from .job import Job
+from .storage import Claim
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["ClaimRequest", "Dispatcher", "QueueState"]
+
+log = logging.getLogger("durable_jobs")
+
+# Average run time (seconds) above which a queue claims no more than it can start.
+SLOW_JOB = 0.05
+# How many times its concurrency a queue may hold claimed, by how long its jobs run: one
+# commit completes a batch and claims the next, so the shorter the jobs, the bigger the
+# batches must be for commits not to bound throughput.
+_CLAIM_AHEAD = ((SLOW_JOB / 100, 16), (SLOW_JOB / 10, 4), (SLOW_JOB, 2))
+
+
+@dataclass(slots=True, eq=False)
+class QueueState:
+    """One queue of a worker; read and changed with the dispatcher's lock held."""
+
+    name: str
+    concurrency: int
+    #: Jobs claimed and not yet finished: running, or waiting in ``ready``.
+    claimed: int = 0
+    running: int = 0
+    ready: deque[Job] = field(default_factory=deque)
+    #: A moving average of run times (seconds), which sets how far ahead to claim.
+    duration: float = SLOW_JOB
+    #: False once a claim came back short, until a wake-up says jobs may be due.
+    maybe_work: bool = True
+    #: Counts wake-ups, so a claim that began before one does not clear ``maybe_work``.
+    generation: int = 0
+
+    def capacity(self) -> int:
+        """How many jobs this queue may hold claimed, by how long its jobs run."""
+        limit, duration = self.concurrency, self.duration
+        for shorter_than, times in _CLAIM_AHEAD:
+            if duration < shorter_than:
+                return times * limit
+        return limit
+
+    def refill_at(self, capacity: int) -> int:
+        """The room that makes a claim worth it: with a prefetch buffer, half of it."""
+        return max(1, (capacity - self.concurrency) // 2)
+
+    def take_startable(self) -> list[Job]:
+        """Ready jobs that free slots can start now, counted as running."""
+        ready, limit = self.ready, self.concurrency
+        startable = []
+        while ready and self.running < limit:
+            startable.append(ready.popleft())
+            self.running += 1
+        return startable
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Room reserved in a queue for a claim, and the generation of wake-ups it saw."""
+
+    claim: Claim
+    generation: int
+
+    @property
+    def ahead(self) -> bool:
+        """A claim beyond the free slots, whose jobs wait in the buffer."""
+        return self.claim.min_retries > 0
+
+
+class Dispatcher:
+    """Claims jobs for a worker's queues and runs them in its slots."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        worker_id: str,
+        concurrency: dict[str, int],
+        *,
+        lock_timeout: float,
+        poll_interval: float,
+    ) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.lock_timeout = lock_timeout
+        self.poll_interval = poll_interval
+        self.queues = {name: QueueState(name, limit) for name, limit in concurrency.items()}
+        self.slots = sum(concurrency.values())
+        self.executor = Executor(queue, worker_id, lock_timeout=lock_timeout)
+        self.lock = threading.Condition()
+        # Keyed by run (job id, fence), not job: after a take-back this worker may claim
+        # the same job again while its old run is still finishing, and both must stay
+        # known. The fence, unlike the attempt, differs even after an operator's retry.
+        self.active: dict[tuple[str, int], Job] = {}
+        self._skip: dict[str, float] = {}
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.tasks: queue_mod.SimpleQueue[Job | None] = queue_mod.SimpleQueue()
+        #: Finished runs (and unstarted jobs to release), for the completer to store.
+        self.outcomes: queue_mod.SimpleQueue[RunOutcome | None] = queue_mod.SimpleQueue()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._next_poll = 0.0
+
+    # -- wake-ups -----------------------------------------------------------------------
+
+    def wake(self, queues: Sequence[str] | set[str]) -> None:
+        """Look for jobs in ``queues`` now rather than at the next poll."""
+        touched = False
+        with self.lock:
+            for name in queues:
+                state = self.queues.get(name)
+                if state is not None:
+                    state.maybe_work = True
+                    state.generation += 1
+                    touched = True
+        if touched:
+            self.wakeup.set()
+
+    def wake_all(self) -> None:
+        """Look for jobs in every queue now."""
+        self.wake(list(self.queues))
+
+    def on_notify(self, queue_name: str) -> None:
+        self.wake((queue_name,))
+
+    def take_enqueued(self, job: Job) -> bool:
+        """Reserve a free slot for ``job`` (see ``Worker.take_enqueued``)."""
+        with self.lock:
+            state = self.queues.get(job.queue)
+            if (
+                self.stopping.is_set()
+                or state is None
+                or state.running + len(state.ready) >= state.concurrency
+                or state.claimed >= state.capacity()
+                or self.queue.handler(job.type) is None
+            ):
+                return False
+            state.claimed += 1
+        return True
+
+    def give_back_enqueued(self, job: Job) -> None:
+        """The enqueue ``take_enqueued`` reserved room for failed."""
+        with self.lock:
+            self.queues[job.queue].claimed -= 1
+
+    def start_enqueued(self, job: Job) -> None:
+        """Run ``job``, stored claimed by this worker after ``take_enqueued``."""
+        self.accept(ClaimRequest(Claim(job.queue, 1), -1), [job])
+
+    def skip_type(self, job_type: str, seconds: float) -> None:
+        """Leave jobs of ``job_type`` out of claims for ``seconds``."""
+        with self.lock:
+            self._skip[job_type] = time.monotonic() + seconds
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Claim until ``stopping`` is set (the dispatcher thread)."""
+        self._next_poll = time.monotonic() + self.poll_interval
+        while not self.stopping.is_set():
+            self._begin_round()
+            claimed = keep_trying(
+                self._claim_round, warn=self._claim_failed, pause=self._after_failed_round
+            )
+            if claimed is False:  # None: stopping
+                self.wakeup.wait(max(0.0, self._next_poll - time.monotonic()))
+
+    def _begin_round(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_poll:
+            # Delayed and retrying jobs become due without any notification.
+            self.wake_all()
+            self._next_poll = now + self.poll_interval
+        self.wakeup.clear()
+
+    @staticmethod
+    def _claim_failed(exc: Exception, wait: float) -> None:
+        log.warning("claiming jobs failed (%s); retrying in %.2f s", exc, wait)
+
+    def _after_failed_round(self, wait: float) -> bool:
+        if self.stopping.wait(wait):
+            return True
+        self.wake_all()
+        if self.stopping.is_set():
+            return True
+        self._begin_round()
+        return False
+
+    def _claim_round(self) -> bool:
+        if self.outcomes.qsize() > self.slots:
+            return False  # the completer is behind: let it catch up before claiming more
+        claimed_any = False
+        requests = self.reserve()
+        drained: set[str] = set()
+        for position, request in enumerate(requests):
+            name = request.claim.queue
+            if name in drained:
+                # A claim for free slots came back short: nothing more is due, so a
+                # claim ahead would cost a transaction for nothing (and the time of the
+                # jobs that just started, on a busy machine).
+                self.unreserve([request])
+                continue
+            try:
+                jobs = self._claim(request.claim)
+            except BaseException:
+                self.unreserve(requests[position:])
+                raise
+            self.accept(request, jobs)
+            if len(jobs) < request.claim.limit and not request.ahead:
+                drained.add(name)
+            claimed_any = claimed_any or bool(jobs)
+        return claimed_any
+
+    def reserve(self) -> list[ClaimRequest]:
+        """Claims worth making now, their room already counted as claimed.
+
+        Counting the room before the claim returns lets the dispatcher and the completer
+        (which claims along with its completions) claim at the same time without taking
+        more than a queue's capacity between them.
+        """
+        requests = []
+        skip = self.skip_types()
+        with self.lock:
+            if self.stopping.is_set():
+                return []
+            for name, state in self.queues.items():
+                capacity = state.capacity()
+                want = capacity - state.claimed
+                # With a prefetch buffer, refill once it is half empty: claims in batches.
+                if want < state.refill_at(capacity) or not state.maybe_work:
+                    continue
+                state.claimed += want
+                free = max(0, state.concurrency - state.running - len(state.ready))
+                now, ahead = min(want, free), want - min(want, free)
+                if now:
+                    requests.append(ClaimRequest(Claim(name, now, skip), state.generation))
+                if ahead:
+                    claim = Claim(name, ahead, skip, min_retries=1)
+                    requests.append(ClaimRequest(claim, state.generation))
+        return requests
+
+    def unreserve(self, requests: list[ClaimRequest]) -> None:
+        """Give back the room of claims that were never made."""
+        with self.lock:
+            for request in requests:
+                self.queues[request.claim.queue].claimed -= request.claim.limit
+
+    def accept(self, request: ClaimRequest, jobs: list[Job]) -> None:
+        """Take in the jobs a reserved claim returned, and start those that fit."""
+        want = request.claim.limit
+        with self.lock:
+            state = self.queues[request.claim.queue]
+            state.claimed -= want - len(jobs)
+            # Only a claim for free slots tells the queue is empty: one that claims ahead
+            # leaves out the jobs that allow a single run.
+            short = len(jobs) < want and not request.ahead
+            if short and state.generation == request.generation:
+                state.maybe_work = False
+            for job in jobs:
+                self.active[(job.id, job.fence)] = job
+            if self.stopping.is_set():
+                # Stop began while the claim was out: these will never start.
+                state.claimed -= len(jobs)
+                unstarted, startable = jobs, []
+            else:
+                state.ready.extend(jobs)
+                unstarted, startable = [], state.take_startable()
+            self.lock.notify_all()
+        for job in unstarted:
+            self.outcomes.put(RunOutcome(job, "release"))
+        for job in startable:
+            self._dispatch(job)
+
+    def _claim(self, claim: Claim) -> list[Job]:
+        return self.queue.storage.claim(
+            claim.queue,
+            self.worker_id,
+            claim.limit,
+            skip_types=claim.skip_types,
+            min_retries=claim.min_retries,
+            lock_timeout=self.lock_timeout,
+        )
+
+    def skip_types(self) -> list[str]:
+        now = time.monotonic()
+        with self.lock:
+            for name in [n for n, until in self._skip.items() if until <= now]:
+                del self._skip[name]
+            return list(self._skip)
+
+    # -- running ------------------------------------------------------------------------
+
+    def _dispatch(self, job: Job) -> None:
+        handler = self.queue.handler(job.type)
+        if handler is not None and handler.is_async and self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self._run_async_job(job), self.loop)
+        else:
+            self.tasks.put(job)
+
+    def run_slot(self) -> None:
+        """Run jobs until told to stop (a slot thread)."""
+        executor = self.executor
+        while (job := self.tasks.get()) is not None:
+            if self.stopping.is_set():
+                self._finish(RunOutcome(job, "release"))
+                continue
+            try:
+                outcome = executor.run(job)
+            except BaseException as exc:  # the slot must survive anything a handler does
+                outcome = executor.classify(job, None, exc, time.monotonic())
+            self._finish(outcome)
+
+    async def _run_async_job(self, job: Job) -> None:
+        if self.stopping.is_set():
+            self._finish(RunOutcome(job, "release"))
+            return
+        try:
+            outcome = await self.executor.run_async(job)
+        except BaseException as exc:
+            outcome = self.executor.classify(job, None, exc, time.monotonic())
+        self._finish(outcome)
+
+    def _finish(self, outcome: RunOutcome) -> None:
+        with self.lock:
+            state = self.queues[outcome.job.queue]
+            state.running -= 1
+            state.claimed -= 1
+            if outcome.kind != "release":
+                # A moving average: a few slow runs switch the queue off prefetching.
+                seconds = outcome.duration.total_seconds()
+                state.duration += (seconds - state.duration) / 8
+            startable = [] if self.stopping.is_set() else state.take_startable()
+            capacity = state.capacity()
+            refill = capacity - state.claimed >= state.refill_at(capacity)
+            self.lock.notify_all()
+        for job in startable:
+            self._dispatch(job)
+        self.outcomes.put(outcome)
+        if refill:
+            self.wakeup.set()
+
+    def running_jobs(self) -> list[tuple[str, int]]:
+        """The runs this worker holds: (job id, fence), for heartbeats."""
+        with self.lock:
+            return [(job.id, job.fence) for job in self.active.values()]
+
+    def forget(self, runs: Sequence[RunOutcome]) -> None:
+        """Runs whose outcome was offered to storage: no longer this worker's."""
+        with self.lock:
+            for outcome in runs:
+                self.active.pop((outcome.job.id, outcome.job.fence), None)
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def stop_claiming(self) -> None:
+        """Claim no more; running jobs go on."""
+        self.stopping.set()
+        self.wakeup.set()
+
+    def release_unstarted(self) -> None:
+        """Release the claimed jobs no slot started (after the dispatcher thread ended)."""
+        with self.lock:
+            unstarted = [job for state in self.queues.values() for job in state.ready]
+            for state in self.queues.values():
+                state.ready.clear()
+            for job in unstarted:
+                self.queues[job.queue].claimed -= 1
+        for job in unstarted:
+            self.outcomes.put(RunOutcome(job, "release"))
+
+    def wait_finished(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for every claimed job to finish; how many did not."""
+        with self.lock:
+            self.lock.wait_for(
+                lambda: not any(state.claimed for state in self.queues.values()), timeout
+            )
+            return sum(state.claimed for state in self.queues.values())
+
+    def stop_slots(self, count: int) -> None:
+        """Tell ``count`` slot threads to end once the jobs before are done."""
+        for _ in range(count):
+            self.tasks.put(None)

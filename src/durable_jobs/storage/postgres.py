@@ -1,0 +1,430 @@
+"""PostgreSQL: the dialect, its statements, connections, COPY, batch completion and
+LISTEN/NOTIFY wake-ups.
+
+``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks. The driver is
+psycopg 3, an optional extra (``simple-durable-jobs[postgres]``): it is imported only
+when a storage opens a PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+
+from .dialects import (
+    CHECKPOINT_COLUMNS,
+    INSERT_COLUMNS,
+    JOB_COLUMNS,
+    SCHEDULE_COLUMNS,
+    WORKER_COLUMNS,
+    Dialect,
+    MissingDriver,
+)
+from .notify import CHANNEL, ListenerThread, Notify
+
+if TYPE_CHECKING:
+    from ..job import Job
+    from .protocol import Listener
+    from .records import Outcome
+    from .sql import SQLStorage
+
+__all__ = ["PostgresDialect", "PostgresListener"]
+
+MISSING_DRIVER = "PostgreSQL support needs psycopg: pip install 'simple-durable-jobs[postgres]'"
+
+# -- statements -----------------------------------------------------------------------
+
+_POSTGRES_MIGRATION_1 = (
+    """CREATE TABLE sdj_jobs (
+        id TEXT PRIMARY KEY,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        type TEXT NOT NULL,
+        args TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        last_error TEXT,
+        run_at TIMESTAMPTZ NOT NULL,
+        started_at TIMESTAMPTZ,
+        completed_at TIMESTAMPTZ,
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        result TEXT,
+        backoff TEXT,
+        locked_by TEXT,
+        heartbeat_at TIMESTAMPTZ
+    )""",
+    """CREATE INDEX sdj_jobs_dequeue ON sdj_jobs (queue, priority DESC, run_at, seq)
+        WHERE status IN ('pending', 'retrying')""",
+    "CREATE INDEX sdj_jobs_running ON sdj_jobs (locked_by) WHERE status = 'running'",
+    "CREATE INDEX sdj_jobs_status ON sdj_jobs (status, created_at)",
+    """CREATE TABLE sdj_checkpoints (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        scope TEXT NOT NULL DEFAULT '',
+        call_index INTEGER NOT NULL,
+        call_type TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_at TIMESTAMPTZ NOT NULL,
+        UNIQUE (job_id, scope, call_index)
+    )""",
+    """CREATE TABLE sdj_workers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        queues TEXT NOT NULL,
+        types TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL
+    )""",
+)
+
+_POSTGRES_MIGRATION_2 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN unique_key TEXT",
+    """CREATE UNIQUE INDEX sdj_jobs_unique_key ON sdj_jobs (unique_key)
+        WHERE unique_key IS NOT NULL""",
+    """CREATE TABLE sdj_schedules (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        last_fire_at TIMESTAMPTZ,
+        next_fire_at TIMESTAMPTZ,
+        updated_at TIMESTAMPTZ NOT NULL
+    )""",
+)
+
+_POSTGRES_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta TEXT",)
+
+_POSTGRES_MIGRATION_4 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at TIMESTAMPTZ",
+)
+
+# Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
+# which need not agree. clock_timestamp(): the moment the row is written, not the start
+# of its transaction, so a lock never starts out shorter than its timeout.
+_POSTGRES_EXPIRY = "(clock_timestamp() + %(lock_timeout)s::float8 * interval '1 second')"
+_POSTGRES_LEGACY_EXPIRY = "(heartbeat_at + %(lock_timeout)s::float8 * interval '1 second')"
+
+# Any constant works as long as every process uses the same one.
+MIGRATION_LOCK_KEY = 0x5D1_0B5
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks."""
+
+    name = "postgresql"
+    migrations = (
+        _POSTGRES_MIGRATION_1,
+        _POSTGRES_MIGRATION_2,
+        _POSTGRES_MIGRATION_3,
+        _POSTGRES_MIGRATION_4,
+    )
+    autocommit = ("autocommit", True)
+    # Enough jobs to amortise the work per chunk, few enough that the server starts
+    # storing early.
+    insert_chunk = 1000
+    # Bulk inserts: binary COPY (the server parses nothing, psycopg formats rows in C).
+    copy_jobs = f"COPY sdj_jobs ({INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+    copy_types = (
+        *("text",) * 4,
+        "int4",
+        "text",
+        "int4",
+        "int4",
+        *("timestamptz",) * 3,
+        "text",
+        "text",
+    )
+
+    sql: ClassVar[dict[str, str]] = {
+        # A due job wakes listening workers: notifying from RETURNING costs no extra
+        # round trip (nor the plan of a CTE around the INSERT), and PostgreSQL delivers
+        # the notification only when the insert commits.
+        "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
+                %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
+                %(now)s, %(now)s, %(backoff)s, %(meta)s)
+            RETURNING CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
+        "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
+                heartbeat_at, started_at, fence, lock_expires_at)
+            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
+                %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
+                %(worker)s, %(now)s, %(now)s, 1, {_POSTGRES_EXPIRY})""",
+        "claim": f"""WITH next AS (
+                SELECT id FROM sdj_jobs
+                WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
+                  AND run_at <= %(now)s AND NOT (type = ANY(%(skip)s))
+                  AND max_retries >= %(min_retries)s
+                ORDER BY priority DESC, run_at, seq
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED)
+            UPDATE sdj_jobs AS j SET status = 'running', attempt = j.attempt + 1,
+                fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
+                locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+                updated_at = %(now)s
+            FROM next WHERE j.id = next.id
+            RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))},
+                j.seq AS dequeue_order""",
+        "complete": """WITH done AS (
+                UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
+                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
+                    lock_expires_at = NULL
+                WHERE id = %(id)s AND status = 'running'
+                  AND (%(worker)s::text IS NULL
+                       OR (locked_by = %(worker)s AND fence = %(fence)s::int))
+                RETURNING id),
+            gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
+            SELECT id FROM done""",
+        "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
+            run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
+            updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = %(id)s AND status = 'running'
+              AND (%(worker)s::text IS NULL
+                   OR (locked_by = %(worker)s AND fence = %(fence)s::int))
+            RETURNING id""",
+        "release": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s""",
+        "settled": """SELECT id, fence, status FROM sdj_jobs
+            WHERE id = ANY(%(ids)s::text[]) AND locked_by = %(worker)s AND status <> 'running'""",
+        "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
+                lock_expires_at = {_POSTGRES_EXPIRY}
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
+        "heartbeat_worker_jobs": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
+                lock_expires_at = {_POSTGRES_EXPIRY}
+            WHERE status = 'running' AND locked_by = %(worker)s
+              AND (%(jobs)s::text[] IS NULL OR id = ANY(%(jobs)s::text[]))""",
+        "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
+            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                queues = excluded.queues, types = excluded.types""",
+        "delete_worker": "DELETE FROM sdj_workers WHERE id = %(id)s",
+        "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers"
+        " WHERE heartbeat_at >= %(cutoff)s",
+        "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < %(cutoff)s",
+        # Lock expiry by the server's clock. SKIP LOCKED: a run whose outcome or heartbeat
+        # is being written is left to the next round; the rows selected stay locked until
+        # the take-back commits.
+        "expired_locks": f"""SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running'
+              AND COALESCE(lock_expires_at, {_POSTGRES_LEGACY_EXPIRY}) < now()
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+        "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+        "reap": """UPDATE sdj_jobs SET status = %(status)s, completed_at = %(completed_at)s,
+            last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
+            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s::int""",
+        "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s",
+        "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = %(status)s
+            ORDER BY created_at, seq LIMIT %(limit)s""",
+        "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+            ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
+        # FOR SHARE: a take-back of the job racing this write is waited for and its
+        # committed row re-checked; a plain read would pass the fence on the old row.
+        "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
+            SELECT %(id)s, %(job_id)s, %(call_index)s, %(call_type)s, %(result)s, %(error)s,
+                %(now)s, %(scope)s
+            WHERE %(worker)s::text IS NULL OR EXISTS (
+                SELECT 1 FROM sdj_jobs WHERE id = %(job_id)s AND status = 'running'
+                  AND locked_by = %(worker)s AND fence = %(fence)s::int FOR SHARE)
+            ON CONFLICT (job_id, scope, call_index)
+                DO UPDATE SET call_type = sdj_checkpoints.call_type
+            RETURNING id""",
+        "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
+            WHERE job_id = %(job_id)s ORDER BY scope, call_index""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(job_id)s",
+        "schema_versions": "SELECT version FROM sdj_schema_version",
+        "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
+        " VALUES (%(version)s, %(now)s)",
+        "queue_depths": """SELECT queue, COUNT(*) AS due, MIN(run_at) AS oldest_run_at FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
+        # Notifies like insert_job, and only when the row was inserted: a conflict
+        # returns no row.
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
+                %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
+                %(unique_key)s)
+            ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+            RETURNING id,
+                CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
+        "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
+            VALUES (%(name)s, %(spec)s, %(queue)s, %(last_fire_at)s, %(next_fire_at)s, %(now)s)
+            ON CONFLICT (name) DO UPDATE SET
+                last_fire_at = CASE WHEN sdj_schedules.spec = excluded.spec
+                    THEN COALESCE(excluded.last_fire_at, sdj_schedules.last_fire_at)
+                    ELSE excluded.last_fire_at END,
+                spec = excluded.spec, queue = excluded.queue,
+                next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at
+            WHERE sdj_schedules.spec <> excluded.spec OR sdj_schedules.next_fire_at IS NULL
+                OR excluded.next_fire_at >= sdj_schedules.next_fire_at""",
+        "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
+    }
+    create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
+        version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"""
+
+    admin_sql: ClassVar[dict[str, str]] = {
+        "jobs_page": f"""SELECT {JOB_COLUMNS}, seq AS position FROM sdj_jobs
+            WHERE status = %(status)s{{filters}}
+            ORDER BY created_at {{order}}, seq {{order}} LIMIT %(limit)s""",
+        "older_than": " AND created_at <= %(created_at)s"
+        " AND (created_at < %(created_at)s OR seq < %(tie)s)",
+        "newer_than": " AND created_at >= %(created_at)s"
+        " AND (created_at > %(created_at)s OR seq > %(tie)s)",
+        "by_queue": " AND queue = %(queue)s",
+        "by_type": " AND type = %(type)s",
+        "counts": "SELECT queue, status, COUNT(*) AS jobs FROM sdj_jobs GROUP BY queue, status",
+        "throughput": """SELECT date_trunc('minute', completed_at) AS minute, status,
+                COUNT(*) AS jobs FROM sdj_jobs
+            WHERE completed_at >= %(since)s AND status IN ('completed', 'failed')
+            GROUP BY 1, 2""",
+        "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+            ORDER BY run_at, seq LIMIT 1""",
+        "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
+            ORDER BY started_at LIMIT %(limit)s""",
+        "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])",
+        # Wakes listening workers at once rather than at their next poll.
+        "retry": f"""WITH r AS (
+                UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
+                    completed_at = NULL, updated_at = %(now)s
+                WHERE id = %(id)s AND status IN ('failed', 'retrying')
+                RETURNING {JOB_COLUMNS})
+            SELECT {JOB_COLUMNS}, pg_notify('sdj_jobs', queue)::text FROM r""",
+        "delete_job": f"""DELETE FROM sdj_jobs
+            WHERE id = %(id)s AND (%(force)s::boolean OR status <> 'running')
+            RETURNING {JOB_COLUMNS}""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
+    }
+
+    # -- engines and connections --------------------------------------------------------
+
+    @classmethod
+    def engine_url(cls, url: sa.URL) -> sa.URL:
+        if importlib.util.find_spec("psycopg") is None:
+            raise MissingDriver(MISSING_DRIVER)
+        # psycopg 3 is this library's PostgreSQL driver whatever the URL names.
+        return url.set(drivername="postgresql+psycopg")
+
+    @classmethod
+    def create_engine(cls, url: sa.URL) -> sa.Engine:
+        # The engine keeps SQLAlchemy's usual transactions (see SQLiteDialect); the
+        # storage's own statements run in autocommit. Times are read back in UTC.
+        return sa.create_engine(
+            url,
+            pool_size=10,
+            max_overflow=40,
+            connect_args={"options": "-c TimeZone=UTC"},
+        )
+
+    @staticmethod
+    def has_rows(cur: Any) -> bool:
+        # psycopg's ``description`` builds column objects: its row number answers alone.
+        return cur.rownumber is not None
+
+    def begin(
+        self, raw: Any, cur: Any, *, write: bool, atomic: bool
+    ) -> contextlib.AbstractContextManager[Any] | None:
+        # A lone statement commits by itself in autocommit.
+        return raw.driver_connection.transaction() if atomic else None
+
+    def lock_migrations(self, cur: Any) -> None:
+        # Released when the transaction ends.
+        cur.execute(_LOCK_MIGRATIONS, {"key": MIGRATION_LOCK_KEY})
+
+    def missing_table(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) == "42P01"  # undefined_table
+
+    # -- writes -------------------------------------------------------------------------
+
+    def insert_many(
+        self, storage: SQLStorage, chunks: Iterable[list[Job]], now: datetime
+    ) -> list[str]:
+        # COPY: the server stores one chunk while the next is built. COPY fires no
+        # RETURNING, so the queues that got due jobs are notified after it, in the same
+        # transaction.
+        ids: list[str] = []
+        due: set[str] = set()
+        with storage._cursor(write=True, atomic=True) as cur:
+            with cur.copy(self.copy_jobs) as copy:
+                copy.set_types(self.copy_types)
+                for chunk in chunks:
+                    for row in storage._stamp(chunk, now):
+                        copy.write_row(row)
+                        if row[_RUN_AT] <= now:
+                            due.add(row[_QUEUE])
+                    ids.extend(job.id for job in chunk)
+            if due:
+                cur.execute(_NOTIFY, {"queues": sorted(due)})
+        return ids
+
+    def complete_many(
+        self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any
+    ) -> set[str]:
+        params = {
+            "ids": [o.job_id for o in outcomes],
+            "fences": [o.fence for o in outcomes],
+            "results": [None if o.result is None else o.result.decode() for o in outcomes],
+            "worker": worker_id,
+            "now": now,
+        }
+        cur.execute(_COMPLETE_MANY, params)
+        return {row[0] for row in cur.fetchall()}
+
+    # -- wake-ups -----------------------------------------------------------------------
+
+    def listener(self, engine: sa.Engine) -> Listener | None:
+        return PostgresListener(engine)
+
+
+# -- machinery of PostgreSQL's own, beside the hooks that use it ----------------------
+
+# One statement completes a whole batch and drops the batch's checkpoints.
+_COMPLETE_MANY = """WITH v AS (
+        SELECT * FROM unnest(%(ids)s::text[], %(fences)s::int[], %(results)s::text[])
+            AS v(id, fence, result)),
+    done AS (
+        UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
+            completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
+            lock_expires_at = NULL
+        FROM v WHERE j.id = v.id AND j.status = 'running'
+          AND j.locked_by = %(worker)s AND j.fence = v.fence
+        RETURNING j.id),
+    gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
+    SELECT id FROM done"""
+
+# Where run_at and queue sit in a row built by ``SQLStorage._stamp`` (INSERT_COLUMNS).
+_INSERT_NAMES = INSERT_COLUMNS.split(", ")
+_RUN_AT, _QUEUE = _INSERT_NAMES.index("run_at"), _INSERT_NAMES.index("queue")
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q"
+_LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+
+class PostgresListener(ListenerThread):
+    """Listens on the jobs channel, which inserts notify with their queue's name."""
+
+    def _listen(
+        self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
+    ) -> None:
+        conn.autocommit = True
+        conn.execute(f"LISTEN {CHANNEL}")
+        on_reconnect()
+        while not stop.is_set():
+            # The timeout bounds how long a stopping worker waits for this thread.
+            for note in conn.notifies(timeout=0.05):
+                on_notify(note.payload)

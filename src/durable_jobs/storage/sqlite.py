@@ -1,0 +1,600 @@
+"""SQLite: the dialect, its statements, connection set-up, group commit and file watcher.
+
+Writes serialise on the database lock, so writers take it up front (``BEGIN
+IMMEDIATE``) and this process's writers queue on a lock of their own. Timestamps are
+stored as fixed-width ISO text in UTC, which sorts chronologically and stays readable in
+the ``sqlite3`` shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.pool import StaticPool
+
+from .dialects import (
+    CHECKPOINT_COLUMNS,
+    INSERT_COLUMNS,
+    INSERT_WIDTH,
+    JOB_COLUMNS,
+    SCHEDULE_COLUMNS,
+    WORKER_COLUMNS,
+    Dialect,
+    GroupCommit,
+    utc,
+)
+from .notify import ListenerThread, Notify
+
+if TYPE_CHECKING:
+    from ..job import Job
+    from .protocol import Listener
+    from .records import Outcome
+    from .sql import SQLStorage
+
+__all__ = ["SQLiteDialect", "SQLiteWatcher", "full_sync"]
+
+BUSY_TIMEOUT_MS = 30_000
+
+# -- connections ----------------------------------------------------------------------
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        # The busy timeout makes writers from other processes wait for the lock instead
+        # of failing; WAL lets readers run beside the single writer.
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _use_wal(cur)
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def full_sync(dbapi_conn: Any, _record: Any) -> None:
+    """Make every commit reach the disk before it returns (``synchronous=FULL``)."""
+    # Whatever default this SQLite was built with: a committed job survives a power cut.
+    # An engine a user passes in keeps the user's choice (see docs/guarantees.md,
+    # "Durability settings").
+    dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+
+def _use_wal(cur: Any) -> None:
+    # Switching a database to WAL (once: the mode is stored in the file) needs a lock that
+    # SQLite will not wait for while another connection holds one, as when several
+    # processes open a fresh database at once: it fails at once with "database is locked".
+    # Retry within the busy timeout, as a waiting writer would.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _chunk_size() -> int:
+    # One statement stores a chunk; its parameters must stay under SQLite's limit on
+    # bound variables (999 by default before 3.32).
+    limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return min(250, limit // INSERT_WIDTH)
+
+
+# -- statements -----------------------------------------------------------------------
+
+_SQLITE_MIGRATION_1 = (
+    """CREATE TABLE sdj_jobs (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        args TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        last_error TEXT,
+        run_at TEXT NOT NULL,
+        started_at TEXT,
+        completed_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        result TEXT,
+        backoff TEXT,
+        locked_by TEXT,
+        heartbeat_at TEXT
+    )""",
+    # Serves the claim: the due jobs of one queue in dequeue order, and nothing else.
+    """CREATE INDEX sdj_jobs_dequeue ON sdj_jobs (queue, priority DESC, run_at)
+        WHERE status IN ('pending', 'retrying')""",
+    "CREATE INDEX sdj_jobs_running ON sdj_jobs (locked_by) WHERE status = 'running'",
+    "CREATE INDEX sdj_jobs_status ON sdj_jobs (status, created_at)",
+    """CREATE TABLE sdj_checkpoints (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        scope TEXT NOT NULL DEFAULT '',
+        call_index INTEGER NOT NULL,
+        call_type TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE (job_id, scope, call_index)
+    )""",
+    """CREATE TABLE sdj_workers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        queues TEXT NOT NULL,
+        types TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL
+    )""",
+)
+
+
+_SQLITE_MIGRATION_2 = (
+    # Deduplicates enqueues such as a schedule's fire times; most jobs have no key.
+    "ALTER TABLE sdj_jobs ADD COLUMN unique_key TEXT",
+    """CREATE UNIQUE INDEX sdj_jobs_unique_key ON sdj_jobs (unique_key)
+        WHERE unique_key IS NOT NULL""",
+    """CREATE TABLE sdj_schedules (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        last_fire_at TEXT,
+        next_fire_at TEXT,
+        updated_at TEXT NOT NULL
+    )""",
+)
+
+# Data that travels with a job for instruments, such as a trace context (JSON).
+_SQLITE_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta TEXT",)
+
+# The fencing token (one more per claim, never reset) and each lock's own expiry, on the
+# database's clock. A running job without an expiry was claimed by an older release:
+# the reapers give it the default lock timeout from its last heartbeat.
+_SQLITE_MIGRATION_4 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at TEXT",
+)
+
+# SQLite has no server: every process using the file shares the host's clock, which is
+# the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
+_SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+_SQLITE_EXPIRY = (
+    "(strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', :lock_timeout)) || '000')"
+)
+_SQLITE_LEGACY_EXPIRY = (
+    "(strftime('%Y-%m-%d %H:%M:%f', heartbeat_at, printf('%+.6f seconds', :lock_timeout)) || '000')"
+)
+
+
+class SQLiteDialect(Dialect):
+    """SQLite: one writer at a time, so claims run in IMMEDIATE transactions; no
+    notifications, so other processes' inserts are noticed by watching the file."""
+
+    name = "sqlite"
+    migrations = (
+        _SQLITE_MIGRATION_1,
+        _SQLITE_MIGRATION_2,
+        _SQLITE_MIGRATION_3,
+        _SQLITE_MIGRATION_4,
+    )
+    autocommit = ("isolation_level", None)
+    one_writer = True
+    insert_chunk = _chunk_size()
+
+    sql: ClassVar[dict[str, str]] = {
+        "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
+        " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta)",
+        # A job enqueued in a process whose worker has a free slot starts out claimed.
+        "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
+                heartbeat_at, started_at, fence, lock_expires_at)
+            VALUES (:id, :type, :args, :queue, :priority, 'running', 1, :max_retries, :run_at,
+                :now, :now, :backoff, :meta, :worker, :now, :now, 1, {_SQLITE_EXPIRY})""",
+        # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
+        # select-and-update atomic, and rowid breaks ties in enqueue order.
+        # Claims return the enqueue-order key last, to restore dequeue order in Python.
+        "claim": f"""UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
+            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+            WHERE id IN (
+                SELECT id FROM sdj_jobs
+                WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
+                  AND type NOT IN (SELECT value FROM json_each(:skip))
+                  AND max_retries >= :min_retries
+                ORDER BY priority DESC, run_at, rowid
+                LIMIT :limit)
+            RETURNING {JOB_COLUMNS}, rowid AS dequeue_order""",
+        "complete": """UPDATE sdj_jobs SET status = 'completed', result = :result,
+            completed_at = :now, updated_at = :now, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = :id AND status = 'running'
+              AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
+            RETURNING id""",
+        "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
+            run_at = COALESCE(:run_at, run_at), completed_at = :completed_at,
+            updated_at = :now, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = :id AND status = 'running'
+              AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
+            RETURNING id""",
+        "release": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            updated_at = :now
+            WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
+        # Outcomes leave locked_by naming the run's owner (reap and release clear it), so a
+        # worker whose outcome write lost its reply can tell whether it was committed.
+        "settled": """SELECT id, fence, status FROM sdj_jobs
+            WHERE locked_by = :worker AND status <> 'running'
+              AND id IN (SELECT value FROM json_each(:ids))""",
+        "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = :now,
+                lock_expires_at = {_SQLITE_EXPIRY}
+            WHERE id = :id AND status = 'running' AND locked_by = :worker""",
+        # Only the jobs the worker knows it holds (:jobs, a JSON list; NULL for all): a job
+        # whose claim committed but whose reply was lost must go stale and be taken back.
+        "heartbeat_worker_jobs": f"""UPDATE sdj_jobs SET heartbeat_at = :now,
+                lock_expires_at = {_SQLITE_EXPIRY}
+            WHERE status = 'running' AND locked_by = :worker
+              AND (:jobs IS NULL OR id IN (SELECT value FROM json_each(:jobs)))""",
+        "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
+            VALUES (:id, :host, :pid, :queues, :types, :now, :now)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                queues = excluded.queues, types = excluded.types""",
+        "delete_worker": "DELETE FROM sdj_workers WHERE id = :id",
+        "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers WHERE heartbeat_at >= :cutoff",
+        "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < :cutoff",
+        # Take-backs select the runs to take back, then update each (fenced) with the
+        # retry time its backoff gives, computed in Python: the IMMEDIATE transaction
+        # around them holds the write lock throughout.
+        "expired_locks": f"""SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running'
+              AND COALESCE(lock_expires_at, {_SQLITE_LEGACY_EXPIRY}) < {_SQLITE_CLOCK}
+            LIMIT :limit""",
+        "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < :cutoff
+            LIMIT :limit""",
+        "reap": """UPDATE sdj_jobs SET status = :status, completed_at = :completed_at,
+            last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
+            run_at = COALESCE(:run_at, run_at), updated_at = :now,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = :id AND status = 'running' AND fence = :fence""",
+        "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = :id",
+        "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = :status
+            ORDER BY created_at, rowid LIMIT :limit""",
+        "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= :now
+            ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
+        # Fenced like completions: only the run holding the job's lock may add steps.
+        "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
+            SELECT :id, :job_id, :call_index, :call_type, :result, :error, :now, :scope
+            WHERE :worker IS NULL OR EXISTS (
+                SELECT 1 FROM sdj_jobs WHERE id = :job_id AND status = 'running'
+                  AND locked_by = :worker AND fence = :fence)
+            ON CONFLICT (job_id, scope, call_index)
+                DO UPDATE SET call_type = sdj_checkpoints.call_type
+            RETURNING id""",
+        "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
+            WHERE job_id = :job_id ORDER BY scope, call_index""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :job_id",
+        "schema_versions": "SELECT version FROM sdj_schema_version",
+        "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
+        " VALUES (:version, :now)",
+        # For metrics: served by the dequeue index, which holds only waiting jobs.
+        "queue_depths": """SELECT queue, COUNT(*) AS due, MIN(run_at) AS oldest_run_at FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= :now GROUP BY queue""",
+        # The WHERE names the partial unique index as the conflict target.
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+            VALUES (:id, :type, :args, :queue, :priority, :status, 0, :max_retries, :run_at,
+                :now, :now, :backoff, :meta, :unique_key)
+            ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+            RETURNING id""",
+        # The row only moves forward, so a slow scheduler cannot set it back; a changed
+        # spec starts the schedule afresh.
+        "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
+            VALUES (:name, :spec, :queue, :last_fire_at, :next_fire_at, :now)
+            ON CONFLICT (name) DO UPDATE SET
+                last_fire_at = CASE WHEN sdj_schedules.spec = excluded.spec
+                    THEN COALESCE(excluded.last_fire_at, sdj_schedules.last_fire_at)
+                    ELSE excluded.last_fire_at END,
+                spec = excluded.spec, queue = excluded.queue,
+                next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at
+            WHERE sdj_schedules.spec <> excluded.spec OR sdj_schedules.next_fire_at IS NULL
+                OR excluded.next_fire_at >= sdj_schedules.next_fire_at""",
+        "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
+    }
+    create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
+        version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"""
+
+    admin_sql: ClassVar[dict[str, str]] = {
+        "jobs_page": f"""SELECT {JOB_COLUMNS}, rowid AS position FROM sdj_jobs
+            WHERE status = :status{{filters}}
+            ORDER BY created_at {{order}}, rowid {{order}} LIMIT :limit""",
+        # The plain range comes first so the index scan starts at the cursor.
+        "older_than": " AND created_at <= :created_at"
+        " AND (created_at < :created_at OR rowid < :tie)",
+        "newer_than": " AND created_at >= :created_at"
+        " AND (created_at > :created_at OR rowid > :tie)",
+        "by_queue": " AND queue = :queue",
+        "by_type": " AND type = :type",
+        "counts": "SELECT queue, status, COUNT(*) AS jobs FROM sdj_jobs GROUP BY queue, status",
+        # Times are fixed-width text, so the first 16 characters name the minute.
+        "throughput": """SELECT substr(completed_at, 1, 16) AS minute, status, COUNT(*) AS jobs
+            FROM sdj_jobs
+            WHERE completed_at >= :since AND status IN ('completed', 'failed')
+            GROUP BY 1, 2""",
+        "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= :now
+            ORDER BY run_at, rowid LIMIT 1""",
+        "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
+            ORDER BY started_at LIMIT :limit""",
+        # :ids is a JSON array (one parameter however many ids).
+        "jobs_by_id": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE id IN (SELECT value FROM json_each(:ids))""",
+        # A fresh start: full retry budget; checkpoints stay, so a workflow resumes. The
+        # fence stays: the next claim takes a new one, so a stale run's writes stay rejected.
+        "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
+                completed_at = NULL, updated_at = :now
+            WHERE id = :id AND status IN ('failed', 'retrying')
+            RETURNING {JOB_COLUMNS}""",
+        # A running job only with :force: its worker would go on running it.
+        "delete_job": f"""DELETE FROM sdj_jobs WHERE id = :id AND (:force OR status <> 'running')
+            RETURNING {JOB_COLUMNS}""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :id",
+    }
+
+    # -- engines and connections --------------------------------------------------------
+
+    @classmethod
+    def in_memory(cls, url: sa.URL) -> bool:
+        return url.database in (None, "", ":memory:")
+
+    @classmethod
+    def create_engine(cls, url: sa.URL) -> sa.Engine:
+        if cls.in_memory(url):
+            # One shared connection: every thread must see the same in-memory database.
+            return sa.create_engine(
+                url,
+                poolclass=StaticPool,
+                connect_args={"check_same_thread": False},
+                isolation_level="AUTOCOMMIT",
+            )
+        # The engine keeps SQLAlchemy's usual transactions, so a user's
+        # ``engine.begin()`` around ``enqueue(..., connection=conn)`` really commits or
+        # rolls back together; the storage's own statements run in autocommit.
+        return sa.create_engine(
+            url,
+            pool_size=8,
+            max_overflow=32,
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        )
+
+    def configure(self, engine: sa.Engine, *, owned: bool) -> None:
+        sa.event.listen(engine, "connect", _on_connect)
+        if owned:
+            sa.event.listen(engine, "connect", full_sync)
+
+    def begin(
+        self, raw: Any, cur: Any, *, write: bool, atomic: bool
+    ) -> contextlib.AbstractContextManager[Any] | None:
+        if write:
+            # Taking the write lock up front avoids the deadlock of two deferred
+            # transactions that both read and then try to write.
+            cur.execute("BEGIN IMMEDIATE")
+        return None
+
+    def group_commit(self, storage: SQLStorage) -> GroupCommit | None:
+        return _GroupCommit(storage)
+
+    def missing_table(self, error: BaseException) -> bool:
+        # SQLite gives this no error code of its own, only the message.
+        return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
+
+    # The migration lock is the write lock: migrations run in an IMMEDIATE transaction.
+
+    # -- writes -------------------------------------------------------------------------
+
+    @staticmethod
+    @functools.cache
+    def insert_rows(count: int) -> str:
+        """An INSERT of ``count`` rows bound positionally: one statement for many rows
+        steps once, where ``executemany`` steps and resets once per row."""
+        row = f"({', '.join(['?'] * INSERT_WIDTH)})"
+        return f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES {', '.join([row] * count)}"
+
+    def insert_many(
+        self, storage: SQLStorage, chunks: Iterable[list[Job]], now: datetime
+    ) -> list[str]:
+        ids: list[str] = []
+        with storage._cursor(write=True) as cur:
+            for chunk in chunks:
+                rows = storage._stamp(chunk, now)
+                cur.execute(self.insert_rows(len(rows)), list(itertools.chain(*rows)))
+                ids.extend(job.id for job in chunk)
+        return ids
+
+    def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
+        with storage._cursor(write=True) as cur:
+            return self._complete(cur, params)
+
+    def _complete(self, cur: Any, params: dict[str, Any]) -> bool:
+        # No statement both updates and deletes: two, in the caller's transaction.
+        cur.execute(self.sql["complete"], params)
+        if not cur.fetchall():
+            return False
+        cur.execute(self.sql["delete_checkpoints"], {"job_id": params["id"]})
+        return True
+
+    def complete_many(
+        self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any
+    ) -> set[str]:
+        # Each job in turn, inside the one transaction: SQLite runs statements in
+        # process, so many small ones cost no round trips.
+        accepted = set()
+        for o in outcomes:
+            params = {
+                "id": o.job_id,
+                "result": None if o.result is None else o.result.decode(),
+                "worker": worker_id,
+                "fence": o.fence,
+                "now": now,
+            }
+            if self._complete(cur, params):
+                accepted.add(o.job_id)
+        return accepted
+
+    # -- wake-ups -----------------------------------------------------------------------
+
+    def listener(self, engine: sa.Engine) -> Listener | None:
+        if self.in_memory(engine.url):
+            return None  # one process: in-process wake-ups reach every worker
+        return SQLiteWatcher(engine)
+
+    # -- values -------------------------------------------------------------------------
+
+    def time_param(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        return utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    def time_value(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values))
+
+
+# -- group commit ---------------------------------------------------------------------
+
+
+@dataclass
+class _Write:
+    """One statement waiting for a group commit, and how it went."""
+
+    sql: str
+    params: dict[str, Any]
+    rows: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _GroupCommit(GroupCommit):
+    """Single-statement SQLite writes from many threads, committed together.
+
+    SQLite has one writer at a time and each commit waits for the disk. When threads
+    write at once (the steps of concurrent workflows), the first to arrive commits every
+    write waiting at that moment in one transaction while the others wait; each caller
+    still returns only once its own write is committed, or raises its own error.
+    """
+
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+        self._cond = threading.Condition()
+        self._waiting: list[_Write] = []
+        self._leading = False
+
+    def run(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        write = _Write(sql, params)
+        with self._cond:
+            self._waiting.append(write)
+            while self._leading and not write.done:
+                self._cond.wait()
+            batch: list[_Write] = []
+            if not write.done:
+                self._leading = True
+                batch, self._waiting = self._waiting, []
+        if batch:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if write.error is not None:
+            raise write.error
+        return write.rows
+
+    def _commit(self, batch: list[_Write]) -> None:
+        if len(batch) == 1:  # alone: a statement that commits by itself
+            write = batch[0]
+            try:
+                write.rows = self._storage._execute(write.sql, write.params, write=True)
+            except Exception as exc:
+                write.error = exc
+            finally:
+                write.done = True
+            return
+        try:
+            with self._storage._cursor(write=True) as cur:
+                for write in batch:
+                    try:
+                        cur.execute(write.sql, write.params)
+                        write.rows = cur.fetchall() if cur.description is not None else []
+                    except sqlite3.DatabaseError as exc:
+                        write.error = exc
+                        # Most errors (a constraint) undo this statement only. A full disk
+                        # or an I/O error makes SQLite roll back the whole transaction:
+                        # the writes before this one are gone too, and the rest must not
+                        # run one by one in autocommit. All of them fail.
+                        if not getattr(cur.connection, "in_transaction", True):
+                            raise
+        except BaseException as exc:  # nothing of the batch was committed
+            for write in batch:
+                write.error = write.error or exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for write in batch:
+                write.done = True
+
+
+# -- wake-ups -------------------------------------------------------------------------
+
+
+class SQLiteWatcher(ListenerThread):
+    """Notices jobs inserted by other processes into a SQLite file, within milliseconds.
+
+    SQLite has no notifications. ``PRAGMA data_version`` changes when another connection
+    commits, and reading it touches only shared memory, so it can be polled often; when
+    it changes, the highest job rowid tells whether jobs were inserted (rather than
+    updated by heartbeats and completions), and only then are workers woken.
+    """
+
+    def __init__(self, engine: sa.Engine, interval: float = 0.002) -> None:
+        super().__init__(engine)
+        self._interval = interval
+
+    def _listen(
+        self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
+    ) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        last = conn.execute("SELECT coalesce(max(rowid), 0) FROM sdj_jobs").fetchone()[0]
+        on_reconnect()
+        while not stop.wait(self._interval):
+            now = conn.execute("PRAGMA data_version").fetchone()[0]
+            if now == version:
+                continue
+            version = now
+            # One statement, so rows inserted meanwhile are neither lost nor counted twice.
+            top, queues = conn.execute(
+                "SELECT max(rowid), json_group_array(DISTINCT queue) FROM sdj_jobs WHERE rowid > ?",
+                (last,),
+            ).fetchone()
+            if top is not None:
+                last = top
+                for queue in json.loads(queues):
+                    on_notify(queue)
