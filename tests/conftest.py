@@ -1,9 +1,11 @@
-"""Fixtures: every storage and worker test runs on SQLite (a file) and PostgreSQL.
+"""Fixtures: every storage and worker test runs on SQLite (a file), PostgreSQL and
+MySQL (MariaDB).
 
 PostgreSQL tests use a fresh database per test run (one per xdist process), made from
-``$SDJ_TEST_POSTGRES_URL`` (default: the local server's ``postgres`` database). If the
-server cannot be reached the run fails: a green run means both backends were tested.
-``SDJ_TEST_BACKENDS=sqlite`` narrows a local run to SQLite on purpose.
+``$SDJ_TEST_POSTGRES_URL`` (default: the local server's ``postgres`` database); MySQL
+tests likewise, on the server of ``$SDJ_TEST_MYSQL_URL`` (default: the local MariaDB as
+root). If a server cannot be reached the run fails: a green run means every backend was
+tested. ``SDJ_TEST_BACKENDS=sqlite`` narrows a local run to SQLite on purpose.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import durable_jobs as jobs
 ADMIN_URL = os.environ.get(
     "SDJ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-BACKENDS = [b for b in os.environ.get("SDJ_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+MYSQL_URL = os.environ.get("SDJ_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/")
+BACKENDS = [
+    b for b in os.environ.get("SDJ_TEST_BACKENDS", "sqlite,postgresql,mysql").split(",") if b
+]
 
 
 def _admin_engine() -> sa.Engine:
@@ -50,6 +55,38 @@ def postgres_url(worker_id: str) -> Iterator[str]:
     admin.dispose()
 
 
+def _mysql_admin_engine() -> sa.Engine:
+    url = sa.make_url(MYSQL_URL).set(drivername="mysql+pymysql", database=None)
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+def mysql_database_url(name: str) -> str:
+    """The URL of database ``name`` on the MySQL test server (naming PyMySQL, so that tests
+    may make their own engines from it; the storage takes plain ``mysql://`` too)."""
+    url = sa.make_url(MYSQL_URL).set(drivername="mysql+pymysql", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def mysql_url(worker_id: str) -> Iterator[str]:
+    """A MySQL (MariaDB) database created for this test run and dropped after it."""
+    admin = _mysql_admin_engine()
+    name = f"sdj_test_{worker_id}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"MySQL/MariaDB is not reachable at {MYSQL_URL}: {exc.orig}. Start it, or set "
+            "SDJ_TEST_BACKENDS=sqlite,postgresql to test without it.",
+            pytrace=False,
+        )
+    yield mysql_database_url(name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def worker_id(request: pytest.FixtureRequest) -> str:
     """The xdist worker name ("master" without xdist)."""
@@ -70,9 +107,22 @@ def _reset_postgres(url: str) -> None:
         storage.close()
 
 
+def _reset_mysql(url: str) -> None:
+    storage = jobs.SQLStorage(url)
+    try:
+        storage.migrate()
+        tables = set(sa.inspect(storage.engine).get_table_names())
+        with storage.engine.begin() as conn:
+            for table in ("sdj_jobs", "sdj_checkpoints", "sdj_workers", "sdj_schedules"):
+                if table in tables:
+                    conn.exec_driver_sql(f"TRUNCATE {table}")
+    finally:
+        storage.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The backend under test: "sqlite" or "postgresql"."""
+    """The backend under test: "sqlite", "postgresql" or "mysql"."""
     return str(request.param)
 
 
@@ -84,6 +134,10 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         storage = jobs.SQLStorage(url)
         storage.migrate()
         storage.close()
+        return url
+    if backend == "mysql":
+        url = str(request.getfixturevalue("mysql_url"))
+        _reset_mysql(url)
         return url
     url = str(request.getfixturevalue("postgres_url"))
     _reset_postgres(url)

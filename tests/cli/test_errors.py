@@ -24,7 +24,7 @@ def assert_one_line_error(result: Any, *expected: str) -> str:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("mysql://u@h/db", "unsupported database URL"),
+        ("oracle://u@h/db", "unsupported database URL"),
         ("not a url", "invalid database URL"),
         (UNREACHABLE, "cannot connect to"),
     ],

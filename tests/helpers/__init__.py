@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from tests.conftest import ADMIN_URL, _admin_engine
+from tests.conftest import ADMIN_URL, _admin_engine, _mysql_admin_engine, mysql_database_url
 
 T = TypeVar("T")
 
@@ -30,12 +30,24 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float 
 
 @contextlib.contextmanager
 def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A URL to an empty database that nobody has migrated; a PostgreSQL one is dropped after.
+    """A URL to an empty database that nobody has migrated; a server's one is dropped after.
 
     A SQLite URL names a file in ``tmp_path`` that does not exist yet.
     """
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    if backend == "mysql":
+        mysql = _mysql_admin_engine()
+        name = f"sdj_fresh_{uuid.uuid4().hex[:10]}"
+        with mysql.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        try:
+            yield mysql_database_url(name)
+        finally:
+            with mysql.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+            mysql.dispose()
         return
     admin = _admin_engine()
     name = f"sdj_fresh_{uuid.uuid4().hex[:10]}"

@@ -99,7 +99,9 @@ def test_migration_2_upgrades_a_version_1_database(storage: jobs.SQLStorage) -> 
     with storage.engine.begin() as conn:
         for statement in (
             "DROP TABLE sdj_schedules",
-            "DROP INDEX sdj_jobs_unique_key",
+            # MySQL names the index's table; the others do not take it.
+            "DROP INDEX sdj_jobs_unique_key"
+            + (" ON sdj_jobs" if storage.dialect.name == "mysql" else ""),
             "ALTER TABLE sdj_jobs DROP COLUMN unique_key",
             "ALTER TABLE sdj_jobs DROP COLUMN meta",
             "ALTER TABLE sdj_jobs DROP COLUMN fence",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 import pytest
 import sqlalchemy as sa
 
@@ -138,11 +139,16 @@ def test_get_jobs_by_status(storage: SQLStorage) -> None:
 
 
 # Integrity errors (a duplicate job id), by driver: a new backend adds its driver's.
-INTEGRITY_ERRORS = (sa.exc.IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)
+INTEGRITY_ERRORS = (
+    sa.exc.IntegrityError,
+    sqlite3.IntegrityError,
+    psycopg.IntegrityError,
+    pymysql.IntegrityError,
+)
 
 
 def _integrity_errors() -> tuple[type[BaseException], ...]:
-    return (sqlite3.IntegrityError, psycopg.errors.UniqueViolation)
+    return (sqlite3.IntegrityError, psycopg.errors.UniqueViolation, pymysql.IntegrityError)
 
 
 @pytest.mark.parametrize("size", [2, 5])

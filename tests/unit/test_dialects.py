@@ -9,16 +9,23 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from durable_jobs.storage import admin
-from durable_jobs.storage.dialects import STATEMENTS, Dialect, dialect_for
+from durable_jobs.storage import admin, dialects
+from durable_jobs.storage.dialects import (
+    STATEMENTS,
+    Dialect,
+    MissingDriver,
+    dialect_for,
+    dialect_for_url,
+)
+from durable_jobs.storage.mysql import STEP, MySQLDialect
 from durable_jobs.storage.postgres import PostgresDialect
 from durable_jobs.storage.sqlite import SQLiteDialect
 
 _SQLITE_PARAM = re.compile(r"(?<![:\w]):(\w+)")  # not a PostgreSQL-style ::cast
 _PSYCOPG_PARAM = re.compile(r"%\((\w+)\)s")
-_PARAMS = {"sqlite": _SQLITE_PARAM, "postgresql": _PSYCOPG_PARAM}
+_PARAMS = {"sqlite": _SQLITE_PARAM, "postgresql": _PSYCOPG_PARAM, "mysql": _PSYCOPG_PARAM}
 
-DIALECTS: list[type[Dialect]] = [SQLiteDialect, PostgresDialect]
+DIALECTS: list[type[Dialect]] = [SQLiteDialect, PostgresDialect, MySQLDialect]
 _ids = [d.name for d in DIALECTS]
 
 
@@ -98,19 +105,43 @@ def test_the_claim_returns_its_enqueue_order_key_by_name() -> None:
         conn.close()
     for dialect in DIALECTS:
         assert "AS dequeue_order" in dialect.sql["claim"]
+    # MySQL's claim is in steps (no UPDATE ... RETURNING): the rows come from the last.
+    assert "AS dequeue_order" in MySQLDialect.sql["claim"].split(STEP)[-1]
 
 
 def test_dialect_for() -> None:
     assert isinstance(dialect_for("sqlite"), SQLiteDialect)
     assert isinstance(dialect_for("postgresql"), PostgresDialect)
+    assert isinstance(dialect_for("mysql"), MySQLDialect)
+    assert isinstance(dialect_for("mariadb"), MySQLDialect)
     with pytest.raises(ValueError, match="mysql"):
-        dialect_for("mysql")
+        dialect_for("oracle")
+
+
+def test_mysql_urls_name_pymysql() -> None:
+    for url in ("mysql://u@h/db", "mysql+mysqldb://u@h/db"):
+        cls, engine_url = dialect_for_url(url)
+        assert cls is MySQLDialect
+        assert engine_url.drivername == "mysql+pymysql"
+
+
+def test_a_mysql_url_without_pymysql_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from durable_jobs.storage import mysql
+
+    real = mysql.importlib.util.find_spec
+    monkeypatch.setattr(
+        mysql.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pymysql" else real(name, *a),
+    )
+    with pytest.raises(MissingDriver, match=r"simple-durable-jobs\[mysql\]"):
+        dialects.dialect_for_url("mysql://u@h/db")
 
 
 PARIS_SUMMER = timezone(timedelta(hours=2))
 
 
-@pytest.mark.parametrize("dialect", [SQLiteDialect(), PostgresDialect()], ids=_ids)
+@pytest.mark.parametrize("dialect", [d() for d in DIALECTS], ids=_ids)
 def test_times_are_bound_as_utc_and_read_back_aware(dialect: Dialect) -> None:
     aware = datetime(2030, 6, 1, 14, 30, 0, 250, tzinfo=PARIS_SUMMER)
     naive = datetime(2030, 6, 1, 12, 30, 0, 250)  # naive means UTC
@@ -118,7 +149,9 @@ def test_times_are_bound_as_utc_and_read_back_aware(dialect: Dialect) -> None:
     assert dialect.time_param(None) is None and dialect.time_value(None) is None
     for value in (aware, naive, utc):
         bound = dialect.time_param(value)
-        if isinstance(bound, datetime):
+        if isinstance(bound, datetime) and bound.tzinfo is None:  # MySQL's DATETIME: naive UTC
+            assert bound == utc.replace(tzinfo=None)
+        elif isinstance(bound, datetime):
             assert bound == utc and bound.utcoffset() == timedelta(0)
         read = dialect.time_value(bound)
         assert read == utc
@@ -144,6 +177,7 @@ def test_list_params() -> None:
     assert json.loads(SQLiteDialect().list_param(("a", "b'c"))) == ["a", "b'c"]
     assert SQLiteDialect().list_param([]) == "[]"
     assert PostgresDialect().list_param(("a", "b")) == ["a", "b"]
+    assert json.loads(MySQLDialect().list_param(("a", "b'c"))) == ["a", "b'c"]
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=_ids)
@@ -152,5 +186,33 @@ def test_the_claim_orders_like_the_dequeue_index(dialect: type[Dialect]) -> None
     index = next(s for s in dialect.migrations[0] if "sdj_jobs_dequeue" in s)
     assert "priority DESC, run_at" in index
     assert "ORDER BY priority DESC, run_at" in dialect.sql["claim"]
-    assert "status IN ('pending', 'retrying')" in index
     assert "status IN ('pending', 'retrying')" in dialect.sql["claim"]
+    if dialect is MySQLDialect:  # no partial indexes: the index leads with the status
+        assert "(queue, status, priority DESC, run_at, seq)" in index
+    else:
+        assert "status IN ('pending', 'retrying')" in index
+
+
+def test_pymysql_transient_errors() -> None:
+    import pymysql
+    import sqlalchemy as sa
+
+    from durable_jobs.storage import is_transient
+
+    transient = [
+        pymysql.OperationalError(2003, "Can't connect to MySQL server"),
+        pymysql.OperationalError(2006, "MySQL server has gone away"),
+        pymysql.OperationalError(2013, "Lost connection to MySQL server during query"),
+        pymysql.OperationalError(1205, "Lock wait timeout exceeded"),
+        pymysql.OperationalError(1213, "Deadlock found when trying to get lock"),
+        pymysql.InterfaceError(0, ""),
+        sa.exc.OperationalError("SELECT", {}, pymysql.OperationalError(2003, "refused")),
+    ]
+    permanent = [
+        pymysql.IntegrityError(1062, "Duplicate entry"),
+        pymysql.ProgrammingError(1146, "Table doesn't exist"),
+        pymysql.DataError(1406, "Data too long"),
+        pymysql.OperationalError(1054, "Unknown column"),
+    ]
+    assert [e for e in transient if not is_transient(e)] == []
+    assert [e for e in permanent if is_transient(e)] == []

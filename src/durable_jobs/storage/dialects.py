@@ -4,17 +4,18 @@
 statements on driver cursors and turns rows into records. Everything that differs
 between databases sits in one module per backend, as a ``Dialect`` subclass:
 
-- ``sqlite.py``: ``SQLiteDialect``; ``postgres.py``: ``PostgresDialect``;
+- ``sqlite.py``: ``SQLiteDialect``; ``postgres.py``: ``PostgresDialect``; ``mysql.py``:
+  ``MySQLDialect`` (MySQL 8 and MariaDB 10.6+);
 - each holds its named statements (``sql``, in ``STATEMENTS`` order, and ``admin_sql``
   in ``admin.STATEMENTS`` order) so that a reader sees each database's version of the
   same query side by side; all take the same named parameters (``:name`` for SQLite,
-  ``%(name)s`` for psycopg) and name their result columns alike, since rows are read by
+  ``%(name)s`` for psycopg and PyMySQL) and name their result columns alike, since rows are read by
   column name; ``tests/unit/test_dialects.py`` checks the names and parameters;
 - and the hooks below: engine creation and connection set-up, transactions, bulk
   insert, grouped completion, the migration lock, the wake-up listener and error
   classification.
 
-A new backend (MySQL/MariaDB, say) is one more module with a ``Dialect`` subclass and
+A new backend is one more module with a ``Dialect`` subclass and
 one more line in ``_BACKENDS``; ``SQLStorage`` does not change.
 """
 
@@ -126,9 +127,10 @@ class Dialect:
     plugs in by overriding ``claim_rows`` (select ``FOR UPDATE SKIP LOCKED`` the ids,
     update them, select the rows back, all in the claim's transaction), ``complete`` and
     ``complete_many`` (a plain fenced UPDATE: ``cursor.rowcount`` says whether it took),
-    and by giving ``fail`` and ``save_checkpoint`` statements whose success it reads
-    through ``updated``. Without ``LISTEN``, ``listener`` returns a poller (or None: the
-    worker's polling and in-process wake-ups then do).
+    and by giving ``fail``, ``save_checkpoint`` and ``insert_unique_job`` statements that
+    read back what they wrote (``mysql.py`` does it in steps its cursor runs in turn).
+    Without ``LISTEN``, ``listener`` returns a poller (or None: the worker's polling and
+    in-process wake-ups then do).
     """
 
     #: The SQLAlchemy dialect name (``engine.dialect.name``).
@@ -261,14 +263,24 @@ def _postgres() -> type[Dialect]:
     return PostgresDialect
 
 
+def _mysql() -> type[Dialect]:
+    from .mysql import MySQLDialect
+
+    return MySQLDialect
+
+
 # SQLAlchemy backend name -> its dialect class. Each backend's module is imported when
 # first used, so a driver is imported only by a storage on its database.
 _BACKENDS: dict[str, Callable[[], type[Dialect]]] = {
     "sqlite": _sqlite,
     "postgresql": _postgres,
     "postgres": _postgres,
+    "mysql": _mysql,
+    "mariadb": _mysql,
 }
-_URL_FORMS = "sqlite:///path.db, sqlite:// (in memory) or postgresql://user@host/db"
+_URL_FORMS = (
+    "sqlite:///path.db, sqlite:// (in memory), postgresql://user@host/db or mysql://user@host/db"
+)
 
 
 def _dialect_class(backend: str) -> type[Dialect] | None:
@@ -281,7 +293,8 @@ def dialect_for(name: str) -> Dialect:
     cls = _dialect_class(name)
     if cls is None:
         raise ValueError(
-            f"unsupported database {name!r}: simple-durable-jobs runs on sqlite and postgresql"
+            f"unsupported database {name!r}: simple-durable-jobs runs on sqlite, postgresql"
+            " and mysql (or mariadb)"
         )
     return cls()
 

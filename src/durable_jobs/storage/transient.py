@@ -41,6 +41,13 @@ _SQLITE_TRANSIENT_TEXT = ("locked", "busy", "disk i/o", "disk is full", "unable 
 # PostgreSQL SQLSTATE classes psycopg reports as OperationalError that no retry cures:
 # 54, program limit exceeded (a row or value too big, too many columns).
 _POSTGRES_PERMANENT_CLASSES = ("54",)
+# MySQL/MariaDB error numbers PyMySQL reports that a later attempt may not meet: lost,
+# refused or gone connections (2002, 2003, 2006, 2013, 2055), too many connections
+# (1040), a server shutting down (1053, 1077, 1927: a killed connection), lock wait
+# timeouts (1205) and deadlocks (1213), a full disk (1021, 1114: table full).
+_MYSQL_TRANSIENT = frozenset(
+    {1021, 1040, 1053, 1077, 1114, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -49,7 +56,8 @@ def is_transient(exc: BaseException) -> bool:
     Transient: lost or refused connections (SQLAlchemy's disconnect detection, a pool
     timeout), psycopg's ``OperationalError`` (server shutdown, connection failures,
     deadlocks and serialisation failures, lock timeouts, a full disk; not a program
-    limit such as a value too big) and SQLite's busy, locked, I/O and full-disk errors.
+    limit such as a value too big), PyMySQL's lost connections, lock wait timeouts and
+    deadlocks, and SQLite's busy, locked, I/O and full-disk errors.
     Everything else (integrity and data errors, bad SQL, bugs) is permanent.
     """
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
@@ -60,7 +68,11 @@ def is_transient(exc: BaseException) -> bool:
         # SQLAlchemy wraps driver errors (connecting through the engine): judge the
         # driver's error, and count a wrapped OperationalError as one.
         orig = exc.orig
-        if orig is not None and (isinstance(orig, sqlite3.Error) or _psycopg_error(orig, "Error")):
+        if orig is not None and (
+            isinstance(orig, sqlite3.Error)
+            or _psycopg_error(orig, "Error")
+            or _pymysql_error(orig, "MySQLError")
+        ):
             return is_transient(orig)
         return isinstance(exc, sa.exc.OperationalError)
     if _psycopg_error(exc, "OperationalError"):
@@ -68,6 +80,12 @@ def is_transient(exc: BaseException) -> bool:
         return not sqlstate.startswith(_POSTGRES_PERMANENT_CLASSES)
     if _psycopg_error(exc, "InterfaceError"):
         return "connection" in str(exc).lower()  # "the connection is lost/closed"
+    if _pymysql_error(exc, "MySQLError"):
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in _MYSQL_TRANSIENT:
+            return True
+        # "(0, '')" and "Connection closed": PyMySQL's own word for a dead connection.
+        return _pymysql_error(exc, "InterfaceError")
     if isinstance(exc, sqlite3.OperationalError):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None:
@@ -82,6 +100,12 @@ def _psycopg_error(exc: Any, name: str) -> bool:
     # of it can have been raised.
     psycopg = sys.modules.get("psycopg")
     return psycopg is not None and isinstance(exc, getattr(psycopg, name))
+
+
+def _pymysql_error(exc: Any, name: str) -> bool:
+    # Likewise PyMySQL, imported only by a MySQL storage.
+    pymysql = sys.modules.get("pymysql")
+    return pymysql is not None and isinstance(exc, getattr(pymysql, name))
 
 
 def retry_transient(op: Callable[[], T], *, within: float, what: str) -> T:

@@ -1,0 +1,602 @@
+"""MySQL 8 and MariaDB 10.6+: the dialect, its statements, connections and migration lock.
+
+``FOR UPDATE SKIP LOCKED`` claims, a named lock (``GET_LOCK``) around migrations, no
+notifications (a cheap poll of the newest job number wakes workers in other processes).
+The driver is PyMySQL, an optional extra (``simple-durable-jobs[mysql]``): it is
+imported only when a storage opens a MySQL or MariaDB database.
+
+Neither database has ``UPDATE … RETURNING`` (MariaDB has it for INSERT and DELETE
+only, MySQL not at all). A statement that must report what it wrote is written as
+steps separated by ``STEP`` (``;`` on a line of its own): the write, then a ``SELECT``
+of what it wrote, guarded by ``ROW_COUNT() > 0`` (the rows the write matched: the
+connections use ``CLIENT.FOUND_ROWS``). This backend's cursor runs the steps in turn,
+and its rows are those of the last step with a result set. Connections run in READ
+COMMITTED (no gap locks between claimers); tables are InnoDB in ``utf8mb4_bin``, so
+names compare exactly as on the other databases; times are ``DATETIME(6)`` in UTC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+
+from .dialects import (
+    CHECKPOINT_COLUMNS,
+    INSERT_COLUMNS,
+    JOB_COLUMNS,
+    SCHEDULE_COLUMNS,
+    WORKER_COLUMNS,
+    Dialect,
+    MissingDriver,
+    utc,
+)
+from .notify import ListenerThread, Notify
+
+if TYPE_CHECKING:
+    from ..job import Job
+    from .protocol import Listener
+    from .records import Outcome
+    from .sql import SQLStorage
+
+__all__ = ["STEP", "MySQLDialect", "MySQLWatcher"]
+
+log = logging.getLogger("durable_jobs")
+
+MISSING_DRIVER = "MySQL/MariaDB support needs PyMySQL: pip install 'simple-durable-jobs[mysql]'"
+
+#: Separates the steps of a statement that this backend's cursor runs in turn.
+STEP = "\n;\n"
+
+# -- statements -----------------------------------------------------------------------
+
+# Exact, case-sensitive comparisons of ids, queues and types, as on the other databases.
+_TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+_MYSQL_MIGRATION_1 = (
+    f"""CREATE TABLE sdj_jobs (
+        id VARCHAR(255) NOT NULL PRIMARY KEY,
+        seq BIGINT NOT NULL AUTO_INCREMENT UNIQUE,
+        type VARCHAR(255) NOT NULL,
+        args LONGTEXT NOT NULL,
+        queue VARCHAR(255) NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status VARCHAR(255) NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        last_error LONGTEXT,
+        run_at DATETIME(6) NOT NULL,
+        started_at DATETIME(6),
+        completed_at DATETIME(6),
+        created_at DATETIME(6) NOT NULL,
+        updated_at DATETIME(6) NOT NULL,
+        result LONGTEXT,
+        backoff LONGTEXT,
+        locked_by VARCHAR(255),
+        heartbeat_at DATETIME(6)
+    ) {_TABLE}""",
+    # No partial indexes: the claim's index holds every job, led by queue and status.
+    """CREATE INDEX sdj_jobs_dequeue
+        ON sdj_jobs (queue, status, priority DESC, run_at, seq)""",
+    "CREATE INDEX sdj_jobs_running ON sdj_jobs (locked_by, status)",
+    "CREATE INDEX sdj_jobs_status ON sdj_jobs (status, created_at)",
+    f"""CREATE TABLE sdj_checkpoints (
+        id VARCHAR(255) NOT NULL PRIMARY KEY,
+        job_id VARCHAR(255) NOT NULL,
+        scope VARCHAR(255) NOT NULL DEFAULT '',
+        call_index INTEGER NOT NULL,
+        call_type VARCHAR(255) NOT NULL,
+        result LONGTEXT,
+        error LONGTEXT,
+        created_at DATETIME(6) NOT NULL,
+        UNIQUE KEY sdj_checkpoints_position (job_id, scope, call_index)
+    ) {_TABLE}""",
+    f"""CREATE TABLE sdj_workers (
+        id VARCHAR(255) NOT NULL PRIMARY KEY,
+        host VARCHAR(255) NOT NULL,
+        pid INTEGER NOT NULL,
+        queues LONGTEXT NOT NULL,
+        types LONGTEXT NOT NULL,
+        started_at DATETIME(6) NOT NULL,
+        heartbeat_at DATETIME(6) NOT NULL
+    ) {_TABLE}""",
+)
+
+_MYSQL_MIGRATION_2 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN unique_key VARCHAR(255)",
+    # NULLs never collide in a unique index: jobs without a key are not indexed apart.
+    "CREATE UNIQUE INDEX sdj_jobs_unique_key ON sdj_jobs (unique_key)",
+    f"""CREATE TABLE sdj_schedules (
+        name VARCHAR(255) NOT NULL PRIMARY KEY,
+        spec LONGTEXT NOT NULL,
+        queue VARCHAR(255) NOT NULL,
+        last_fire_at DATETIME(6),
+        next_fire_at DATETIME(6),
+        updated_at DATETIME(6) NOT NULL
+    ) {_TABLE}""",
+)
+
+_MYSQL_MIGRATION_3 = ("ALTER TABLE sdj_jobs ADD COLUMN meta LONGTEXT",)
+
+_MYSQL_MIGRATION_4 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at DATETIME(6)",
+)
+
+# DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
+# by the next migrator: these errors ("table/column/index exists") then mean the part
+# done before, and are passed over (only while migrating).
+_ALREADY_DONE = frozenset({1050, 1060, 1061})  # table, column, key name exists
+
+# Lock expiry runs on the server's clock (UTC_TIMESTAMP(6): the statement's start).
+_MYSQL_EXPIRY = "(UTC_TIMESTAMP(6) + INTERVAL ROUND(%(lock_timeout)s * 1000000) MICROSECOND)"
+_MYSQL_LEGACY_EXPIRY = "(heartbeat_at + INTERVAL ROUND(%(lock_timeout)s * 1000000) MICROSECOND)"
+
+
+def _in_list(param: str) -> str:
+    """The strings of a JSON list parameter, as a subquery for ``IN``."""
+    return (
+        f"SELECT v FROM JSON_TABLE(%({param})s, '$[*]' COLUMNS (v VARCHAR(255) PATH '$'))"
+        f" AS {param}_list"
+    )
+
+
+# Whether the stored schedule may move (the row only moves forward, as on the other
+# databases): read before
+# spec and next_fire_at are assigned.
+_SCHEDULE_MOVES = (
+    "(spec <> VALUES(spec) OR next_fire_at IS NULL OR VALUES(next_fire_at) >= next_fire_at)"
+)
+
+# The claim's ids, bound one parameter each, in the steps after the first.
+_IDS = "{ids}"
+
+
+class MySQLDialect(Dialect):
+    """MySQL 8 and MariaDB 10.6+: ``FOR UPDATE SKIP LOCKED`` claims in three steps,
+    fenced writes told apart by the rows they matched, polling for wake-ups."""
+
+    name = "mysql"
+    migrations = (
+        _MYSQL_MIGRATION_1,
+        _MYSQL_MIGRATION_2,
+        _MYSQL_MIGRATION_3,
+        _MYSQL_MIGRATION_4,
+    )
+    # PyMySQL switches autocommit with a method: ``_Connection`` gives it this property.
+    autocommit = ("sdj_autocommit", True)
+    insert_chunk = 1000
+
+    sql: ClassVar[dict[str, str]] = {
+        "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
+                %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
+                %(now)s, %(now)s, %(backoff)s, %(meta)s)""",
+        "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
+                heartbeat_at, started_at, fence, lock_expires_at)
+            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
+                %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
+                %(worker)s, %(now)s, %(now)s, 1, {_MYSQL_EXPIRY})""",
+        # Three steps in the claim's transaction (``claim_rows``): lock the next due ids,
+        # skipping rows other claimers hold; take them; read them back.
+        "claim": f"""SELECT id FROM sdj_jobs
+            WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
+              AND run_at <= %(now)s AND type NOT IN ({_in_list("skip")})
+              AND max_retries >= %(min_retries)s
+            ORDER BY priority DESC, run_at, seq
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED{STEP}UPDATE sdj_jobs SET status = 'running',
+                attempt = attempt + 1, fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
+                locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+                updated_at = %(now)s
+            WHERE id IN ({_IDS}){STEP}SELECT {JOB_COLUMNS}, seq AS dequeue_order
+            FROM sdj_jobs WHERE id IN ({_IDS})""",
+        # Whether it took: the rows matched (``complete`` then drops the checkpoints).
+        "complete": """UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
+                completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
+                lock_expires_at = NULL
+            WHERE id = %(id)s AND status = 'running'
+              AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))""",
+        "fail": f"""UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
+            run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
+            updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = %(id)s AND status = 'running'
+              AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))
+            {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
+        "release": """UPDATE sdj_jobs SET
+            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s""",
+        "settled": f"""SELECT id, fence, status FROM sdj_jobs
+            WHERE id IN ({_in_list("ids")}) AND locked_by = %(worker)s
+              AND status <> 'running'""",
+        "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
+                lock_expires_at = {_MYSQL_EXPIRY}
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
+        "heartbeat_worker_jobs": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
+                lock_expires_at = {_MYSQL_EXPIRY}
+            WHERE status = 'running' AND locked_by = %(worker)s
+              AND (%(jobs)s IS NULL OR id IN ({_in_list("jobs")}))""",
+        # VALUES(): MariaDB has no row alias for the inserted row.
+        "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
+            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s)
+            ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at),
+                queues = VALUES(queues), types = VALUES(types)""",
+        "delete_worker": "DELETE FROM sdj_workers WHERE id = %(id)s",
+        "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers"
+        " WHERE heartbeat_at >= %(cutoff)s",
+        "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < %(cutoff)s",
+        "expired_locks": f"""SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running'
+              AND COALESCE(lock_expires_at, {_MYSQL_LEGACY_EXPIRY}) < UTC_TIMESTAMP(6)
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+        "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
+            FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+        "reap": """UPDATE sdj_jobs SET status = %(status)s, completed_at = %(completed_at)s,
+            last_error = CONCAT('WorkerLost: worker ', COALESCE(locked_by, '?'), %(error)s),
+            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
+            WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s""",
+        "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s",
+        "jobs_by_status": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = %(status)s
+            ORDER BY created_at, seq LIMIT %(limit)s""",
+        "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+            ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
+        # The run is checked under a shared lock (a take-back racing this write is waited
+        # for and its committed row re-checked). A conflict keeps the stored row (the
+        # no-op update still counts as matched); the second step reads back whichever
+        # checkpoint holds the position, and nothing when the fence refused the write.
+        "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
+            SELECT %(id)s, %(job_id)s, %(call_index)s, %(call_type)s, %(result)s, %(error)s,
+                %(now)s, %(scope)s FROM DUAL
+            WHERE %(worker)s IS NULL OR EXISTS (
+                SELECT 1 FROM sdj_jobs WHERE id = %(job_id)s AND status = 'running'
+                  AND locked_by = %(worker)s AND fence = %(fence)s LOCK IN SHARE MODE)
+            ON DUPLICATE KEY UPDATE call_type = sdj_checkpoints.call_type
+            {STEP}SELECT id FROM sdj_checkpoints
+            WHERE job_id = %(job_id)s AND scope = %(scope)s AND call_index = %(call_index)s
+              AND ROW_COUNT() > 0""",
+        "get_checkpoints": f"""SELECT {CHECKPOINT_COLUMNS} FROM sdj_checkpoints
+            WHERE job_id = %(job_id)s ORDER BY scope, call_index""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(job_id)s",
+        "schema_versions": "SELECT version FROM sdj_schema_version",
+        "record_version": "INSERT INTO sdj_schema_version (version, applied_at)"
+        " VALUES (%(version)s, %(now)s)",
+        "queue_depths": """SELECT queue, COUNT(*) AS due, MIN(run_at) AS oldest_run_at FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
+        # A conflict inserts nothing (the no-op update counts as matched, so the
+        # read-back, by this job's id and key, tells whether this row was stored).
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
+                %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
+                %(unique_key)s)
+            ON DUPLICATE KEY UPDATE id = id
+            {STEP}SELECT id FROM sdj_jobs WHERE id = %(id)s AND unique_key = %(unique_key)s""",
+        # No WHERE on an upsert: each column keeps its value unless the row may move
+        # (assignments run left to right and see the ones before, so next_fire_at and
+        # spec, which the condition reads, come last; spec changes only when it differs).
+        "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
+            VALUES (%(name)s, %(spec)s, %(queue)s, %(last_fire_at)s, %(next_fire_at)s, %(now)s)
+            ON DUPLICATE KEY UPDATE
+                last_fire_at = IF({_SCHEDULE_MOVES},
+                    IF(spec = VALUES(spec), COALESCE(VALUES(last_fire_at), last_fire_at),
+                       VALUES(last_fire_at)),
+                    last_fire_at),
+                queue = IF({_SCHEDULE_MOVES}, VALUES(queue), queue),
+                updated_at = IF({_SCHEDULE_MOVES}, VALUES(updated_at), updated_at),
+                next_fire_at = IF({_SCHEDULE_MOVES}, VALUES(next_fire_at), next_fire_at),
+                spec = VALUES(spec)""",
+        "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
+    }
+    create_version_table = f"""CREATE TABLE IF NOT EXISTS sdj_schema_version (
+        version INTEGER NOT NULL PRIMARY KEY, applied_at DATETIME(6) NOT NULL) {_TABLE}"""
+
+    admin_sql: ClassVar[dict[str, str]] = {
+        "jobs_page": f"""SELECT {JOB_COLUMNS}, seq AS position FROM sdj_jobs
+            WHERE status = %(status)s{{filters}}
+            ORDER BY created_at {{order}}, seq {{order}} LIMIT %(limit)s""",
+        "older_than": " AND created_at <= %(created_at)s"
+        " AND (created_at < %(created_at)s OR seq < %(tie)s)",
+        "newer_than": " AND created_at >= %(created_at)s"
+        " AND (created_at > %(created_at)s OR seq > %(tie)s)",
+        "by_queue": " AND queue = %(queue)s",
+        "by_type": " AND type = %(type)s",
+        "counts": "SELECT queue, status, COUNT(*) AS jobs FROM sdj_jobs GROUP BY queue, status",
+        # %% is a literal % (the driver formats every statement with its parameters).
+        "throughput": """SELECT CAST(DATE_FORMAT(completed_at, '%%Y-%%m-%%d %%H:%%i:00')
+                AS DATETIME) AS minute, status, COUNT(*) AS jobs FROM sdj_jobs
+            WHERE completed_at >= %(since)s AND status IN ('completed', 'failed')
+            GROUP BY 1, 2""",
+        "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
+            ORDER BY run_at, seq LIMIT 1""",
+        "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
+            ORDER BY started_at LIMIT %(limit)s""",
+        "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id IN ({_in_list('ids')})",
+        "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
+                completed_at = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status IN ('failed', 'retrying')
+            {STEP}SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
+        # The rows are the first step's: the job as it was, locked until deleted.
+        "delete_job": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE id = %(id)s AND (%(force)s OR status <> 'running') FOR UPDATE
+            {STEP}DELETE FROM sdj_jobs
+            WHERE id = %(id)s AND (%(force)s OR status <> 'running')""",
+        "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
+    }
+
+    # -- engines and connections --------------------------------------------------------
+
+    @classmethod
+    def engine_url(cls, url: sa.URL) -> sa.URL:
+        if importlib.util.find_spec("pymysql") is None:
+            raise MissingDriver(MISSING_DRIVER)
+        # PyMySQL is this library's MySQL driver whatever the URL names.
+        return url.set(drivername=f"{url.get_backend_name()}+pymysql")
+
+    @classmethod
+    def create_engine(cls, url: sa.URL) -> sa.Engine:
+        from pymysql.constants import CLIENT  # type: ignore[import-untyped]
+
+        # The engine keeps SQLAlchemy's usual transactions; the storage's own statements
+        # run in autocommit. READ COMMITTED: a claim's locking read takes no gap locks.
+        return sa.create_engine(
+            url,
+            pool_size=10,
+            max_overflow=40,
+            isolation_level="READ COMMITTED",
+            connect_args={"charset": "utf8mb4", "client_flag": CLIENT.FOUND_ROWS},
+        )
+
+    def configure(self, engine: sa.Engine, *, owned: bool) -> None:
+        sa.event.listen(engine, "checkout", _adopt)
+
+    def begin(
+        self, raw: Any, cur: Any, *, write: bool, atomic: bool
+    ) -> contextlib.AbstractContextManager[Any] | None:
+        # A claim or a completion runs several statements even when not ``atomic``.
+        if not (write or atomic):
+            return None
+        return _Transaction(raw, cur)
+
+    def lock_migrations(self, cur: Any) -> None:
+        # A named lock, per database; DDL commits by itself, so it is held until the
+        # migration's transaction ends (``_Transaction``), not until a commit.
+        cur.execute(_LOCK_MIGRATIONS, {})
+        [(got,)] = cur.fetchall()
+        if got != 1:
+            raise TimeoutError("another process has been migrating this database for 60 s")
+        cur.sdj_migrating = True
+
+    def missing_table(self, error: BaseException) -> bool:
+        return _code(error) == 1146  # ER_NO_SUCH_TABLE
+
+    # -- writes -------------------------------------------------------------------------
+
+    def insert_many(
+        self, storage: SQLStorage, chunks: Iterable[list[Job]], now: datetime
+    ) -> list[str]:
+        # PyMySQL sends an executemany of one INSERT as multi-row INSERTs.
+        ids: list[str] = []
+        with storage._cursor(write=True, atomic=True) as cur:
+            for chunk in chunks:
+                rows = storage._stamp(chunk, now)
+                cur.executemany(self.sql["insert_job"], [storage._insert_params(r) for r in rows])
+                ids.extend(job.id for job in chunk)
+        return ids
+
+    def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
+        with storage._cursor(write=True, atomic=True) as cur:
+            return self._complete(cur, params)
+
+    def _complete(self, cur: Any, params: dict[str, Any]) -> bool:
+        cur.execute(self.sql["complete"], params)
+        if cur.rowcount < 1:  # rows matched: the fence refused it
+            return False
+        cur.execute(self.sql["delete_checkpoints"], {"job_id": params["id"]})
+        return True
+
+    def complete_many(
+        self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any
+    ) -> set[str]:
+        accepted = set()
+        for o in outcomes:
+            params = {
+                "id": o.job_id,
+                "result": None if o.result is None else o.result.decode(),
+                "worker": worker_id,
+                "fence": o.fence,
+                "now": now,
+            }
+            if self._complete(cur, params):
+                accepted.add(o.job_id)
+        return accepted
+
+    def claim_rows(self, cur: Any, params: dict[str, Any]) -> list[Any]:
+        select, take, read = self.sql["claim"].split(STEP)
+        cur.execute(select, params)
+        ids = [row[0] for row in cur.fetchall()]
+        if not ids:
+            return []
+        marks = ", ".join(f"%(id_{i})s" for i in range(len(ids)))
+        bound = {**params, **{f"id_{i}": id_ for i, id_ in enumerate(ids)}}
+        cur.execute(take.replace(_IDS, marks), bound)
+        cur.execute(read.replace(_IDS, marks), bound)
+        rows: list[Any] = list(cur.fetchall())
+        return rows
+
+    # -- wake-ups -----------------------------------------------------------------------
+
+    def listener(self, engine: sa.Engine) -> Listener | None:
+        return MySQLWatcher(engine)
+
+    # -- values -------------------------------------------------------------------------
+
+    def time_param(self, value: datetime | None) -> Any:
+        # DATETIME holds no zone: naive UTC.
+        return None if value is None else utc(value).replace(tzinfo=None)
+
+    def time_value(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        return json.dumps(list(values))
+
+
+# -- machinery of MySQL's own, beside the hooks that use it ---------------------------
+
+# A named lock is server-wide: one per database (a lock name is at most 64 characters).
+_MIGRATION_LOCK = "CONCAT('sdj_migrate:', LEFT(MD5(COALESCE(DATABASE(), '')), 32))"
+_LOCK_MIGRATIONS = f"SELECT GET_LOCK({_MIGRATION_LOCK}, 60)"
+_UNLOCK_MIGRATIONS = f"SELECT RELEASE_LOCK({_MIGRATION_LOCK})"
+
+
+def _code(error: BaseException) -> int | None:
+    """The MySQL error number of a PyMySQL error."""
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class _Transaction:
+    """A transaction on a connection in autocommit: BEGIN, and at its end the migration
+    lock (if taken) released once the migration is committed."""
+
+    def __init__(self, raw: Any, cur: Any) -> None:
+        self._raw, self._cur = raw, cur
+
+    def __enter__(self) -> Any:
+        self._raw.driver_connection.begin()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cur = self._cur
+        if not getattr(cur, "sdj_migrating", False):
+            return
+        cur.sdj_migrating = False
+        if exc is None:
+            self._raw.commit()  # the versions recorded, before another migrator looks
+        try:
+            cur.execute(_UNLOCK_MIGRATIONS, {})
+            cur.fetchall()
+        except Exception:  # a broken connection: the server releases its locks
+            log.debug("releasing the migration lock failed", exc_info=True)
+
+
+def _adopt(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    # Connections made by SQLAlchemy are PyMySQL's own class: give them this backend's
+    # autocommit property and cursor (same layout, so the class can change in place).
+    connection, _ = _driver()
+    if not isinstance(dbapi_conn, connection):
+        dbapi_conn.__class__ = connection
+
+
+@functools.cache
+def _driver() -> tuple[type[Any], type[Any]]:
+    """PyMySQL's connection and cursor with what this backend needs (made on first use:
+    PyMySQL is imported only by a storage on MySQL)."""
+    import pymysql  # type: ignore[import-untyped]
+
+    class Cursor(pymysql.cursors.Cursor):  # type: ignore[misc]
+        """Runs a statement of several steps (``STEP``) in turn; its rows are those of
+        the last step with a result set. While migrating, a step that finds its work
+        done (table, column or index exists) is passed over."""
+
+        sdj_migrating = False
+
+        def execute(self, query: str, args: Any = None) -> int:
+            if STEP not in query:
+                return self._step(query, args)
+            kept: tuple[Any, Any] | None = None
+            count = 0
+            cur: Any = self  # PyMySQL's attributes are untyped
+            for step in query.split(STEP):
+                count = self._step(step, args)
+                if cur.description is not None:
+                    kept = (cur._rows, cur.description)
+            if kept is not None and cur.description is None:
+                cur._rows, cur.description = kept
+                cur.rownumber = 0
+            return count
+
+        def _step(self, query: str, args: Any) -> int:
+            if not self.sdj_migrating:
+                return int(super().execute(query, args))
+            try:
+                return int(super().execute(query, args))
+            except pymysql.MySQLError as exc:
+                if _code(exc) not in _ALREADY_DONE:
+                    raise
+                log.info("migration: %s (done before)", exc.args[1])
+                return 0
+
+    class Connection(pymysql.connections.Connection):  # type: ignore[misc]
+        @property
+        def sdj_autocommit(self) -> bool:
+            return bool(self.get_autocommit())
+
+        @sdj_autocommit.setter
+        def sdj_autocommit(self, on: bool) -> None:
+            self.autocommit(on)
+
+        def cursor(self, cursor: Any = None) -> Any:
+            if cursor is None and self.cursorclass is pymysql.cursors.Cursor:
+                cursor = Cursor
+            return super().cursor(cursor)
+
+    return Connection, Cursor
+
+
+# -- wake-ups -------------------------------------------------------------------------
+
+_TOP = "SELECT COALESCE(MAX(seq), 0) FROM sdj_jobs"
+# One probe of the seq index when nothing is new.
+_NEW_JOBS = "SELECT queue, MAX(seq) AS top FROM sdj_jobs WHERE seq > %(after)s GROUP BY queue"
+
+
+class MySQLWatcher(ListenerThread):
+    """Notices jobs inserted by other processes, within ``interval`` seconds.
+
+    MySQL has no notifications: a cheap query (one probe of the ``seq`` index) asks for
+    jobs numbered after the last one seen, and wakes workers for their queues. A job
+    whose insert commits after a later-numbered one's was seen is left to the workers'
+    polling.
+    """
+
+    def __init__(self, engine: sa.Engine, interval: float = 0.05) -> None:
+        super().__init__(engine)
+        self._interval = interval
+
+    def _listen(
+        self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
+    ) -> None:
+        conn.autocommit(True)  # each probe sees the latest commits
+        cur = conn.cursor()
+        cur.execute(_TOP, {})
+        [(last,)] = cur.fetchall()
+        on_reconnect()
+        while not stop.wait(self._interval):
+            cur.execute(_NEW_JOBS, {"after": last})
+            rows = cur.fetchall()
+            for queue, top in rows:
+                last = max(last, top)
+                on_notify(queue)
