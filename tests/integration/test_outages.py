@@ -26,12 +26,13 @@ from tests.helpers import wait_for
 FAST: dict[str, Any] = {"lock_timeout": 1, "poll_interval": 0.05}
 
 
-class Flaky:
-    """Wraps a storage method so that its next ``failures`` calls raise."""
+class Failing:
+    """Wraps a storage method so that its next ``failures`` calls raise ``error``."""
 
-    def __init__(self, method: Callable[..., Any], failures: int) -> None:
+    def __init__(self, method: Callable[..., Any], failures: int, error: Exception) -> None:
         self.method = method
         self.failures = failures
+        self.error = error
         self.calls = 0
         self.lock = threading.Lock()
 
@@ -40,8 +41,16 @@ class Flaky:
             self.calls += 1
             failing = self.calls <= self.failures
         if failing:
-            raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+            raise self.error
         return self.method(*args, **kwargs)
+
+
+class Flaky(Failing):
+    """Wraps a storage method so that its next ``failures`` calls lose the connection."""
+
+    def __init__(self, method: Callable[..., Any], failures: int) -> None:
+        error = sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        super().__init__(method, failures, error)
 
 
 def status(queue: jobs.Queue, job_id: str) -> jobs.JobStatus:
@@ -271,25 +280,6 @@ def driver_outage(backend: str) -> Exception:
     if backend == "sqlite":
         return sqlite3.OperationalError("database is locked")
     return psycopg.OperationalError("server closed the connection unexpectedly")
-
-
-class Failing:
-    """Wraps a storage method so that its next ``failures`` calls raise ``error``."""
-
-    def __init__(self, method: Callable[..., Any], failures: int, error: Exception) -> None:
-        self.method = method
-        self.failures = failures
-        self.error = error
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self.lock:
-            self.calls += 1
-            failing = self.calls <= self.failures
-        if failing:
-            raise self.error
-        return self.method(*args, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["save_checkpoint", "get_checkpoints"])

@@ -213,12 +213,31 @@ class Dialect:
         transaction; whether the job was completed."""
         return bool(storage._run("complete", params))
 
+    def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
+        """Complete one run (fenced) and drop its checkpoints, within the transaction on
+        ``cur``; whether it was completed. Backends that override ``complete_many``
+        with one statement for the batch need not provide it."""
+        raise NotImplementedError
+
     def complete_many(
         self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any
     ) -> set[str]:
         """Complete ``worker_id``'s runs (fenced) and drop their checkpoints, within the
-        transaction on ``cur``; returns the ids accepted. ``now`` is a bound time."""
-        raise NotImplementedError
+        transaction on ``cur``; returns the ids accepted. ``now`` is a bound time.
+
+        By default each run in turn (``complete_in``), inside the one transaction."""
+        accepted = set()
+        for o in outcomes:
+            params = {
+                "id": o.job_id,
+                "result": None if o.result is None else o.result.decode(),
+                "worker": worker_id,
+                "fence": o.fence,
+                "now": now,
+            }
+            if self.complete_in(cur, params):
+                accepted.add(o.job_id)
+        return accepted
 
     def claim_rows(self, cur: Any, params: dict[str, Any]) -> list[Any]:
         """Claim jobs as the ``claim`` statement does, within the transaction on ``cur``;

@@ -45,7 +45,6 @@ from .notify import ListenerThread, Notify
 if TYPE_CHECKING:
     from ..job import Job
     from .protocol import Listener
-    from .records import Outcome
     from .sql import SQLStorage
 
 __all__ = ["STEP", "MySQLDialect", "MySQLWatcher"]
@@ -399,30 +398,14 @@ class MySQLDialect(Dialect):
 
     def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
         with storage._cursor(write=True, atomic=True) as cur:
-            return self._complete(cur, params)
+            return self.complete_in(cur, params)
 
-    def _complete(self, cur: Any, params: dict[str, Any]) -> bool:
+    def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
         cur.execute(self.sql["complete"], params)
         if cur.rowcount < 1:  # rows matched: the fence refused it
             return False
         cur.execute(self.sql["delete_checkpoints"], {"job_id": params["id"]})
         return True
-
-    def complete_many(
-        self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any
-    ) -> set[str]:
-        accepted = set()
-        for o in outcomes:
-            params = {
-                "id": o.job_id,
-                "result": None if o.result is None else o.result.decode(),
-                "worker": worker_id,
-                "fence": o.fence,
-                "now": now,
-            }
-            if self._complete(cur, params):
-                accepted.add(o.job_id)
-        return accepted
 
     def claim_rows(self, cur: Any, params: dict[str, Any]) -> list[Any]:
         select, take, read = self.sql["claim"].split(STEP)

@@ -39,7 +39,6 @@ from .notify import ListenerThread, Notify
 if TYPE_CHECKING:
     from ..job import Job
     from .protocol import Listener
-    from .records import Outcome
     from .sql import SQLStorage
 
 __all__ = ["SQLiteDialect", "SQLiteWatcher", "full_sync"]
@@ -427,33 +426,15 @@ class SQLiteDialect(Dialect):
 
     def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
         with storage._cursor(write=True) as cur:
-            return self._complete(cur, params)
+            return self.complete_in(cur, params)
 
-    def _complete(self, cur: Any, params: dict[str, Any]) -> bool:
+    def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
         # No statement both updates and deletes: two, in the caller's transaction.
         cur.execute(self.sql["complete"], params)
         if not cur.fetchall():
             return False
         cur.execute(self.sql["delete_checkpoints"], {"job_id": params["id"]})
         return True
-
-    def complete_many(
-        self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any
-    ) -> set[str]:
-        # Each job in turn, inside the one transaction: SQLite runs statements in
-        # process, so many small ones cost no round trips.
-        accepted = set()
-        for o in outcomes:
-            params = {
-                "id": o.job_id,
-                "result": None if o.result is None else o.result.decode(),
-                "worker": worker_id,
-                "fence": o.fence,
-                "now": now,
-            }
-            if self._complete(cur, params):
-                accepted.add(o.job_id)
-        return accepted
 
     # -- wake-ups -----------------------------------------------------------------------
 
