@@ -22,6 +22,7 @@ one more line in ``_BACKENDS``; ``SQLStorage`` does not change.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -142,13 +143,16 @@ class Dialect:
     #: The operator tools' statements, in ``admin.STATEMENTS`` order.
     admin_sql: ClassVar[dict[str, str]]
     create_version_table: ClassVar[str]
-    #: The driver connection's attribute and value that put it in autocommit.
+    #: The driver connection's attribute and value that put it in autocommit (for
+    #: drivers that switch it with a method, override ``enter_autocommit`` instead).
     autocommit: ClassVar[tuple[str, Any]]
     #: Whether the database takes one writer at a time: this process's writers then
     #: queue on a lock of the storage rather than on the database's.
     one_writer: ClassVar[bool] = False
     #: Jobs of a batch built before they are sent.
     insert_chunk: ClassVar[int] = 1000
+    #: The driver's module: its errors can only have been raised once it is imported.
+    driver_module: ClassVar[str]
 
     # -- engines and connections --------------------------------------------------------
 
@@ -172,6 +176,21 @@ class Dialect:
         """Set up ``engine``'s connections (``owned``: the storage created the engine,
         so settings that are the user's choice on a user's engine may be made)."""
 
+    def cursor(self, raw: Any) -> Any:
+        """A new cursor on ``raw``, a pooled connection."""
+        return raw.cursor()
+
+    def enter_autocommit(self, conn: Any) -> Any:
+        """Put the driver connection ``conn`` in autocommit; returns its setting before."""
+        attr, on = self.autocommit
+        was = getattr(conn, attr)
+        setattr(conn, attr, on)
+        return was
+
+    def restore_autocommit(self, conn: Any, was: Any) -> None:
+        """Give ``conn`` back the setting ``enter_autocommit`` returned."""
+        setattr(conn, self.autocommit[0], was)
+
     @staticmethod
     def has_rows(cur: Any) -> bool:
         """Whether the last statement on ``cur`` returned a result set."""
@@ -188,6 +207,13 @@ class Dialect:
 
     def group_commit(self, storage: SQLStorage) -> GroupCommit | None:
         """What runs ``storage``'s grouped single-statement writes; None: run each alone."""
+        return None
+
+    @staticmethod
+    def transient(error: BaseException) -> bool | None:
+        """Whether the driver's ``error`` may go away if its statement is retried (a
+        lost connection, a lock wait, a full disk); None if ``error`` is not one of
+        this driver's errors."""
         return None
 
     # -- schema -------------------------------------------------------------------------
@@ -305,6 +331,16 @@ _URL_FORMS = (
 def _dialect_class(backend: str) -> type[Dialect] | None:
     load = _BACKENDS.get(backend)
     return None if load is None else load()
+
+
+def imported_drivers() -> list[type[Dialect]]:
+    """The dialects whose driver this process has imported (only they can have raised)."""
+    found: list[type[Dialect]] = []
+    for load in dict.fromkeys(_BACKENDS.values()):
+        cls = load()
+        if cls.driver_module in sys.modules:
+            found.append(cls)
+    return found
 
 
 def dialect_for(name: str) -> Dialect:

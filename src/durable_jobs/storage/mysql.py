@@ -160,20 +160,37 @@ _SCHEDULE_MOVES = (
 _IDS = "{ids}"
 
 
+# Error numbers that a later attempt may not meet: lost, refused or gone connections
+# (2002, 2003, 2006, 2013, 2055), too many connections (1040), a server shutting down
+# (1053, 1077, 1927: a killed connection), lock wait timeouts (1205) and deadlocks
+# (1213), a full disk (1021, 1114: table full).
+_TRANSIENT_CODES = frozenset(
+    {1021, 1040, 1053, 1077, 1114, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
+)
+
+
 class MySQLDialect(Dialect):
     """MySQL 8 and MariaDB 10.6+: ``FOR UPDATE SKIP LOCKED`` claims in three steps,
     fenced writes told apart by the rows they matched, polling for wake-ups."""
 
     name = "mysql"
+    driver_module = "pymysql"
     migrations = (
         _MYSQL_MIGRATION_1,
         _MYSQL_MIGRATION_2,
         _MYSQL_MIGRATION_3,
         _MYSQL_MIGRATION_4,
     )
-    # PyMySQL switches autocommit with a method: ``_Connection`` gives it this property.
-    autocommit = ("sdj_autocommit", True)
     insert_chunk = 1000
+
+    @staticmethod
+    def transient(error: BaseException) -> bool | None:
+        import pymysql  # type: ignore[import-untyped]
+
+        if not isinstance(error, pymysql.MySQLError):
+            return None
+        # "(0, '')" and "Connection closed" are PyMySQL's own word for a dead connection.
+        return _code(error) in _TRANSIENT_CODES or isinstance(error, pymysql.InterfaceError)
 
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
@@ -359,8 +376,17 @@ class MySQLDialect(Dialect):
             connect_args={"charset": "utf8mb4", "client_flag": CLIENT.FOUND_ROWS},
         )
 
-    def configure(self, engine: sa.Engine, *, owned: bool) -> None:
-        sa.event.listen(engine, "checkout", _adopt)
+    def cursor(self, raw: Any) -> Any:
+        return raw.cursor(_cursor_class())
+
+    def enter_autocommit(self, conn: Any) -> Any:
+        # PyMySQL switches autocommit with a method.
+        was = conn.get_autocommit()
+        conn.autocommit(True)
+        return was
+
+    def restore_autocommit(self, conn: Any, was: Any) -> None:
+        conn.autocommit(was)
 
     def begin(
         self, raw: Any, cur: Any, *, write: bool, atomic: bool
@@ -485,19 +511,11 @@ class _Transaction:
             log.debug("releasing the migration lock failed", exc_info=True)
 
 
-def _adopt(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-    # Connections made by SQLAlchemy are PyMySQL's own class: give them this backend's
-    # autocommit property and cursor (same layout, so the class can change in place).
-    connection, _ = _driver()
-    if not isinstance(dbapi_conn, connection):
-        dbapi_conn.__class__ = connection
-
-
 @functools.cache
-def _driver() -> tuple[type[Any], type[Any]]:
-    """PyMySQL's connection and cursor with what this backend needs (made on first use:
-    PyMySQL is imported only by a storage on MySQL)."""
-    import pymysql  # type: ignore[import-untyped]
+def _cursor_class() -> type[Any]:
+    """PyMySQL's cursor with what this backend needs (made on first use: PyMySQL is
+    imported only by a storage on MySQL)."""
+    import pymysql
 
     class Cursor(pymysql.cursors.Cursor):  # type: ignore[misc]
         """Runs a statement of several steps (``STEP``) in turn; its rows are those of
@@ -532,21 +550,7 @@ def _driver() -> tuple[type[Any], type[Any]]:
                 log.info("migration: %s (done before)", exc.args[1])
                 return 0
 
-    class Connection(pymysql.connections.Connection):  # type: ignore[misc]
-        @property
-        def sdj_autocommit(self) -> bool:
-            return bool(self.get_autocommit())
-
-        @sdj_autocommit.setter
-        def sdj_autocommit(self, on: bool) -> None:
-            self.autocommit(on)
-
-        def cursor(self, cursor: Any = None) -> Any:
-            if cursor is None and self.cursorclass is pymysql.cursors.Cursor:
-                cursor = Cursor
-            return super().cursor(cursor)
-
-    return Connection, Cursor
+    return Cursor
 
 
 # -- wake-ups -------------------------------------------------------------------------

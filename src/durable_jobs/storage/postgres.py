@@ -119,10 +119,16 @@ _POSTGRES_LEGACY_EXPIRY = "(heartbeat_at + %(lock_timeout)s::float8 * interval '
 MIGRATION_LOCK_KEY = 0x5D1_0B5
 
 
+# SQLSTATE classes psycopg reports as OperationalError that no retry cures: 54, program
+# limit exceeded (a row or value too big, too many columns).
+_PERMANENT_CLASSES = ("54",)
+
+
 class PostgresDialect(Dialect):
     """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, ``pg_notify`` wake-ups, advisory locks."""
 
     name = "postgresql"
+    driver_module = "psycopg"
     migrations = (
         _POSTGRES_MIGRATION_1,
         _POSTGRES_MIGRATION_2,
@@ -145,6 +151,21 @@ class PostgresDialect(Dialect):
         "text",
         "text",
     )
+
+    @staticmethod
+    def transient(error: BaseException) -> bool | None:
+        # Connection failures, server shutdowns, deadlocks, serialisation failures,
+        # lock timeouts and a full disk are psycopg's OperationalError; of those, a
+        # program limit (a value too big) is not cured by a retry.
+        import psycopg
+
+        if not isinstance(error, psycopg.Error):
+            return None
+        if isinstance(error, psycopg.OperationalError):
+            return not (error.sqlstate or "").startswith(_PERMANENT_CLASSES)
+        if isinstance(error, psycopg.InterfaceError):
+            return "connection" in str(error).lower()  # "the connection is lost/closed"
+        return False
 
     sql: ClassVar[dict[str, str]] = {
         # A due job wakes listening workers: notifying from RETURNING costs no extra

@@ -121,7 +121,6 @@ class SQLStorage:
         pool_size = getattr(self.engine.pool, "size", lambda: 1)()
         # A caller's engine keeps at least half its pool for the caller.
         self._idle_max = min(_IDLE_CONNECTIONS, pool_size if self._owns_engine else pool_size // 2)
-        self._autocommit = d.autocommit
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -179,12 +178,11 @@ class SQLStorage:
             if lock is not None:
                 lock.release()
 
-    @staticmethod
-    def _kept_cursor(raw: Any) -> Any:
+    def _kept_cursor(self, raw: Any) -> Any:
         # One cursor per connection, kept: making one costs as much as a small statement.
         cur = raw.info.get("sdj_cursor")
         if cur is None:
-            cur = raw.info["sdj_cursor"] = raw.cursor()
+            cur = raw.info["sdj_cursor"] = self.dialect.cursor(raw)
         return cur
 
     def _failed(self, raw: Any, cur: Any, exc: BaseException) -> None:
@@ -211,10 +209,8 @@ class SQLStorage:
                 return kept
             kept.close()  # invalidated: its pool record reconnects when next used
         raw = self.engine.raw_connection()
-        attr, on = self._autocommit
         try:
-            raw.info["sdj_autocommit_was"] = getattr(raw.driver_connection, attr)
-            setattr(raw.driver_connection, attr, on)
+            raw.info["sdj_autocommit_was"] = self.dialect.enter_autocommit(raw.driver_connection)
         except BaseException:
             raw.invalidate()
             raise
@@ -230,7 +226,8 @@ class SQLStorage:
         """Hand a connection back to the engine's pool with its settings as they were."""
         if raw.is_valid:
             try:
-                setattr(raw.driver_connection, self._autocommit[0], raw.info["sdj_autocommit_was"])
+                was = raw.info["sdj_autocommit_was"]
+                self.dialect.restore_autocommit(raw.driver_connection, was)
             except Exception:  # a broken connection: never hand it out again
                 raw.invalidate()
         raw.close()

@@ -181,11 +181,28 @@ _SQLITE_LEGACY_EXPIRY = (
 )
 
 
+# Result codes (the low byte of an extended code) that a later attempt may not meet:
+# busy and locked (another writer), an I/O error, a full disk, a file that could not be
+# opened, a WAL protocol race.
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+_TRANSIENT_TEXT = ("locked", "busy", "disk i/o", "disk is full", "unable to open")
+
+
 class SQLiteDialect(Dialect):
     """SQLite: one writer at a time, so claims run in IMMEDIATE transactions; no
     notifications, so other processes' inserts are noticed by watching the file."""
 
     name = "sqlite"
+    driver_module = "sqlite3"
     migrations = (
         _SQLITE_MIGRATION_1,
         _SQLITE_MIGRATION_2,
@@ -195,6 +212,18 @@ class SQLiteDialect(Dialect):
     autocommit = ("isolation_level", None)
     one_writer = True
     insert_chunk = _chunk_size()
+
+    @staticmethod
+    def transient(error: BaseException) -> bool | None:
+        if not isinstance(error, sqlite3.Error):
+            return None
+        if not isinstance(error, sqlite3.OperationalError):
+            return False
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in _TRANSIENT_CODES
+        text = str(error).lower()
+        return any(part in text for part in _TRANSIENT_TEXT)
 
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
