@@ -8,14 +8,20 @@ from .retry import MAX_DELAY
 
 __all__ = [
     "CheckpointConflict",
+    "DatabaseUnavailable",
     "DurableJobsError",
+    "FailedRun",
+    "JobNotFound",
     "NoRetry",
     "NondeterminismError",
+    "NotADatabase",
     "NotInJobError",
     "OutcomeRefused",
     "ResultTooLarge",
     "RetryAfter",
+    "SchemaNotReady",
     "StaleJobError",
+    "StorageError",
 ]
 
 
@@ -87,3 +93,44 @@ class ResultTooLarge(NoRetry):
 class OutcomeRefused(DurableJobsError):
     """The database refused to store a run's outcome (a value its column cannot take):
     the job is failed with this error instead, so the worker's other outcomes go on."""
+
+
+class StorageError(DurableJobsError):
+    """The database failed a storage call. The message names the database (password
+    masked) and says what to do; ``database`` is that name and ``__cause__`` the
+    driver's own error. ``transient``: the same call may succeed if retried."""
+
+    def __init__(self, message: str, *, database: str = "", transient: bool = False) -> None:
+        super().__init__(message)
+        self.database = database
+        self.transient = transient
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached or opened: a server down or refusing, a wrong
+    host, user, password or database name, a SQLite file whose directory is missing."""
+
+
+class NotADatabase(StorageError):
+    """The file or server at the URL is not a database this library can use (a SQLite
+    URL pointing at a file of another kind, or a corrupt one)."""
+
+
+class SchemaNotReady(StorageError, RuntimeError):
+    """The database has not been migrated (or only to an older version):
+    run ``storage.migrate()`` or ``sdj migrate``."""
+
+
+class JobNotFound(DurableJobsError, LookupError):
+    """No job has the given id (never enqueued, or deleted by retention)."""
+
+
+class FailedRun(DurableJobsError):
+    """The error a failed job stored, as another process sees it: ``message`` is its
+    ``last_error`` (the exception's type and message) and ``traceback`` the traceback
+    its worker recorded, if any."""
+
+    def __init__(self, message: str, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback

@@ -71,8 +71,7 @@ class Job:
     result: bytes | None = None
     #: JSON of the backoff policy given at enqueue, if any (registration default otherwise).
     backoff: bytes | None = None
-    #: The worker holding the job's lock while it runs; after an outcome, the worker that
-    #: stored it (cleared when a run is taken back or given back unstarted).
+    #: The worker holding the job's lock while it runs (None otherwise).
     locked_by: str | None = None
     heartbeat_at: datetime | None = None
     #: JSON-able data that travels with the job for instruments (such as trace context).
@@ -84,6 +83,13 @@ class Job:
     #: While running: when the lock expires unless heartbeated, on the database's clock
     #: (the claim or last heartbeat plus the owning worker's ``lock_timeout``).
     lock_expires_at: datetime | None = None
+    #: When the job ended, completed or failed (``completed_at`` is set for completed
+    #: jobs only).
+    finished_at: datetime | None = None
+    #: The worker that stored the latest run's outcome (None for a run taken back).
+    finished_by: str | None = None
+    #: The traceback of the latest failed run, while the job is retrying or failed.
+    traceback: str | None = None
 
 
 @dataclass

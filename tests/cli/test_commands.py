@@ -130,7 +130,7 @@ def test_jobs_retry_gives_a_failed_job_a_fresh_start(
     assert (shown["status"], shown["attempt"]) == ("pending", 0)
     job = queue.get_job(job_id)
     assert job is not None and job.status is jobs.JobStatus.PENDING
-    assert job.completed_at is None and job.last_error == "boom"
+    assert job.completed_at is None and job.finished_at is None and job.last_error == "boom"
     assert len(queue.storage.get_checkpoints(job_id)) == 1  # the workflow resumes after it
     refused = sdj("jobs", "retry", job_id, "--database-url", db_url)
     assert refused.exit_code == 1 and "is pending" in refused.stderr

@@ -106,6 +106,10 @@ def test_job_page_shows_arguments_result_error(client: TestClient, made: Made) -
     failed = client.get(f"/jobs/{made.failed}").text
     assert 'id="job-error"' in failed and "RuntimeError: kaboom" in failed
     assert "Runs</dt><dd>1 of at most 1" in failed and "Failed permanently" in failed
+    # The stored traceback, escaped, and the worker that ran it.
+    traceback = failed[failed.index('id="job-traceback"') :]
+    assert "raise RuntimeError(NASTY_ERROR)" in traceback[: traceback.index("</pre>")]
+    assert "<img src=x" not in failed and "Last run on</dt>" in failed
 
 
 def test_job_page_shows_each_durable_call(client: TestClient, made: Made) -> None:

@@ -42,7 +42,7 @@ def finished(queue: jobs.Queue, *ids: str) -> bool:
 # --- logging ------------------------------------------------------------------------------
 
 
-def test_one_info_line_per_outcome_with_structured_extras_and_none_per_poll(
+def test_one_line_per_outcome_with_structured_extras_and_none_per_poll(
     queue: jobs.Queue, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue.register("ok", lambda: None, queue="mail")
@@ -60,7 +60,7 @@ def test_one_info_line_per_outcome_with_structured_extras_and_none_per_poll(
         before = len(caplog.records)
         time.sleep(0.3)  # six polls of an idle worker
         assert caplog.records[before:] == []
-    assert all(r.name == "durable_jobs" and r.levelno == logging.INFO for r in lines)
+    assert all(r.name == "durable_jobs" for r in lines)
     fields = [(r.job_id, r.job_type, r.queue, r.attempt, r.worker_id) for r in lines]  # type: ignore[attr-defined]
     assert sorted(fields) == sorted(
         [
@@ -71,10 +71,16 @@ def test_one_info_line_per_outcome_with_structured_extras_and_none_per_poll(
     )
     [completed] = [r for r in lines if r.job_id == ok]  # type: ignore[attr-defined]
     assert isinstance(completed.duration, float) and completed.duration >= 0  # type: ignore[attr-defined]
-    assert "completed" in completed.getMessage()
-    messages = [r.getMessage() for r in lines if r.job_id == bad]  # type: ignore[attr-defined]
-    assert any("retrying" in m and "ValueError: boom" in m for m in messages)
-    assert any("failed permanently" in m and "ValueError: boom" in m for m in messages)
+    assert "completed" in completed.getMessage() and completed.levelno == logging.INFO
+    # A retry is a warning; a permanent failure an error, with the handler's traceback.
+    by_attempt = {r.attempt: r for r in lines if r.job_id == bad}  # type: ignore[attr-defined]
+    retry, failure = by_attempt[1], by_attempt[2]
+    assert retry.levelno == logging.WARNING and "retrying" in retry.getMessage()
+    assert "ValueError: boom" in retry.getMessage()
+    assert failure.levelno == logging.ERROR and "failed permanently" in failure.getMessage()
+    assert "ValueError: boom" in failure.getMessage()
+    assert failure.exc_text is not None or failure.exc_info is not None
+    assert 'raise ValueError("boom")' in caplog.text
 
 
 # --- the instrumentation seam -------------------------------------------------------------
@@ -167,7 +173,8 @@ def test_meta_round_trips_and_migration_3_adds_it_to_older_databases(
 ) -> None:
     with storage.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE sdj_jobs DROP COLUMN meta")
-        for column in ("fence", "lock_expires_at"):  # migration 4's
+        # Migration 4's and 5's.
+        for column in ("fence", "lock_expires_at", "finished_at", "finished_by", "traceback"):
             conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
         conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 3")
         conn.execute(

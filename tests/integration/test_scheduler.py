@@ -106,6 +106,9 @@ def test_migration_2_upgrades_a_version_1_database(storage: jobs.SQLStorage) -> 
             "ALTER TABLE sdj_jobs DROP COLUMN meta",
             "ALTER TABLE sdj_jobs DROP COLUMN fence",
             "ALTER TABLE sdj_jobs DROP COLUMN lock_expires_at",
+            "ALTER TABLE sdj_jobs DROP COLUMN finished_at",
+            "ALTER TABLE sdj_jobs DROP COLUMN finished_by",
+            "ALTER TABLE sdj_jobs DROP COLUMN traceback",
             "DELETE FROM sdj_schema_version WHERE version >= 2",
         ):
             conn.exec_driver_sql(statement)

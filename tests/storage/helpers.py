@@ -5,11 +5,15 @@ Nothing here names a backend: the tests that use these run on whichever the fixt
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from durable_jobs.errors import StorageError
 from durable_jobs.job import Job
 from durable_jobs.storage import SQLStorage
 
@@ -63,3 +67,13 @@ def set_heartbeat(storage: SQLStorage, job_id: str, when: datetime) -> None:
         t=storage.dialect.time_param(when),
         id=job_id,
     )
+
+
+@contextlib.contextmanager
+def raises_storage_error(
+    cause: type[BaseException] | tuple[type[BaseException], ...],
+) -> Iterator[pytest.ExceptionInfo[StorageError]]:
+    """Expect the library's ``StorageError`` raised from a driver error of type ``cause``."""
+    with pytest.raises(StorageError) as caught:
+        yield caught
+    assert isinstance(caught.value.__cause__, cause), repr(caught.value.__cause__)

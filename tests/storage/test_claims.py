@@ -176,7 +176,7 @@ def test_heartbeat_keeps_a_job_from_being_reaped(storage: SQLStorage, past: date
     assert reaped.status is JobStatus.RETRYING
     assert reaped.attempt == 1  # the lost run counts
     assert reaped.locked_by is None and reaped.heartbeat_at is None
-    assert reaped.completed_at is None
+    assert reaped.completed_at is None and reaped.finished_at is None
     assert reaped.last_error is not None and W1 in reaped.last_error
     assert "WorkerLost" in reaped.last_error
     assert reaped.run_at is not None and reaped.run_at > utcnow()  # it waits its backoff
@@ -211,7 +211,7 @@ def test_stale_lock_fails_a_job_whose_retries_are_spent(
     assert storage.release_stale_locks(30) == 2
     failed = get(storage, last_try)
     assert failed.status is JobStatus.FAILED
-    assert failed.completed_at is not None
+    assert failed.completed_at is None and failed.finished_at is not None
     assert failed.last_error is not None and W1 in failed.last_error
     assert get(storage, retried).status is JobStatus.RETRYING
     assert claim_one(storage, W2, now=get(storage, retried).run_at).id == retried

@@ -23,7 +23,7 @@ from durable_jobs.storage import SQLStorage
 from durable_jobs.storage.sqlite import full_sync
 from tests.conftest import ADMIN_URL, BACKENDS
 
-from .helpers import W1, W2, claim_one, count, get, make_job
+from .helpers import W1, W2, claim_one, count, get, make_job, raises_storage_error
 
 # -- enqueue and read back ----------------------------------------------------------------
 
@@ -156,11 +156,11 @@ def test_enqueue_many_is_all_or_nothing(storage: SQLStorage, size: int) -> None:
     storage.enqueue(make_job(id="dup"))
     batch = [make_job(id=f"new-{i}") for i in range(size)]
     batch[min(2, size - 1)] = make_job(id="dup")
-    with pytest.raises(_integrity_errors()):
+    with raises_storage_error(_integrity_errors()):
         storage.enqueue_many(batch)
     assert count(storage) == 1
     # A duplicate inside the batch itself.
-    with pytest.raises(_integrity_errors()):
+    with raises_storage_error(_integrity_errors()):
         storage.enqueue_many([make_job(id="x"), make_job(id="y"), make_job(id="x")])
     assert count(storage) == 1
     # The storage still works afterwards.
@@ -190,7 +190,7 @@ def test_enqueue_many_failing_late_in_a_big_batch_stores_nothing(storage: SQLSto
     storage.enqueue(make_job(id="dup"))
     batch = [make_job(id=f"big-{i}") for i in range(2000)]
     batch[1500] = make_job(id="dup")  # fails the statement of a late chunk
-    with pytest.raises(_integrity_errors()):
+    with raises_storage_error(_integrity_errors()):
         storage.enqueue_many(iter(batch))
     assert count(storage) == 1
     batch[1500] = make_job(id="big-1500")
@@ -348,7 +348,8 @@ def test_concurrent_writes_each_commit_and_fail_alone(storage: SQLStorage) -> No
         t.join(30)
     for n in range(24):
         if n % 6 == 5:
-            assert isinstance(results[n], INTEGRITY_ERRORS), results[n]
+            assert isinstance(results[n], jobs.StorageError), results[n]
+            assert isinstance(results[n].__cause__, INTEGRITY_ERRORS), results[n]
         else:
             assert results[n] is (n % 6 != 4), (n, results[n])
     saved = {c.call_index for c in storage.get_checkpoints(job_id)}
@@ -487,8 +488,9 @@ def test_a_dead_connection_discards_the_idle_ones_with_it(storage: SQLStorage) -
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     killer.dispose()
-    with pytest.raises(psycopg.OperationalError):
+    with raises_storage_error(psycopg.OperationalError) as caught:
         storage.get_job(job_id)
+    assert caught.value.transient
     assert get(storage, job_id).id == job_id
 
 

@@ -268,13 +268,14 @@ def test_a_job_taken_back_with_its_retries_spent_fails_at_once(storage: SQLStora
     job = Job(type="t", max_retries=0, backoff=jobs.constant(60).to_json())
     reaped, before, after = _taken_back(storage, job)
     assert reaped.status is JobStatus.FAILED
-    assert reaped.completed_at is not None and before <= reaped.completed_at <= after
+    assert reaped.completed_at is None
+    assert reaped.finished_at is not None and before <= reaped.finished_at <= after
 
 
 def test_migration_4_upgrades_a_database_with_running_jobs(storage: SQLStorage) -> None:
     t = storage.dialect.time_param
     with storage.engine.begin() as conn:
-        for column in ("fence", "lock_expires_at"):
+        for column in ("fence", "lock_expires_at", *_MIGRATION_5_COLUMNS):
             conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
         conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 4")
         # Runs locked by an older release: one alive, one whose worker died.
@@ -294,12 +295,56 @@ def test_migration_4_upgrades_a_database_with_running_jobs(storage: SQLStorage) 
             )
     assert storage.schema_version() == 3
     storage.migrate()
-    assert storage.schema_version() == len(storage.dialect.migrations) == 4
+    assert storage.schema_version() == len(storage.dialect.migrations) == 5
     alive = get(storage, "alive")
     assert (alive.fence, alive.lock_expires_at, alive.attempt) == (0, None, 1)
     assert storage.release_expired_locks() == 1
     assert get(storage, "alive").status is JobStatus.RUNNING
     assert get(storage, "dead").status is JobStatus.RETRYING
+
+
+_MIGRATION_5_COLUMNS = ("finished_at", "finished_by", "traceback")
+
+
+def test_migration_5_gives_each_outcome_field_one_meaning(storage: SQLStorage) -> None:
+    t = storage.dialect.time_param
+    ended = real_now() - timedelta(minutes=5)
+    with storage.engine.begin() as conn:
+        for column in _MIGRATION_5_COLUMNS:
+            conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
+        conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 5")
+        # Rows as release 4 left them: outcomes kept their worker in locked_by, and a
+        # failed job had completed_at.
+        for job_id, status, worker in (
+            ("done", "completed", "w-done"),
+            ("dead", "failed", "w-failed"),
+            ("again", "retrying", "w-retry"),
+            ("busy", "running", "w-busy"),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO sdj_jobs (id, type, args, queue, priority, status, attempt,"
+                    " max_retries, run_at, created_at, updated_at, locked_by, completed_at)"
+                    " VALUES (:id, 't', 'null', 'default', 0, :status, 1, 3, :now, :now,"
+                    " :now, :worker, :ended)"
+                ),
+                {
+                    "id": job_id,
+                    "status": status,
+                    "worker": worker,
+                    "now": t(real_now()),
+                    "ended": t(ended) if status in ("completed", "failed") else None,
+                },
+            )
+    storage.migrate()
+    assert storage.schema_version() == 5
+    done, dead, again, busy = (get(storage, i) for i in ("done", "dead", "again", "busy"))
+    assert (done.completed_at, done.finished_at) == (ended, ended)
+    assert (dead.completed_at, dead.finished_at) == (None, ended)
+    assert (again.completed_at, again.finished_at) == (None, None)
+    for job, worker in ((done, "w-done"), (dead, "w-failed"), (again, "w-retry")):
+        assert (job.locked_by, job.finished_by) == (None, worker)
+    assert (busy.locked_by, busy.finished_by) == ("w-busy", None)
 
 
 def test_a_sqlite_heartbeat_that_waited_for_the_write_lock_extends_from_when_it_ran(

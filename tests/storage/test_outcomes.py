@@ -31,7 +31,9 @@ def test_complete_is_fenced_by_worker_and_attempt(storage: SQLStorage) -> None:
     assert done.status is JobStatus.COMPLETED
     assert done.result == b'{"ok":true}'
     assert done.completed_at is not None and done.completed_at >= before.updated_at
-    assert done.locked_by == W1 and done.heartbeat_at is None  # who stored the outcome
+    assert done.finished_at == done.completed_at
+    assert done.locked_by is None and done.finished_by == W1  # who stored the outcome
+    assert done.heartbeat_at is None
     assert done.attempt == 1
     assert storage.get_checkpoints(job_id) == []
     # A second completion is rejected and changes nothing.
@@ -93,6 +95,44 @@ def test_complete_many_accepts_only_fenced_valid_runs(storage: SQLStorage) -> No
     assert storage.complete_many(W1, outcomes[:1]) == set()
 
 
+def test_a_completed_run_clears_what_an_earlier_failed_run_left(storage: SQLStorage) -> None:
+    # One completes alone, one in a batch (PostgreSQL has a statement of its own for it).
+    ids = storage.enqueue_many([make_job(), make_job()])
+    for job in storage.claim("default", W1, 2):
+        trace = f"Traceback (most recent call last):\n  ...\nValueError: {job.id}"
+        assert not storage.fail(job.id, "ValueError: boom", past(), worker_id=W2, fence=job.fence)
+        assert get(storage, job.id).last_error is None  # fenced out: nothing stored
+        assert storage.fail(
+            job.id, "ValueError: boom", past(), worker_id=W1, fence=job.fence, traceback=trace
+        )
+        retrying = get(storage, job.id)
+        assert (retrying.last_error, retrying.traceback) == ("ValueError: boom", trace)
+    first, second = storage.claim("default", W2, 2)
+    assert storage.complete(first.id, b"1", worker_id=W2, fence=first.fence)
+    assert storage.complete_many(W2, [Outcome(second.id, second.fence, b"2")]) == {second.id}
+    for job_id in ids:
+        done = get(storage, job_id)
+        assert done.status is JobStatus.COMPLETED and done.attempt == 2
+        assert done.last_error is None and done.traceback is None
+        assert done.locked_by is None and done.finished_by == W2
+        assert done.finished_at is not None and done.finished_at == done.completed_at
+
+
+def test_a_permanent_failure_keeps_its_traceback(storage: SQLStorage) -> None:
+    job_id = storage.enqueue(make_job())
+    job = claim_one(storage)
+    trace = "Traceback (most recent call last):\n  File \"app.py\", line 3\nKeyError: 'x'"
+    assert storage.fail(
+        job_id, "KeyError: 'x'", None, worker_id=W1, fence=job.fence, traceback=trace
+    )
+    failed = get(storage, job_id)
+    assert (failed.status, failed.traceback, failed.completed_at) == (JobStatus.FAILED, trace, None)
+
+
+def past() -> datetime:
+    return utcnow() - timedelta(seconds=1)
+
+
 def test_complete_and_claim_is_one_transaction_of_both(storage: SQLStorage) -> None:
     first = storage.enqueue_many([make_job() for _ in range(2)])
     later = storage.enqueue_many([make_job(queue="other") for _ in range(3)])
@@ -129,8 +169,8 @@ def test_fail_with_run_at_waits_as_retrying(storage: SQLStorage) -> None:
     assert job.status is JobStatus.RETRYING
     assert job.run_at == retry_at
     assert job.last_error == "ValueError: boom"
-    assert job.completed_at is None
-    assert job.locked_by == W1 and job.heartbeat_at is None
+    assert job.completed_at is None and job.finished_at is None
+    assert job.locked_by is None and job.finished_by == W1 and job.heartbeat_at is None
     assert job.attempt == 1
     # Not running any more: a second outcome is rejected.
     assert storage.fail(job_id, "again", None) is False
@@ -149,8 +189,9 @@ def test_fail_without_run_at_fails_permanently(storage: SQLStorage) -> None:
     job = get(storage, job_id)
     assert job.status is JobStatus.FAILED
     assert job.last_error == "NoRetry: bad input"
-    assert job.completed_at is not None and before <= job.completed_at <= utcnow()
-    assert job.locked_by == W1
+    assert job.completed_at is None  # it did not complete
+    assert job.finished_at is not None and before <= job.finished_at <= utcnow()
+    assert job.locked_by is None and job.finished_by == W1
     assert storage.claim("default", W1, 10, now=utcnow() + timedelta(days=365)) == []
     assert storage.fail(job_id, "again", None) is False
     assert storage.fail("no-such-job", "x", None) is False

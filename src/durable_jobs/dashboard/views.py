@@ -430,7 +430,8 @@ def _timeline(job: Job, steps: list[Step]) -> list[Event]:
         what = "Next attempt due" if job.status == JobStatus.RETRYING else "Due to run"
         events.append(Event(job.run_at, what, "neutral"))
     if job.started_at is not None:
-        on = f" on worker {job.locked_by}" if job.locked_by else ""
+        worker = job.locked_by or job.finished_by
+        on = f" on worker {worker}" if worker else ""
         events.append(Event(job.started_at, f"Run {job.attempt} started{on}", "neutral"))
     for step in steps:
         cp = step.checkpoint
@@ -438,9 +439,9 @@ def _timeline(job: Job, steps: list[Step]) -> list[Event]:
         events.append(Event(cp.created_at, f"Step {step.path} ({cp.call_type}) {outcome}", "step"))
     if job.status == JobStatus.RUNNING and job.heartbeat_at is not None:
         events.append(Event(job.heartbeat_at, "Last heartbeat", "neutral"))
-    if job.completed_at is not None:
+    if job.finished_at is not None:
         if job.status == JobStatus.COMPLETED:
-            events.append(Event(job.completed_at, "Completed", "ok"))
+            events.append(Event(job.finished_at, "Completed", "ok"))
         elif job.status == JobStatus.FAILED:
-            events.append(Event(job.completed_at, "Failed permanently", "bad"))
+            events.append(Event(job.finished_at, "Failed permanently", "bad"))
     return sorted(events, key=lambda e: e.at)

@@ -52,7 +52,7 @@ __all__ = [
 JOB_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
     "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at, "
-    "meta, fence, lock_expires_at"
+    "meta, fence, lock_expires_at, finished_at, finished_by, traceback"
 )
 INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
@@ -153,6 +153,16 @@ class Dialect:
     insert_chunk: ClassVar[int] = 1000
     #: The driver's module: its errors can only have been raised once it is imported.
     driver_module: ClassVar[str]
+    #: The database's name for people.
+    title: ClassVar[str]
+    #: What a failed connection could not do: "cannot {verb} the database ...".
+    unavailable_verb: ClassVar[str] = "reach"
+    #: What to check when the database cannot be opened or reached.
+    unavailable_hint: ClassVar[str] = (
+        "Check that the server is running and that the URL's host, port, user, password"
+        " and database name are right."
+    )
+    not_a_database_hint: ClassVar[str] = ""
 
     # -- engines and connections --------------------------------------------------------
 
@@ -223,6 +233,16 @@ class Dialect:
 
     def missing_table(self, error: BaseException) -> bool:
         """Whether the driver's ``error`` says a statement's table does not exist."""
+        return False
+
+    def unavailable(self, error: BaseException) -> bool:
+        """Whether the driver's ``error`` says the database cannot be reached or opened
+        (refused, unknown host, wrong credentials or database name, no such file)."""
+        return False
+
+    def not_a_database(self, error: BaseException) -> bool:
+        """Whether the driver's ``error`` says the URL names something that is not a
+        database of this kind (or a corrupt one)."""
         return False
 
     # -- writes -------------------------------------------------------------------------

@@ -131,6 +131,19 @@ _MYSQL_MIGRATION_4 = (
     "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at DATETIME(6)",
 )
 
+# Each field means one thing: completed_at only for completed jobs, finished_at for
+# any end, finished_by names the worker that stored the latest outcome (locked_by only
+# the running owner), and a failure keeps its traceback.
+_MYSQL_MIGRATION_5 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN finished_at DATETIME(6)",
+    "ALTER TABLE sdj_jobs ADD COLUMN finished_by VARCHAR(255)",
+    "ALTER TABLE sdj_jobs ADD COLUMN traceback LONGTEXT",
+    "UPDATE sdj_jobs SET finished_at = completed_at WHERE status IN ('completed', 'failed')",
+    "UPDATE sdj_jobs SET completed_at = NULL WHERE status = 'failed'",
+    """UPDATE sdj_jobs SET finished_by = locked_by, locked_by = NULL
+        WHERE status <> 'running' AND locked_by IS NOT NULL""",
+)
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -164,6 +177,9 @@ _IDS = "{ids}"
 # (2002, 2003, 2006, 2013, 2055), too many connections (1040), a server shutting down
 # (1053, 1077, 1927: a killed connection), lock wait timeouts (1205) and deadlocks
 # (1213), a full disk (1021, 1114: table full).
+# Refused, unknown host, gone or lost connections, too many connections, access denied
+# (to the server or the database), no such database.
+_UNAVAILABLE_CODES = frozenset({1040, 1044, 1045, 1049, 2002, 2003, 2005, 2006, 2013})
 _TRANSIENT_CODES = frozenset(
     {1021, 1040, 1053, 1077, 1114, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
 )
@@ -175,11 +191,13 @@ class MySQLDialect(Dialect):
 
     name = "mysql"
     driver_module = "pymysql"
+    title = "MySQL"
     migrations = (
         _MYSQL_MIGRATION_1,
         _MYSQL_MIGRATION_2,
         _MYSQL_MIGRATION_3,
         _MYSQL_MIGRATION_4,
+        _MYSQL_MIGRATION_5,
     )
     insert_chunk = 1000
 
@@ -216,14 +234,18 @@ class MySQLDialect(Dialect):
             WHERE id IN ({_IDS}){STEP}SELECT {JOB_COLUMNS}, seq AS dequeue_order
             FROM sdj_jobs WHERE id IN ({_IDS})""",
         # Whether it took: the rows matched (``complete`` then drops the checkpoints).
+        # Assignments run left to right, each seeing the ones before: finished_by
+        # copies locked_by before it is cleared.
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
-                completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
-                lock_expires_at = NULL
+                completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
+                heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
+                locked_by = NULL, last_error = NULL, traceback = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))""",
         "fail": f"""UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
-            run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
-            updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL
+            traceback = %(traceback)s, run_at = COALESCE(%(run_at)s, run_at),
+            finished_at = %(finished_at)s, updated_at = %(now)s, heartbeat_at = NULL,
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))
             {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
@@ -234,7 +256,7 @@ class MySQLDialect(Dialect):
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s""",
         "settled": f"""SELECT id, fence, status FROM sdj_jobs
-            WHERE id IN ({_in_list("ids")}) AND locked_by = %(worker)s
+            WHERE id IN ({_in_list("ids")}) AND finished_by = %(worker)s
               AND status <> 'running'""",
         "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
                 lock_expires_at = {_MYSQL_EXPIRY}
@@ -259,7 +281,8 @@ class MySQLDialect(Dialect):
         "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
             FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
             LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
-        "reap": """UPDATE sdj_jobs SET status = %(status)s, completed_at = %(completed_at)s,
+        "reap": """UPDATE sdj_jobs SET status = %(status)s, finished_at = %(finished_at)s,
+            finished_by = NULL, traceback = NULL,
             last_error = CONCAT('WorkerLost: worker ', COALESCE(locked_by, '?'), %(error)s),
             run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
@@ -331,9 +354,9 @@ class MySQLDialect(Dialect):
         "by_type": " AND type = %(type)s",
         "counts": "SELECT queue, status, COUNT(*) AS jobs FROM sdj_jobs GROUP BY queue, status",
         # %% is a literal % (the driver formats every statement with its parameters).
-        "throughput": """SELECT CAST(DATE_FORMAT(completed_at, '%%Y-%%m-%%d %%H:%%i:00')
+        "throughput": """SELECT CAST(DATE_FORMAT(finished_at, '%%Y-%%m-%%d %%H:%%i:00')
                 AS DATETIME) AS minute, status, COUNT(*) AS jobs FROM sdj_jobs
-            WHERE completed_at >= %(since)s AND status IN ('completed', 'failed')
+            WHERE finished_at >= %(since)s AND status IN ('completed', 'failed')
             GROUP BY 1, 2""",
         "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
@@ -342,7 +365,8 @@ class MySQLDialect(Dialect):
             ORDER BY started_at LIMIT %(limit)s""",
         "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id IN ({_in_list('ids')})",
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
-                completed_at = NULL, updated_at = %(now)s
+                completed_at = NULL, finished_at = NULL, finished_by = NULL,
+                updated_at = %(now)s
             WHERE id = %(id)s AND status IN ('failed', 'retrying')
             {STEP}SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
         # The rows are the first step's: the job as it was, locked until deleted.
@@ -407,6 +431,9 @@ class MySQLDialect(Dialect):
 
     def missing_table(self, error: BaseException) -> bool:
         return _code(error) == 1146  # ER_NO_SUCH_TABLE
+
+    def unavailable(self, error: BaseException) -> bool:
+        return _code(error) in _UNAVAILABLE_CODES
 
     # -- writes -------------------------------------------------------------------------
 

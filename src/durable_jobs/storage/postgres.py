@@ -109,6 +109,19 @@ _POSTGRES_MIGRATION_4 = (
     "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at TIMESTAMPTZ",
 )
 
+# Each field means one thing: completed_at only for completed jobs, finished_at for
+# any end, finished_by names the worker that stored the latest outcome (locked_by only
+# the running owner), and a failure keeps its traceback.
+_POSTGRES_MIGRATION_5 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN finished_at TIMESTAMPTZ",
+    "ALTER TABLE sdj_jobs ADD COLUMN finished_by TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN traceback TEXT",
+    "UPDATE sdj_jobs SET finished_at = completed_at WHERE status IN ('completed', 'failed')",
+    "UPDATE sdj_jobs SET completed_at = NULL WHERE status = 'failed'",
+    """UPDATE sdj_jobs SET finished_by = locked_by, locked_by = NULL
+        WHERE status <> 'running' AND locked_by IS NOT NULL""",
+)
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
@@ -122,6 +135,9 @@ MIGRATION_LOCK_KEY = 0x5D1_0B5
 # SQLSTATE classes psycopg reports as OperationalError that no retry cures: 54, program
 # limit exceeded (a row or value too big, too many columns).
 _PERMANENT_CLASSES = ("54",)
+# Connection exceptions, bad credentials, no such database, a server starting up or
+# shutting down.
+_UNAVAILABLE_CLASSES = ("08", "28", "3D", "57P")
 
 
 class PostgresDialect(Dialect):
@@ -129,11 +145,13 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     driver_module = "psycopg"
+    title = "PostgreSQL"
     migrations = (
         _POSTGRES_MIGRATION_1,
         _POSTGRES_MIGRATION_2,
         _POSTGRES_MIGRATION_3,
         _POSTGRES_MIGRATION_4,
+        _POSTGRES_MIGRATION_5,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -197,8 +215,9 @@ class PostgresDialect(Dialect):
                 j.seq AS dequeue_order""",
         "complete": """WITH done AS (
                 UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
-                    completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
-                    lock_expires_at = NULL
+                    completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
+                    heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
+                    locked_by = NULL, last_error = NULL, traceback = NULL
                 WHERE id = %(id)s AND status = 'running'
                   AND (%(worker)s::text IS NULL
                        OR (locked_by = %(worker)s AND fence = %(fence)s::int))
@@ -206,8 +225,9 @@ class PostgresDialect(Dialect):
             gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
             SELECT id FROM done""",
         "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
-            run_at = COALESCE(%(run_at)s, run_at), completed_at = %(completed_at)s,
-            updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL
+            traceback = %(traceback)s, run_at = COALESCE(%(run_at)s, run_at),
+            finished_at = %(finished_at)s, updated_at = %(now)s, heartbeat_at = NULL,
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s::text IS NULL
                    OR (locked_by = %(worker)s AND fence = %(fence)s::int))
@@ -219,7 +239,8 @@ class PostgresDialect(Dialect):
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s""",
         "settled": """SELECT id, fence, status FROM sdj_jobs
-            WHERE id = ANY(%(ids)s::text[]) AND locked_by = %(worker)s AND status <> 'running'""",
+            WHERE id = ANY(%(ids)s::text[]) AND finished_by = %(worker)s
+              AND status <> 'running'""",
         "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = %(now)s,
                 lock_expires_at = {_POSTGRES_EXPIRY}
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s""",
@@ -245,7 +266,8 @@ class PostgresDialect(Dialect):
         "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
             FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
             LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
-        "reap": """UPDATE sdj_jobs SET status = %(status)s, completed_at = %(completed_at)s,
+        "reap": """UPDATE sdj_jobs SET status = %(status)s, finished_at = %(finished_at)s,
+            finished_by = NULL, traceback = NULL,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
             run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
@@ -310,9 +332,9 @@ class PostgresDialect(Dialect):
         "by_queue": " AND queue = %(queue)s",
         "by_type": " AND type = %(type)s",
         "counts": "SELECT queue, status, COUNT(*) AS jobs FROM sdj_jobs GROUP BY queue, status",
-        "throughput": """SELECT date_trunc('minute', completed_at) AS minute, status,
+        "throughput": """SELECT date_trunc('minute', finished_at) AS minute, status,
                 COUNT(*) AS jobs FROM sdj_jobs
-            WHERE completed_at >= %(since)s AND status IN ('completed', 'failed')
+            WHERE finished_at >= %(since)s AND status IN ('completed', 'failed')
             GROUP BY 1, 2""",
         "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
@@ -323,7 +345,8 @@ class PostgresDialect(Dialect):
         # Wakes listening workers at once rather than at their next poll.
         "retry": f"""WITH r AS (
                 UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
-                    completed_at = NULL, updated_at = %(now)s
+                    completed_at = NULL, finished_at = NULL, finished_by = NULL,
+                    updated_at = %(now)s
                 WHERE id = %(id)s AND status IN ('failed', 'retrying')
                 RETURNING {JOB_COLUMNS})
             SELECT {JOB_COLUMNS}, pg_notify('sdj_jobs', queue)::text FROM r""",
@@ -370,6 +393,15 @@ class PostgresDialect(Dialect):
 
     def missing_table(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) == "42P01"  # undefined_table
+
+    def unavailable(self, error: BaseException) -> bool:
+        import psycopg
+
+        if not isinstance(error, psycopg.OperationalError):
+            return False
+        # No SQLSTATE: the connection attempt failed (refused, unknown host, timed out).
+        sqlstate = error.sqlstate
+        return sqlstate is None or sqlstate.startswith(_UNAVAILABLE_CLASSES)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -421,8 +453,9 @@ _COMPLETE_MANY = """WITH v AS (
             AS v(id, fence, result)),
     done AS (
         UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
-            completed_at = %(now)s, updated_at = %(now)s, heartbeat_at = NULL,
-            lock_expires_at = NULL
+            completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
+            heartbeat_at = NULL, lock_expires_at = NULL, finished_by = j.locked_by,
+            locked_by = NULL, last_error = NULL, traceback = NULL
         FROM v WHERE j.id = v.id AND j.status = 'running'
           AND j.locked_by = %(worker)s AND j.fence = v.fence
         RETURNING j.id),

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import CheckpointConflict
+from ..errors import CheckpointConflict, SchemaNotReady, StorageError
 from ..job import Checkpoint, Job, JobStatus, new_ids, utcnow
 from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
 from .dialects import Dialect, dialect_for, dialect_for_url, utc
+from .failures import storage_error
 from .protocol import JobStore, Listener
 from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
 
@@ -63,6 +64,7 @@ _JOB = (
     "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries",
     "last_error", "run_at", "started_at", "completed_at", "created_at", "updated_at",
     "result", "backoff", "locked_by", "heartbeat_at", "meta", "fence", "lock_expires_at",
+    "finished_at", "finished_by", "traceback",
 )  # fmt: skip
 _CLAIMED = (*_JOB, "dequeue_order")
 _CHECKPOINT = (
@@ -115,6 +117,7 @@ class SQLStorage:
         self._has_rows = d.has_rows
         self._group = d.group_commit(self)
         self._getters: dict[str, Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
+        self._driver_errors = (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
         self._migrated = False
         self._idle: list[Any] = []
         self._idle_pid = os.getpid()
@@ -139,8 +142,13 @@ class SQLStorage:
 
     @property
     def database_errors(self) -> tuple[type[BaseException], ...]:
-        """SQLAlchemy's errors and the driver's: what a failing database raises."""
-        return (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
+        """What a failing database raises: the library's ``StorageError`` (and, from
+        code that uses the engine directly, SQLAlchemy's errors and the driver's)."""
+        return (StorageError, *self._driver_errors)
+
+    def _storage_error(self, error: BaseException) -> StorageError:
+        """The library's error for the driver's ``error`` (raised from it)."""
+        return storage_error(error, self.dialect, self.url, lambda: self.schema_error(error))
 
     def admin(self) -> Admin:
         """The operator's queries (listings, counts, retries) on this storage."""
@@ -174,6 +182,8 @@ class SQLStorage:
                     yield cur
             finally:
                 self._checkin(raw)
+        except self._driver_errors as exc:
+            raise self._storage_error(exc) from exc
         finally:
             if lock is not None:
                 lock.release()
@@ -279,7 +289,10 @@ class SQLStorage:
         disk flushes)."""
         if self._group is None:
             return self._run(name, params)
-        return self._group.run(self._sql[name], params)
+        try:
+            return self._group.run(self._sql[name], params)
+        except self._driver_errors as exc:
+            raise self._storage_error(exc) from exc
 
     def _run(self, name: str, params: dict[str, Any], *, write: bool = True) -> list[Any]:
         return self._execute(self._sql[name], params, write=write)
@@ -324,6 +337,8 @@ class SQLStorage:
                     raise
             finally:
                 self._checkin(raw)
+        except self._driver_errors as exc:
+            raise self._storage_error(exc) from exc
         finally:
             if lock is not None:
                 lock.release()
@@ -363,27 +378,28 @@ class SQLStorage:
         self._migrated = True
 
     def require_schema(self) -> None:
-        """Raise ``RuntimeError`` unless the database's schema is up to date (and the
-        driver's error if it cannot be reached): workers check before they start, and
-        enqueues when a write fails."""
+        """Raise ``SchemaNotReady`` unless the database's schema is up to date (another
+        ``StorageError`` if it cannot be reached): workers check before they start."""
         if self._migrated:
             return
         version, latest = self.schema_version(), len(self.dialect.migrations)
         if version < latest:
-            raise RuntimeError(
-                f"the database is at schema version {version} of {latest}: run "
-                "storage.migrate() (or `sdj migrate`) first"
+            raise SchemaNotReady(
+                f"the database {self.url} is at schema version {version} of {latest}: run "
+                "storage.migrate() (or `sdj migrate`) first",
+                database=self.url,
             )
         self._migrated = True
 
-    def schema_error(self, error: BaseException) -> RuntimeError | None:
+    def schema_error(self, error: BaseException) -> SchemaNotReady | None:
         """A clearer error than the driver's ``error`` when it says a table is missing
         because the database was never migrated (None otherwise)."""
-        if not self.dialect.missing_table(error):
+        driver = error.orig if isinstance(error, sa.exc.DBAPIError) and error.orig else error
+        if not self.dialect.missing_table(driver):
             return None
         try:
             self.require_schema()
-        except RuntimeError as missing:
+        except SchemaNotReady as missing:
             return missing
         except Exception:
             return None  # cannot tell: the driver's error stands
@@ -391,8 +407,11 @@ class SQLStorage:
 
     def schema_version(self) -> int:
         """The highest migration applied (0 for an empty database); reads only."""
-        if not sa.inspect(self.engine).has_table("sdj_schema_version"):
-            return 0
+        try:
+            if not sa.inspect(self.engine).has_table("sdj_schema_version"):
+                return 0
+        except self._driver_errors as exc:
+            raise self._storage_error(exc) from exc
         with self._cursor() as cur:
             cur.execute(self._sql["schema_versions"])
             return max((row[0] for row in cur.fetchall()), default=0)
@@ -404,7 +423,8 @@ class SQLStorage:
         (
             id_, type_, args, queue, priority, status, attempt, max_retries, last_error,
             run_at, started_at, completed_at, created_at, updated_at, result, backoff,
-            locked_by, heartbeat_at, meta, fence, lock_expires_at, *_,
+            locked_by, heartbeat_at, meta, fence, lock_expires_at, finished_at, finished_by,
+            traceback, *_,
         ) = values  # fmt: skip
         t = self.dialect.time_value
         created = t(created_at)
@@ -432,6 +452,9 @@ class SQLStorage:
             meta=None if meta is None else json.loads(meta),
             fence=fence,
             lock_expires_at=t(lock_expires_at),
+            finished_at=t(finished_at),
+            finished_by=finished_by,
+            traceback=traceback,
         )
 
     def _checkpoint(self, values: Sequence[Any]) -> Checkpoint:
@@ -678,11 +701,12 @@ class SQLStorage:
         worker_id: str | None = None,
         fence: int | None = None,
         attempt: int | None = None,
+        traceback: str | None = None,
     ) -> bool:
         """Record a failed run: ``retrying`` until ``run_at``, or ``failed`` when it is None.
 
         Fenced like ``complete`` when ``worker_id`` and ``fence`` are given (``attempt``:
-        the former name of ``fence``).
+        the former name of ``fence``). ``traceback`` is kept with the job.
         """
         now = utcnow()
         t = self.dialect.time_param
@@ -690,8 +714,9 @@ class SQLStorage:
             "id": job_id,
             "status": (JobStatus.FAILED if run_at is None else JobStatus.RETRYING).value,
             "error": storable_text(err_msg),
+            "traceback": None if traceback is None else storable_text(traceback),
             "run_at": t(run_at),
-            "completed_at": t(now) if run_at is None else None,
+            "finished_at": t(now) if run_at is None else None,
             "now": t(now),
             "worker": worker_id,
             "fence": _fence(fence, attempt),
@@ -897,11 +922,11 @@ class SQLStorage:
             "now": t(now),
             "error": error,  # the statement prefixes "WorkerLost: worker <id>"
             "status": JobStatus.RETRYING.value,
-            "completed_at": None,
+            "finished_at": None,
             "run_at": None,
         }
         if attempt > max_retries:
-            params.update(status=JobStatus.FAILED.value, completed_at=t(now))
+            params.update(status=JobStatus.FAILED.value, finished_at=t(now))
             return params
         try:
             default = None if backoff is None else backoff(job_type)

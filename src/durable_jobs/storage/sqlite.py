@@ -170,6 +170,19 @@ _SQLITE_MIGRATION_4 = (
     "ALTER TABLE sdj_jobs ADD COLUMN lock_expires_at TEXT",
 )
 
+# Each field means one thing: completed_at only for completed jobs, finished_at for
+# any end, finished_by names the worker that stored the latest outcome (locked_by only
+# the running owner), and a failure keeps its traceback.
+_SQLITE_MIGRATION_5 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN finished_at TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN finished_by TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN traceback TEXT",
+    "UPDATE sdj_jobs SET finished_at = completed_at WHERE status IN ('completed', 'failed')",
+    "UPDATE sdj_jobs SET completed_at = NULL WHERE status = 'failed'",
+    """UPDATE sdj_jobs SET finished_by = locked_by, locked_by = NULL
+        WHERE status <> 'running' AND locked_by IS NOT NULL""",
+)
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -195,6 +208,15 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _TRANSIENT_TEXT = ("locked", "busy", "disk i/o", "disk is full", "unable to open")
+# A file that cannot be opened, read or written (permissions, a read-only file system).
+_UNAVAILABLE_CODES = frozenset(
+    {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH}
+)
+
+
+def _primary_code(error: BaseException) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None) if isinstance(error, sqlite3.Error) else None
+    return None if code is None else code & 0xFF
 
 
 class SQLiteDialect(Dialect):
@@ -203,11 +225,21 @@ class SQLiteDialect(Dialect):
 
     name = "sqlite"
     driver_module = "sqlite3"
+    title = "SQLite"
+    unavailable_verb = "open"
+    unavailable_hint = (
+        "Check that the file's directory exists and that this process may read and write"
+        " both (a missing file is created, a missing directory is not)."
+    )
+    not_a_database_hint = (
+        "Point the URL at a SQLite database file (a new name creates one), or move this file away."
+    )
     migrations = (
         _SQLITE_MIGRATION_1,
         _SQLITE_MIGRATION_2,
         _SQLITE_MIGRATION_3,
         _SQLITE_MIGRATION_4,
+        _SQLITE_MIGRATION_5,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -248,13 +280,16 @@ class SQLiteDialect(Dialect):
                 LIMIT :limit)
             RETURNING {JOB_COLUMNS}, rowid AS dequeue_order""",
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = :result,
-            completed_at = :now, updated_at = :now, heartbeat_at = NULL, lock_expires_at = NULL
+            completed_at = :now, finished_at = :now, updated_at = :now, heartbeat_at = NULL,
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
+            last_error = NULL, traceback = NULL
             WHERE id = :id AND status = 'running'
               AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
         "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
-            run_at = COALESCE(:run_at, run_at), completed_at = :completed_at,
-            updated_at = :now, heartbeat_at = NULL, lock_expires_at = NULL
+            traceback = :traceback, run_at = COALESCE(:run_at, run_at),
+            finished_at = :finished_at, updated_at = :now, heartbeat_at = NULL,
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
             WHERE id = :id AND status = 'running'
               AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
@@ -263,10 +298,10 @@ class SQLiteDialect(Dialect):
             attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
             updated_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
-        # Outcomes leave locked_by naming the run's owner (reap and release clear it), so a
+        # Outcomes move the run's owner to finished_by (reap and release clear it), so a
         # worker whose outcome write lost its reply can tell whether it was committed.
         "settled": """SELECT id, fence, status FROM sdj_jobs
-            WHERE locked_by = :worker AND status <> 'running'
+            WHERE finished_by = :worker AND status <> 'running'
               AND id IN (SELECT value FROM json_each(:ids))""",
         "heartbeat_job": f"""UPDATE sdj_jobs SET heartbeat_at = :now,
                 lock_expires_at = {_SQLITE_EXPIRY}
@@ -294,7 +329,8 @@ class SQLiteDialect(Dialect):
         "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
             FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < :cutoff
             LIMIT :limit""",
-        "reap": """UPDATE sdj_jobs SET status = :status, completed_at = :completed_at,
+        "reap": """UPDATE sdj_jobs SET status = :status, finished_at = :finished_at,
+            finished_by = NULL, traceback = NULL,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
             run_at = COALESCE(:run_at, run_at), updated_at = :now,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
@@ -359,9 +395,9 @@ class SQLiteDialect(Dialect):
         "by_type": " AND type = :type",
         "counts": "SELECT queue, status, COUNT(*) AS jobs FROM sdj_jobs GROUP BY queue, status",
         # Times are fixed-width text, so the first 16 characters name the minute.
-        "throughput": """SELECT substr(completed_at, 1, 16) AS minute, status, COUNT(*) AS jobs
+        "throughput": """SELECT substr(finished_at, 1, 16) AS minute, status, COUNT(*) AS jobs
             FROM sdj_jobs
-            WHERE completed_at >= :since AND status IN ('completed', 'failed')
+            WHERE finished_at >= :since AND status IN ('completed', 'failed')
             GROUP BY 1, 2""",
         "oldest_due": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= :now
@@ -374,7 +410,7 @@ class SQLiteDialect(Dialect):
         # A fresh start: full retry budget; checkpoints stay, so a workflow resumes. The
         # fence stays: the next claim takes a new one, so a stale run's writes stay rejected.
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
-                completed_at = NULL, updated_at = :now
+                completed_at = NULL, finished_at = NULL, finished_by = NULL, updated_at = :now
             WHERE id = :id AND status IN ('failed', 'retrying')
             RETURNING {JOB_COLUMNS}""",
         # A running job only with :force: its worker would go on running it.
@@ -429,6 +465,12 @@ class SQLiteDialect(Dialect):
     def missing_table(self, error: BaseException) -> bool:
         # SQLite gives this no error code of its own, only the message.
         return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
+
+    def unavailable(self, error: BaseException) -> bool:
+        return _primary_code(error) in _UNAVAILABLE_CODES
+
+    def not_a_database(self, error: BaseException) -> bool:
+        return _primary_code(error) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
 
     # The migration lock is the write lock: migrations run in an IMMEDIATE transaction.
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
+from ..errors import StorageError
 from .dialects import imported_drivers
 
 __all__ = ["is_transient", "retry_transient"]
@@ -33,6 +34,8 @@ def is_transient(exc: BaseException) -> bool:
     deadlocks and full disks (``Dialect.transient``). Everything else (integrity and
     data errors, bad SQL, bugs) is permanent.
     """
+    if isinstance(exc, StorageError):
+        return exc.transient  # judged from the driver's error when it was raised
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, sa.exc.DisconnectionError | sa.exc.TimeoutError):
