@@ -11,18 +11,24 @@ queue.enqueue("send_email", "u@example.com")
 queue.worker().run()
 """
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata as _metadata
 
 from .context import current_job
 from .durable import call, call_async
 from .errors import (
+    DatabaseUnavailable,
     DurableJobsError,
+    FailedRun,
+    JobNotFound,
     NondeterminismError,
     NoRetry,
+    NotADatabase,
     NotInJobError,
     OutcomeRefused,
     ResultTooLarge,
     RetryAfter,
+    SchemaNotReady,
+    StorageError,
 )
 from .events import (
     CheckpointSaved,
@@ -42,26 +48,30 @@ from .storage import SQLStorage, Storage
 from .worker import Worker
 
 try:
-    __version__ = version("simple-durable-jobs")
-except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = _metadata.version("simple-durable-jobs")
+except _metadata.PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0"
 
 __all__ = [
     "Backoff",
     "Checkpoint",
     "CheckpointSaved",
+    "DatabaseUnavailable",
     "DurableJobsError",
     "Event",
     "EventStream",
+    "FailedRun",
     "Job",
     "JobCompleted",
     "JobEnqueued",
     "JobFailed",
+    "JobNotFound",
     "JobRetrying",
     "JobStarted",
     "JobStatus",
     "NoRetry",
     "NondeterminismError",
+    "NotADatabase",
     "NotInJobError",
     "OutcomeRefused",
     "Queue",
@@ -69,7 +79,9 @@ __all__ = [
     "RetryAfter",
     "SQLStorage",
     "Schedule",
+    "SchemaNotReady",
     "Storage",
+    "StorageError",
     "Worker",
     "__version__",
     "call",

@@ -7,13 +7,14 @@ import datetime as dt
 import decimal
 import enum
 import json
+import reprlib
 import typing
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, is_typeddict
 
-__all__ = ["Decoder", "decoder_for", "dumps", "loads"]
+__all__ = ["Decoder", "decoder_for", "describe_decode_error", "dumps", "loads"]
 
 
 def _default(value: Any) -> Any:
@@ -155,3 +156,34 @@ def _typeddict_decoder(annotation: Any) -> Decoder:
         return value
 
     return decode
+
+
+# How many of a validation error's problems a message lists, and how long the shown
+# values may be: a message names the problems, it does not echo the payload.
+_MAX_PROBLEMS = 5
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def describe_decode_error(error: Exception) -> str:
+    """One line saying why a decoder refused a value: each problem as ``field: message
+    (got value)`` for pydantic's errors, the error's own text otherwise."""
+    problems = None
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        try:
+            problems = list(errors(include_url=False))
+        except Exception:  # not pydantic's: use the text
+            problems = None
+    if not problems:
+        return str(error).replace("\n", " ")
+    parts = []
+    for problem in problems[:_MAX_PROBLEMS]:
+        loc = ".".join(str(p) for p in problem.get("loc", ()))
+        text = f"{loc}: {problem.get('msg', '?')}" if loc else str(problem.get("msg", "?"))
+        if problem.get("type") != "missing" and "input" in problem:
+            text += f" (got {_SHORT.repr(problem['input'])})"
+        parts.append(text)
+    if len(problems) > _MAX_PROBLEMS:
+        parts.append(f"and {len(problems) - _MAX_PROBLEMS} more")
+    return "; ".join(parts)

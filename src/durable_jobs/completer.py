@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .backoff_loop import keep_trying
 from .errors import OutcomeRefused
-from .executor import RunOutcome, describe
+from .executor import RunOutcome, describe, format_traceback
 from .job import JobStatus
 from .storage import Outcome, is_transient
 
@@ -99,6 +99,9 @@ class Completer:
                 )
             if o.kind in ("retry", "failed") and self._store_failure(o):
                 accepted.add(o.job.id)
+                if o.kind == "retry" and o.run_at is not None:
+                    # Its worker knows when it is due: woken then, not at the next poll.
+                    self.dispatcher.wake_at(o.job.queue, o.run_at)
         releases = [(o.job.id, o.job.fence) for o in batch if o.kind == "release"]
         if releases:
             self._permanent_ok(
@@ -108,7 +111,10 @@ class Completer:
         if rejected:
             accepted |= self._committed_anyway(rejected)
         self.dispatcher.forget(batch)
-        reports = [(o, o.job.id in accepted) for o in batch]
+        # Accepted is by job: of two runs of one job in a batch (a thawed worker's stale
+        # run and its own later claim of the job), only the newest can have been stored.
+        newest = {o.job.id: o.job.fence for o in sorted(batch, key=lambda o: o.job.fence)}
+        reports = [(o, o.job.id in accepted and o.job.fence == newest[o.job.id]) for o in batch]
         size = sum(len(o.result or b"") for o in batch)
         self.reports.put(reports, size, lambda: self.give_up_at)
 
@@ -190,6 +196,7 @@ class Completer:
         o.error = OutcomeRefused(
             f"the database refused to store the {what} of this run: {describe(exc)}"
         )
+        o.traceback = None  # what was refused may have been the traceback itself
         if o.kind == "completed":
             o.kind, o.result, o.run_at = "failed", None, None
 
@@ -246,7 +253,12 @@ class Completer:
 
     def _fail(self, o: RunOutcome) -> bool:
         return self.queue.storage.fail(
-            o.job.id, o.error_text, o.run_at, worker_id=self.worker_id, fence=o.job.fence
+            o.job.id,
+            o.error_text,
+            o.run_at,
+            worker_id=self.worker_id,
+            fence=o.job.fence,
+            traceback=o.traceback,
         )
 
     def _resolve_unknown(self, o: RunOutcome) -> None:
@@ -267,6 +279,7 @@ class Completer:
             f"no handler registered for job type {job.type!r} in any live worker of queue "
             f"{job.queue!r}"
         )
+        o.traceback = format_traceback(o.error)
         o.run_at = None
 
 

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING
 
 from .backoff_loop import keep_trying
 from .executor import Executor, RunOutcome
-from .job import Job
+from .job import Job, utcnow
 from .storage import Claim
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from .queue import Queue
 
 __all__ = ["ClaimRequest", "Dispatcher", "QueueState"]
@@ -41,6 +43,9 @@ SLOW_JOB = 0.05
 # commit completes a batch and claims the next, so the shorter the jobs, the bigger the
 # batches must be for commits not to bound throughput.
 _CLAIM_AHEAD = ((SLOW_JOB / 100, 16), (SLOW_JOB / 10, 4), (SLOW_JOB, 2))
+# How long after a known run time to look for the job: clocks (wall and monotonic) and
+# the database's rounding of stored times must not make the claim a hair too early.
+_DUE_MARGIN = 0.002
 
 
 @dataclass(slots=True, eq=False)
@@ -59,6 +64,9 @@ class QueueState:
     maybe_work: bool = True
     #: Counts wake-ups, so a claim that began before one does not clear ``maybe_work``.
     generation: int = 0
+    #: The earliest ``time.monotonic()`` at which a job this worker knows of becomes due
+    #: (a retry it stored, a delayed job enqueued in this process); inf: none known.
+    due_at: float = float("inf")
 
     def capacity(self) -> int:
         """How many jobs this queue may hold claimed, by how long its jobs run."""
@@ -122,11 +130,16 @@ class Dispatcher:
         self._skip: dict[str, float] = {}
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
+        #: Set when stopping gives up on running jobs: they are released, and the outcome
+        #: of a run that ends after is dropped (its job is another worker's again).
+        self.abandoned = threading.Event()
         self.tasks: queue_mod.SimpleQueue[Job | None] = queue_mod.SimpleQueue()
         #: Finished runs (and unstarted jobs to release), for the completer to store.
         self.outcomes: queue_mod.SimpleQueue[RunOutcome | None] = queue_mod.SimpleQueue()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._next_poll = 0.0
+        #: The earliest ``QueueState.due_at`` (read unlocked by the dispatcher thread).
+        self._next_due = float("inf")
 
     # -- wake-ups -----------------------------------------------------------------------
 
@@ -149,6 +162,37 @@ class Dispatcher:
 
     def on_notify(self, queue_name: str) -> None:
         self.wake((queue_name,))
+
+    def wake_at(self, queue: str, run_at: datetime) -> None:
+        """Look for jobs in ``queue`` at ``run_at``, when a job there becomes due."""
+        seconds = (run_at - utcnow()).total_seconds()
+        if seconds <= 0:
+            self.wake((queue,))
+            return
+        at = time.monotonic() + seconds + _DUE_MARGIN
+        with self.lock:
+            state = self.queues.get(queue)
+            if state is None or at >= state.due_at:
+                return
+            state.due_at = at
+            sooner = at < self._next_due
+            if sooner:
+                self._next_due = at
+        if sooner:
+            self.wakeup.set()  # the dispatcher waits until then now, not the next poll
+
+    def _wake_due(self, now: float) -> None:
+        """Wake the queues whose known run time has come."""
+        with self.lock:
+            next_due = float("inf")
+            for state in self.queues.values():
+                if state.due_at <= now:
+                    state.due_at = float("inf")
+                    state.maybe_work = True
+                    state.generation += 1
+                else:
+                    next_due = min(next_due, state.due_at)
+            self._next_due = next_due
 
     def take_enqueued(self, job: Job) -> bool:
         """Reserve a free slot for ``job`` (see ``Worker.take_enqueued``)."""
@@ -190,7 +234,8 @@ class Dispatcher:
                 self._claim_round, warn=self._claim_failed, pause=self._after_failed_round
             )
             if claimed is False:  # None: stopping
-                self.wakeup.wait(max(0.0, self._next_poll - time.monotonic()))
+                until = min(self._next_poll, self._next_due)
+                self.wakeup.wait(max(0.0, until - time.monotonic()))
 
     def _begin_round(self) -> None:
         now = time.monotonic()
@@ -198,6 +243,8 @@ class Dispatcher:
             # Delayed and retrying jobs become due without any notification.
             self.wake_all()
             self._next_poll = now + self.poll_interval
+        if now >= self._next_due:
+            self._wake_due(now)
         self.wakeup.clear()
 
     @staticmethod
@@ -348,6 +395,9 @@ class Dispatcher:
         self._finish(outcome)
 
     def _finish(self, outcome: RunOutcome) -> None:
+        if self.abandoned.is_set() and outcome.kind != "release":
+            # Released when stopping gave up on it: another worker's to run now.
+            outcome = RunOutcome(outcome.job, "release")
         with self.lock:
             state = self.queues[outcome.job.queue]
             state.running -= 1
@@ -396,14 +446,51 @@ class Dispatcher:
             self.outcomes.put(RunOutcome(job, "release"))
 
     def wait_finished(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s for every claimed job to finish; how many did not."""
+        """Wait up to ``timeout`` s for every claimed job to finish; how many did not.
+
+        ``abandon()`` ends the wait early.
+        """
         with self.lock:
             self.lock.wait_for(
-                lambda: not any(state.claimed for state in self.queues.values()), timeout
+                lambda: (
+                    self.abandoned.is_set()
+                    or not any(state.claimed for state in self.queues.values())
+                ),
+                timeout,
             )
             return sum(state.claimed for state in self.queues.values())
+
+    def abandon(self) -> None:
+        """Give up on running jobs: end ``wait_finished`` now (``release_running`` then
+        gives them back). Safe to call from a signal handler in the thread that waits."""
+        self.abandoned.set()
+        with self.lock:  # a reentrant lock: the waiting thread does not hold it meanwhile
+            self.lock.notify_all()
+
+    def release_running(self) -> int:
+        """Release, for other workers, every run this worker still holds (after
+        ``abandon``): ``release`` outcomes the completer stores; async ones are cancelled.
+
+        A run whose outcome is already on its way is stored first and its release finds
+        nothing to do; one that ends after is dropped (see ``_finish``). Returns how many
+        runs had not finished.
+        """
+        with self.lock:
+            runs = list(self.active.values())
+            unfinished = sum(state.claimed for state in self.queues.values())
+        for job in runs:
+            self.outcomes.put(RunOutcome(job, "release"))
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_cancel_tasks, loop)
+        return unfinished
 
     def stop_slots(self, count: int) -> None:
         """Tell ``count`` slot threads to end once the jobs before are done."""
         for _ in range(count):
             self.tasks.put(None)
+
+
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()

@@ -7,6 +7,7 @@ neither the worker nor the queue module.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -17,14 +18,14 @@ from typing import Any
 from . import codec, context
 from .errors import NondeterminismError, NoRetry, StaleJobError
 from .events import CheckpointSaved
-from .handler import Handler
+from .handler import Handler, InvalidArguments
 from .instrument import wrapped
 from .job import Checkpoint
 from .options import check_options
 from .retry import DEFAULT_BACKOFF, Backoff
 from .storage import retry_transient
 
-__all__ = ["call", "call_async"]
+__all__ = ["InvalidCall", "InvalidCallArguments", "UnknownStep", "call", "call_async"]
 
 _CALL_OPTIONS = frozenset({"retries", "backoff"})
 # Errors of nested calls that a step's retries in place must not catch: a run that lost
@@ -35,6 +36,23 @@ _NEVER_RETRIED = (StaleJobError, NondeterminismError)
 # numbered within their step, so they never shift the numbering around them. A context
 # variable rather than a stack, so concurrent async steps each see their own path.
 _scope: ContextVar[str] = ContextVar("durable_jobs_scope", default="")
+
+
+class InvalidCall(NoRetry):
+    """A durable call that cannot run as written: no handler is registered for it, or
+    its arguments or options do not fit. A programming error, not a passing failure, so
+    the job fails at once instead of retrying (and the error is not checkpointed: once
+    the code is fixed, a retried job makes the call afresh).
+    """
+
+
+class UnknownStep(InvalidCall, LookupError):
+    """No handler is registered (in the worker running the job) for what a call names."""
+
+
+class InvalidCallArguments(InvalidCall, TypeError, ValueError):
+    """A call's arguments do not fit its handler's annotation or cannot be encoded as
+    JSON, or its options are unknown or out of range."""
 
 
 @dataclass
@@ -112,19 +130,63 @@ def _replay_of(ctx: context.JobContext) -> _Replay:
     return replay
 
 
-def _prepare(name: str, args: Any, options: dict[str, Any]) -> _Step:
-    """Check a call and take its index, at once and without I/O (see ``_Replay``)."""
+def _prepare(target: str | Callable[..., Any], args: Any, options: dict[str, Any]) -> _Step:
+    """Check a call and take its index, at once and without I/O (see ``_Replay``).
+
+    What cannot run as written raises ``InvalidCall`` before the call takes an index.
+    """
     ctx = context.current_context()
-    opts = check_options(options, _CALL_OPTIONS, f"call({name!r})")  # like enqueue's
-    handler = ctx.queue.handler(name)
-    if handler is None:
-        raise LookupError(f"no handler registered for durable call {name!r}")
-    encoded = codec.dumps(args)
+    handler = _handler_for(ctx, target)
+    where = f"durable call of {handler.name!r}"
+    try:
+        opts = check_options(options, _CALL_OPTIONS, where)  # like enqueue's
+    except ValueError as exc:
+        raise InvalidCallArguments(str(exc)) from exc
+    try:
+        encoded = codec.dumps(args)
+    except TypeError as exc:
+        raise InvalidCallArguments(f"{where}: {exc}") from exc
     replay = _replay_of(ctx)
     scope = _scope.get()
     index = replay.next_index(scope)
     backoff = opts.get("backoff") or handler.defaults.get("backoff") or DEFAULT_BACKOFF
     return _Step(ctx, replay, handler, scope, index, encoded, opts.get("retries", 0), backoff)
+
+
+def _handler_for(ctx: context.JobContext, target: str | Callable[..., Any]) -> Handler:
+    """The handler a call names, by job type or as the registered function (resolved
+    as ``enqueue`` resolves it), or ``InvalidCall`` saying why there is none."""
+    queue = ctx.queue
+    if isinstance(target, str):
+        name = target
+    else:
+        try:
+            name = queue.resolve_name(target)
+        except ValueError:
+            what = getattr(target, "__qualname__", None) or repr(target)
+            raise UnknownStep(
+                f"durable call of {what}: it is not a handler registered with this queue; "
+                "register it (@queue.job() or queue.register) or call it by its job type"
+            ) from None
+    handler = queue.handler(name)
+    if handler is None:
+        close = difflib.get_close_matches(name, queue.job_types, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise UnknownStep(
+            f"durable call of {name!r}: no handler is registered under that job type in "
+            f"this worker{hint}; register it on the queue that runs this workflow"
+        )
+    return handler
+
+
+def _note(step: _Step, error: BaseException, how: str = "raised this") -> None:
+    """Say on ``error`` which step it came from: the job's traceback then names it."""
+    note = f"durable call {step.path} ({step.handler.name!r}) {how}"
+    try:
+        if note not in getattr(error, "__notes__", ()):  # the same error object re-raised
+            error.add_note(note)
+    except Exception:  # an error whose __notes__ was replaced by something odd
+        pass  # never hide the error itself behind a failure to annotate it
 
 
 def _replayed(step: _Step, cp: Checkpoint) -> Any:
@@ -135,7 +197,9 @@ def _replayed(step: _Step, cp: Checkpoint) -> Any:
             "calls must happen in the same order on every run"
         )
     if cp.error is not None:
-        raise NoRetry(cp.error)
+        error = NoRetry(cp.error)
+        _note(step, error, "raised this on an earlier run (replayed from its checkpoint)")
+        raise error
     return step.handler.decode_result(cp.result or b"null")
 
 
@@ -185,11 +249,20 @@ def _succeeded(step: _Step, value: Any) -> Any:
 
 
 def _arguments(step: _Step) -> tuple[Any, ...]:
-    return (step.handler.decode_args(step.args),) if step.handler.takes_arg else ()
+    """The step's argument decoded into its handler's annotation, as a worker decodes a
+    job's; arguments that do not fit raise ``InvalidCall`` (retrying cannot help)."""
+    if not step.handler.takes_arg:
+        return ()
+    try:
+        return (step.handler.check_args(step.args),)
+    except InvalidArguments as exc:
+        raise InvalidCallArguments(f"durable call {step.path}: {exc}") from exc
 
 
-def call(name: str, args: Any = None, **options: Any) -> Any:
+def call(name: str | Callable[..., Any], args: Any = None, **options: Any) -> Any:
     """Run the registered handler ``name`` as a checkpointed step of the current job.
+
+    ``name`` is a job type or the registered function itself, as for ``enqueue``.
 
     On a later run of the job, a step that already has a checkpoint returns its saved
     result (decoded into the handler's return annotation) without running. A ``NoRetry``
@@ -199,29 +272,41 @@ def call(name: str, args: Any = None, **options: Any) -> Any:
 
     Raises ``NotInJobError`` outside a handler and ``NondeterminismError`` when the
     replayed call names a different handler than its checkpoint. ``StaleJobError`` and
-    ``NondeterminismError`` from nested calls are never retried in place.
+    ``NondeterminismError`` from nested calls are never retried in place. A call that
+    cannot run as written raises ``InvalidCall``, a ``NoRetry``, so the job fails
+    without retries: ``UnknownStep`` (a ``LookupError``) when no handler is registered
+    for ``name``, ``InvalidCallArguments`` (a ``TypeError`` and ``ValueError``) for
+    arguments that do not fit the handler's annotation and for bad options (neither is
+    checkpointed). An error that leaves the step gets a note naming the step (its call
+    index and handler), which the job's stored traceback shows.
     """
     step = _prepare(name, args, options)
     cp = _replay_state(step.ctx).get(step.scope, step.index)
     if cp is not None:
         return _replayed(step, cp)
     for attempt in range(step.retries + 1):
+        arguments = _arguments(step)  # InvalidCall: not the step's failure, not retried
         token = _scope.set(step.path)
         try:
             step.replay.restart(step.path)  # nested calls renumber per attempt
             wrappers = step.ctx.queue.instruments.step_run
             if wrappers:
                 with wrapped(wrappers, step.ctx.job, step.handler.name, step.index):
-                    value = _run_sync(step.handler.fn, _arguments(step))
+                    value = _run_sync(step.handler.fn, arguments)
             else:
-                value = _run_sync(step.handler.fn, _arguments(step))
+                value = _run_sync(step.handler.fn, arguments)
+        except InvalidCall as exc:  # a nested call's programming error: not checkpointed
+            _note(step, exc)
+            raise
         except NoRetry as exc:
             _record(step, None, exc.message)
+            _note(step, exc)
             raise
         except _NEVER_RETRIED:  # the run lost its lock, or diverged: retrying cannot help
             raise
-        except Exception:
+        except Exception as exc:
             if attempt == step.retries:
+                _note(step, exc)
                 raise
             time.sleep(step.backoff.delay(attempt + 1).total_seconds())
         else:
@@ -246,7 +331,9 @@ def _run_sync(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     )
 
 
-def call_async(name: str, args: Any = None, **options: Any) -> Coroutine[Any, Any, Any]:
+def call_async(
+    name: str | Callable[..., Any], args: Any = None, **options: Any
+) -> Coroutine[Any, Any, Any]:
     """``call()`` for async handlers: ``await jobs.call_async(name, args)``.
 
     The call takes its index when ``call_async()`` is called, before anything is
@@ -265,22 +352,28 @@ async def _call_async(step: _Step) -> Any:
         return _replayed(step, cp)
     storage_call = asyncio.to_thread
     for attempt in range(step.retries + 1):
+        arguments = _arguments(step)
         token = _scope.set(step.path)
         try:
             step.replay.restart(step.path)
             wrappers = step.ctx.queue.instruments.step_run
             if wrappers:
                 with wrapped(wrappers, step.ctx.job, step.handler.name, step.index):
-                    value = await _run_async(step.handler, _arguments(step))
+                    value = await _run_async(step.handler, arguments)
             else:
-                value = await _run_async(step.handler, _arguments(step))
+                value = await _run_async(step.handler, arguments)
+        except InvalidCall as exc:
+            _note(step, exc)
+            raise
         except NoRetry as exc:
             await storage_call(_record, step, None, exc.message)
+            _note(step, exc)
             raise
         except _NEVER_RETRIED:
             raise
-        except Exception:
+        except Exception as exc:
             if attempt == step.retries:
+                _note(step, exc)
                 raise
             await asyncio.sleep(step.backoff.delay(attempt + 1).total_seconds())
         else:

@@ -52,7 +52,8 @@ _ErrorHookT = TypeVar("_ErrorHookT", bound=ErrorHook)
 # --- Events -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Not slotted: ``JobFailed`` is also an exception, whose layout a slotted base would clash with.
+@dataclass(frozen=True)
 class Event:
     """Something that happened to ``job``, at ``at`` (UTC)."""
 
@@ -78,11 +79,18 @@ class JobCompleted(Event):
     duration: timedelta
 
 
-@dataclass(frozen=True, slots=True)
-class JobFailed(Event):
-    """The job failed permanently with ``error``."""
+@dataclass(frozen=True)
+class JobFailed(Event, Exception):
+    """The job failed permanently with ``error``.
+
+    Also the exception ``Queue.result`` raises for a failed job: ``error`` is then a
+    ``FailedRun`` holding what the failed run stored (its error and traceback).
+    """
 
     error: BaseException
+
+    def __str__(self) -> str:
+        return f"job {self.job.id} ({self.job.type}) failed: {self.error}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import traceback as traceback_mod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json, delayed
 if TYPE_CHECKING:
     from .queue import Queue
 
-__all__ = ["Executor", "RunOutcome"]
+__all__ = ["Executor", "RunOutcome", "format_traceback"]
 
 
 def _finish(
@@ -53,6 +54,8 @@ class RunOutcome:
 
     ``kind`` is ``"completed"``, ``"retry"`` (wait until ``run_at``), ``"failed"``
     (permanently) or ``"unknown"`` (no handler for the job type in this worker).
+    ``traceback`` is the error's formatted traceback (``format_traceback``), stored
+    with the job; it is filled in from ``error`` when not given.
     """
 
     job: Job
@@ -61,6 +64,11 @@ class RunOutcome:
     error: BaseException | None = None
     run_at: datetime | None = None
     duration: timedelta = timedelta(0)
+    traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None and self.traceback is None:
+            self.traceback = format_traceback(self.error)
 
     @property
     def error_text(self) -> str:
@@ -74,6 +82,30 @@ def describe(error: BaseException) -> str:
         return f"{type(error).__name__}: {error.message}"
     message = str(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+# Tracebacks are kept with their job: the last this many characters of one (the end
+# names the error and the frame that raised it; a deep recursion is cut at the start).
+MAX_TRACEBACK = 16 * 1024
+
+
+def format_traceback(error: BaseException) -> str:
+    """``error``'s traceback as Python prints it, with its notes and chained causes,
+    without the executor's own frames, cut to its last ``MAX_TRACEBACK`` characters.
+    """
+    tb = error.__traceback__
+    # The frames that called the handler (the run, the lambda binding its argument) are
+    # the library's: the traceback starts at the handler.
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        text = "".join(traceback_mod.format_exception(type(error), error, tb))
+    except Exception as exc:  # an error whose __str__ or notes raise, say
+        text = f"{type(error).__name__} (its traceback cannot be formatted: {_safe_str(exc)})\n"
+    if len(text) > MAX_TRACEBACK:
+        cut = len(text) - MAX_TRACEBACK
+        text = f"[{cut:,} earlier characters cut]\n{text[-MAX_TRACEBACK:]}"
+    return text
 
 
 def _backoff_for(job: Job, handler: Handler | None) -> Backoff:
@@ -106,7 +138,13 @@ class Executor:
         try:
             arg = handler.decode_args(job.args)
         except Exception as exc:
-            error = NoRetry(f"cannot decode arguments of {job.type!r}: {exc}")
+            # Retrying cannot make them fit: fail now, saying why in one line (the
+            # decoder's full report is the cause, in the stored traceback).
+            error = NoRetry(
+                f"cannot decode arguments of {job.type!r} into parameter {handler.param!r}"
+                f" of its handler: {codec.describe_decode_error(exc)}"
+            )
+            error.__cause__ = exc
             return RunOutcome(job, "failed", error=error)
         return handler, lambda: handler.fn(arg)
 

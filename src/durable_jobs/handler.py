@@ -9,14 +9,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import Decoder, decoder_for, loads
+from .codec import Decoder, decoder_for, describe_decode_error, loads
 
-__all__ = ["Handler", "inspect_handler"]
+__all__ = ["Handler", "InvalidArguments", "inspect_handler"]
+
+
+class InvalidArguments(TypeError, ValueError):
+    """Arguments that do not fit the parameter annotation of the handler they are for.
+
+    Both a ``TypeError`` and a ``ValueError`` (a string where a dataclass is expected,
+    a missing field, a value out of range): either catches it. ``job_type`` and
+    ``parameter`` name the handler and its parameter.
+    """
+
+    def __init__(self, message: str, *, job_type: str, parameter: str | None) -> None:
+        super().__init__(message)
+        self.job_type = job_type
+        self.parameter = parameter
 
 
 @dataclass(frozen=True)
 class Handler:
-    """A job type's function and its registration defaults."""
+    """A job type's function and its registration defaults.
+
+    ``checks_args``: whether ``decode_args`` validates (the parameter is annotated with a
+    dataclass, pydantic model or TypedDict), so that arguments can be refused before they
+    are stored; for a plain parameter any JSON value is passed on and there is nothing to
+    check. ``param`` and ``arg_type`` are that parameter's name and annotation.
+    """
 
     name: str
     fn: Callable[..., Any]
@@ -25,6 +45,24 @@ class Handler:
     decode_args: Decoder
     decode_result: Decoder
     defaults: dict[str, Any] = field(default_factory=dict)
+    checks_args: bool = False
+    param: str | None = None
+    arg_type: Any = None
+
+    def check_args(self, encoded: bytes) -> Any:
+        """Decode JSON-encoded arguments exactly as a worker will before calling the
+        handler, and return the value; ``InvalidArguments`` naming the job type and the
+        parameter if they do not fit its annotation."""
+        try:
+            return self.decode_args(encoded)
+        except Exception as exc:
+            kind = getattr(self.arg_type, "__name__", repr(self.arg_type))
+            raise InvalidArguments(
+                f"arguments of job type {self.name!r} do not fit parameter {self.param!r} "
+                f"({kind}) of its handler: {describe_decode_error(exc)}",
+                job_type=self.name,
+                parameter=self.param,
+            ) from exc
 
 
 def _annotated(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,13 +116,18 @@ def inspect_handler(name: str, fn: Callable[..., Any], defaults: dict[str, Any])
         )
     takes_arg = bool(positional) or any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
     hints = _hints(fn)
-    arg_type = hints.get(positional[0].name) if positional else None
+    param = positional[0].name if positional else None
+    arg_type = hints.get(param) if param is not None else None
+    decode_args = decoder_for(arg_type) if arg_type is not None else loads
     return Handler(
         name=name,
         fn=fn,
         is_async=_is_async(fn),
         takes_arg=takes_arg,
-        decode_args=decoder_for(arg_type) if arg_type is not None else loads,
+        decode_args=decode_args,
         decode_result=decoder_for(hints["return"]) if "return" in hints else loads,
         defaults=defaults,
+        checks_args=decode_args is not loads,  # plain JSON: nothing to check
+        param=param,
+        arg_type=arg_type,
     )

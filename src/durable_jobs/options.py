@@ -6,7 +6,7 @@ and what is accepted. The queue, durable calls and workers all check through her
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ __all__ = [
     "check_job_name",
     "check_options",
     "check_queue_name",
+    "non_negative_seconds",
     "not_a_schedule",
     "parse_queues",
     "positive_seconds",
@@ -154,10 +155,28 @@ def positive_seconds(name: str, value: timedelta | float) -> float:
     return float(seconds)
 
 
-def parse_queues(queues: Mapping[str, int] | Sequence[str] | None) -> dict[str, int]:
-    """A worker's queues as name -> concurrency (a list of names gets the default)."""
+def non_negative_seconds(name: str, value: timedelta | float) -> float:
+    """A duration given as seconds or a timedelta, which may be zero, in seconds."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds < float("inf")
+    ):
+        raise ValueError(f"{name} must be a number of seconds >= 0 or a timedelta, got {value!r}")
+    return float(seconds)
+
+
+def parse_queues(
+    queues: Mapping[str, int] | Sequence[str] | None, named: Iterable[str] = ()
+) -> dict[str, int]:
+    """A worker's queues as name -> concurrency (a list of names gets the default).
+
+    None means ``"default"`` and every queue in ``named`` (those its handlers name),
+    each with the default concurrency.
+    """
     if queues is None:
-        return {"default": DEFAULT_CONCURRENCY}
+        return dict.fromkeys(["default", *named], DEFAULT_CONCURRENCY)
     if isinstance(queues, str):
         raise ValueError(
             f"queues must be a list of names or a name -> concurrency dict, got {queues!r}"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec
+from . import codec, results
 from .events import EventBus, EventStream, Hooks, JobEnqueued
 from .handler import Handler, inspect_handler
 from .instrument import Instruments, wrapped
@@ -58,6 +58,11 @@ class LocalWorker(Protocol):
 
     def wake(self, queues: Sequence[str] | set[str]) -> None:
         """Look for jobs in ``queues`` now rather than at the next poll."""
+        ...
+
+    def wake_at(self, due: Mapping[str, datetime]) -> None:
+        """Look for jobs in each queue of ``due`` at its time (the earliest ``run_at`` of
+        jobs just stored there to run later)."""
         ...
 
     def take_enqueued(self, job: Job) -> bool:
@@ -221,12 +226,18 @@ class Queue:
         )
 
     def _encode_args(self, name: str, args: Any) -> bytes:
+        """``args`` encoded, within ``max_payload`` and, when the handler of ``name`` is
+        registered here, fitting its parameter's annotation: a worker would refuse what
+        does not (``InvalidArguments``, a ``TypeError`` and ``ValueError``)."""
         encoded = codec.dumps(args)
         if self.max_payload is not None and len(encoded) > self.max_payload:
             raise ValueError(
                 f"arguments of {name!r} encode to {len(encoded):,} bytes, over this queue's "
                 f"limit of {self.max_payload:,} (Queue(max_payload=...) changes it)"
             )
+        handler = self._handlers.get(name)
+        if handler is not None and handler.checks_args:  # plain JSON params: nothing to do
+            handler.check_args(encoded)
         return encoded
 
     def enqueue(self, name: str | Callable[..., Any], args: Any = None, **options: Any) -> str:
@@ -320,9 +331,17 @@ class Queue:
         """After stored jobs commit: wake this process's workers and publish events."""
         if taker is None and self._workers:
             now = utcnow()
-            due = {job.queue for job in jobs if job.run_at is None or job.run_at <= now}
+            due: set[str] = set()
+            later: dict[str, datetime] = {}
+            for job in jobs:
+                if job.run_at is None or job.run_at <= now:
+                    due.add(job.queue)
+                elif job.queue not in later or job.run_at < later[job.queue]:
+                    later[job.queue] = job.run_at
             for worker in list(self._workers):
                 worker.wake(due)
+                if later:
+                    worker.wake_at(later)
         self.hooks.fire_enqueued(jobs)
         if self.bus.has_subscribers:
             for job in jobs:
@@ -365,6 +384,35 @@ class Queue:
         """The job with ``job_id``, or None."""
         return self.storage.get_job(job_id)
 
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for job ``job_id``'s outcome and return its result, decoded into the
+        handler's return annotation when the handler is registered here (plain JSON
+        otherwise).
+
+        Raises ``JobFailed`` (``.error`` holds the stored error and traceback) if it
+        failed, ``TimeoutError`` if it has no outcome after ``timeout`` seconds (None:
+        wait for ever), ``JobNotFound`` for an unknown id. Outcomes stored by this
+        queue's workers wake the waiter at once; others are read within 0.1 s.
+        """
+        limit = results.check_timeout(timeout)
+        with self.events(maxsize=64) as stream:
+            return results.wait_sync(
+                self.storage.get_job, stream, job_id, limit, self._result_decoder(job_id)
+            )
+
+    async def result_async(self, job_id: str, timeout: float | None = None) -> Any:
+        """``result`` for async code: waits without blocking the event loop."""
+        limit = results.check_timeout(timeout)
+        with self.events(maxsize=64) as stream:
+            return await results.wait_async(
+                self.storage.get_job, stream, job_id, limit, self._result_decoder(job_id)
+            )
+
+    def _result_decoder(self, job_id: str) -> Callable[[bytes], Any] | None:
+        job = self.storage.get_job(job_id)
+        handler = None if job is None else self.handler(job.type)
+        return None if handler is None else handler.decode_result
+
     # -- schedules ----------------------------------------------------------------------
 
     def schedule(self, name: str, schedule: Schedule, args: Any = None, **options: Any) -> None:
@@ -395,19 +443,22 @@ class Queue:
         lock_timeout: timedelta | float = 30,
         poll_interval: timedelta | float = 1.0,
         worker_id: str | None = None,
+        shutdown_timeout: timedelta | float = 30,
     ) -> Worker:
-        """A worker for ``queues`` (name -> concurrency; default ``{"default": 10}``)."""
+        """A worker for ``queues`` (name -> concurrency). Without them it serves
+        ``"default"`` and every queue its handlers and schedules name, 10 at a time each.
+        Stopping lets running jobs finish for up to ``shutdown_timeout`` seconds."""
         from .worker import Worker  # the worker depends on the queue, not the reverse
 
-        worker = Worker(
+        return Worker(
             self,
             queues,
             scheduler=scheduler,
             lock_timeout=lock_timeout,
             poll_interval=poll_interval,
             worker_id=worker_id,
+            shutdown_timeout=shutdown_timeout,
         )
-        return worker
 
     def attach(self, worker: LocalWorker) -> None:
         """Let a running worker of this queue be woken by this process's enqueues."""

@@ -162,13 +162,15 @@ class Reporter:
         if o.kind == "retry":
             assert o.run_at is not None
             job.status, job.run_at = JobStatus.RETRYING, o.run_at
-            log.info(
-                "job %s (%s) failed on attempt %d, retrying at %s: %s",
+            job.traceback = o.traceback
+            log.warning(
+                "job %s (%s) failed on attempt %d of %d: %s; retrying at %s",
                 job.id,
                 job.type,
                 job.attempt,
-                o.run_at.isoformat(),
+                job.max_retries + 1,
                 job.last_error,
+                o.run_at.isoformat(timespec="milliseconds"),
                 extra=extra,
             )
             hooks.fire_retry(job, o.error)
@@ -176,8 +178,18 @@ class Reporter:
                 bus.publish(JobRetrying(job, job.attempt, o.error, o.run_at))
         else:
             job.status, job.completed_at = JobStatus.FAILED, now
-            log.info(
-                "job %s (%s) failed permanently: %s", job.id, job.type, job.last_error, extra=extra
+            job.traceback = o.traceback
+            # With the exception itself: handlers print its traceback (notes and causes
+            # too), and error trackers get the real thing.
+            log.error(
+                "job %s (%s) failed permanently on attempt %d of %d: %s",
+                job.id,
+                job.type,
+                job.attempt,
+                job.max_retries + 1,
+                job.last_error,
+                exc_info=o.error,
+                extra=extra,
             )
             hooks.fire_fail(job, o.error)
             if bus.has_subscribers:

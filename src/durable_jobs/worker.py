@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from .completer import Completer
 from .dispatcher import Dispatcher
 from .job import Job
 from .maintenance import Heartbeat, Reaper
-from .options import DEFAULT_CONCURRENCY, parse_queues, positive_seconds
+from .options import DEFAULT_CONCURRENCY, non_negative_seconds, parse_queues, positive_seconds
 from .reporter import Reporter
 from .retry import Backoff
 from .scheduler import Scheduler
@@ -43,12 +43,34 @@ __all__ = ["DEFAULT_CONCURRENCY", "Worker"]
 
 log = logging.getLogger("durable_jobs")
 
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+# After stopping gave up on running jobs, how long writes releasing them may keep failing.
+_RELEASE_GRACE = 2.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """Log INFO and above to stderr, unless the application configured logging.
+
+    ``run()`` calls it so that a worker started from a script says what it does (and
+    why its jobs fail); ``start()`` never does: a library's threads inside someone's
+    application must not touch its logging.
+    """
+    if logging.getLogger().handlers or log.handlers:
+        return
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
 
 class Worker:
     """Runs the jobs of some queues with a concurrency limit per queue.
 
     Made by ``Queue.worker()``. ``run()`` blocks (SIGINT/SIGTERM stop it gracefully),
     ``start()`` runs in the background, ``stop()`` drains, and ``with`` does both.
+
+    Without ``queues`` it serves ``"default"`` and every queue its handlers (and
+    schedules) name, with concurrency 10 each. ``shutdown_timeout`` (seconds or a
+    timedelta, default 30) is how long stopping lets running jobs finish before it
+    releases them for other workers.
     """
 
     def __init__(
@@ -60,24 +82,21 @@ class Worker:
         lock_timeout: timedelta | float = 30,
         poll_interval: timedelta | float = 1.0,
         worker_id: str | None = None,
+        shutdown_timeout: timedelta | float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
         self.queue = queue
-        self.concurrency = parse_queues(queues)
+        #: Whether the queues were given, or follow the handlers (see ``start``).
+        self._queues_given = queues is not None
+        self.concurrency = parse_queues(queues, self._named_queues())
         self.scheduler = scheduler
         self.lock_timeout = positive_seconds("lock_timeout", lock_timeout)
         self.poll_interval = positive_seconds("poll_interval", poll_interval)
+        self.shutdown_timeout = non_negative_seconds("shutdown_timeout", shutdown_timeout)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._dispatcher = Dispatcher(
-            queue,
-            self.id,
-            self.concurrency,
-            lock_timeout=self.lock_timeout,
-            poll_interval=self.poll_interval,
-        )
-        self._reporter = Reporter(queue, self.id)
-        self._completer = Completer(
-            queue, self._dispatcher, self._reporter.backlog, self.id, self.lock_timeout
-        )
+        self._build()
+        #: The signal that asked to stop at once (a second SIGINT or SIGTERM), if any.
+        self._forced_by: int | None = None
+        self._signals = 0
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._service_stop = threading.Event()
@@ -93,6 +112,54 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker {self.id} queues={self.concurrency} {self._state}>"
 
+    def _build(self) -> None:
+        self._dispatcher = Dispatcher(
+            self.queue,
+            self.id,
+            self.concurrency,
+            lock_timeout=self.lock_timeout,
+            poll_interval=self.poll_interval,
+        )
+        self._reporter = Reporter(self.queue, self.id)
+        self._completer = Completer(
+            self.queue, self._dispatcher, self._reporter.backlog, self.id, self.lock_timeout
+        )
+
+    def _named_queues(self) -> dict[str, list[str]]:
+        """The queues the queue's handlers and schedules send jobs to, with their types."""
+        named: dict[str, list[str]] = {}
+        for name in self.queue.job_types:
+            handler = self.queue.handler(name)
+            if handler is not None:
+                named.setdefault(handler.defaults.get("queue", "default"), []).append(name)
+        for name, (_schedule, _args, options) in self.queue.schedules.items():
+            if "queue" in options:
+                named.setdefault(options["queue"], []).append(name)
+        return named
+
+    def _check_queues(self) -> None:
+        """Serve the queues handlers registered since ``__init__`` named (queues not
+        given), or warn about those this worker leaves to others (queues given)."""
+        named = self._named_queues()
+        if not self._queues_given:
+            concurrency = parse_queues(None, named)
+            if concurrency != self.concurrency:
+                self.concurrency = concurrency
+                self._build()
+            return
+        unserved = {q: types for q, types in named.items() if q not in self.concurrency}
+        if unserved:
+            log.warning(
+                "worker %s serves queue(s) %s only: jobs of %s wait for another worker "
+                "(leave queues out to serve every queue the handlers name)",
+                self.id,
+                ", ".join(map(repr, self.concurrency)),
+                "; ".join(
+                    f"{', '.join(types)} in queue {q!r}" for q, types in sorted(unserved.items())
+                ),
+                extra={"worker_id": self.id},
+            )
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -102,6 +169,7 @@ class Worker:
                 raise RuntimeError(f"worker already {self._state}; make a new one to start again")
             # Before the state changes: a schedule without a handler fails start() cleanly.
             self._scheduler = Scheduler(self.queue) if self.scheduler else None
+            self._check_queues()
             self._state = "running"
         try:
             storage = self.queue.storage  # migrates a URL-made queue before threads race to
@@ -144,11 +212,16 @@ class Worker:
             extra={"worker_id": self.id},
         )
 
-    def stop(self, timeout: float = 30) -> None:
-        """Stop claiming, let running jobs finish (up to ``timeout`` s), release the rest.
+    def stop(self, timeout: timedelta | float | None = None) -> None:
+        """Stop claiming, let running jobs finish (up to ``timeout``, by default the
+        ``shutdown_timeout``), then release those still running for other workers.
 
-        Thread-safe and idempotent.
+        Thread-safe and idempotent. A handler still running when the timeout ends is
+        abandoned: its thread (a daemon) goes on, but its outcome is dropped.
         """
+        seconds = (
+            self.shutdown_timeout if timeout is None else non_negative_seconds("timeout", timeout)
+        )
         with self._state_lock:
             state = self._state
             if state == "new":
@@ -158,9 +231,9 @@ class Worker:
                 self._state = "stopping"
         self._request_stop()
         if state != "running":
-            self._stopped.wait(timeout if state == "stopping" else 0)
+            self._stopped.wait(seconds if state == "stopping" else 0)
             return
-        self._drain(timeout)
+        self._drain(seconds)
 
     def _drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -172,23 +245,21 @@ class Worker:
         self._dispatcher_thread.join()
         dispatcher.release_unstarted()
         unfinished = dispatcher.wait_finished(max(0.0, deadline - time.monotonic()))
+        if unfinished:
+            self._abandon_running(timeout)
+            deadline = min(deadline, time.monotonic() + _RELEASE_GRACE)
+            completer.give_up(deadline)
         dispatcher.stop_slots(len(self._threads))
         completer.close()
-        self._completer_thread.join(max(0.0, deadline - time.monotonic()) + 1)
-        self._reporter_thread.join(max(0.0, deadline - time.monotonic()))
+        self._join(self._completer_thread, lambda: deadline + 1)
+        # Hooks are not waited for once stopping was told to hurry (a second signal).
+        self._join(self._reporter_thread, lambda: 0 if dispatcher.abandoned.is_set() else deadline)
         if self._reporter_thread.is_alive():
             log.warning(
                 "worker %s stopped before the hooks and events of %d stored outcome(s) ran; "
                 "they run in the background while the process lives",
                 self.id,
                 self._reporter.backlog.pending,
-            )
-        if unfinished:
-            log.warning(
-                "worker %s stopped with %d job(s) still running; they will be retried after "
-                "the lock timeout",
-                self.id,
-                unfinished,
             )
         self._service_stop.set()
         for thread in self._services:
@@ -201,35 +272,108 @@ class Worker:
         self._stopped.set()
         log.info("worker %s stopped", self.id, extra={"worker_id": self.id})
 
+    def _abandon_running(self, timeout: float) -> None:
+        """Release the jobs still running (their runs are abandoned) for other workers."""
+        dispatcher = self._dispatcher
+        forced = dispatcher.abandoned.is_set()
+        dispatcher.abandon()
+        unfinished = dispatcher.release_running()
+        if forced:
+            args: list[float] = [unfinished]
+            what = "stopping at once: released %d running job(s)"
+        else:
+            what = "%d job(s) still running after the shutdown timeout of %g s: released them"
+            args = [unfinished, timeout]
+        log.warning(
+            "worker %s: " + what + " for other workers without counting the attempt "
+            "(their handlers are abandoned, their outcomes dropped)",
+            self.id,
+            *args,
+            extra={"worker_id": self.id},
+        )
+
+    @staticmethod
+    def _join(thread: threading.Thread, deadline: Callable[[], float]) -> None:
+        """Join ``thread`` until ``deadline()`` (a ``time.monotonic()`` value, read again
+        as it waits: a second signal moves it earlier)."""
+        while thread.is_alive():
+            left = deadline() - time.monotonic()
+            if left <= 0:
+                return
+            thread.join(min(left, 0.1))
+
     def _request_stop(self) -> None:
         self._stop_requested.set()
         for callback in list(self._stop_callbacks):
             callback()
 
     def run(self) -> None:
-        """Work until ``stop()``, SIGINT or SIGTERM, then drain and return."""
+        """Work until ``stop()``, SIGINT or SIGTERM, then drain and return.
+
+        On a signal (in the main thread) it stops claiming and lets running jobs finish
+        for up to ``shutdown_timeout`` seconds, then releases those still running for
+        other workers and returns. A second SIGINT or SIGTERM during that drain stops at
+        once: running jobs are released (they go back to pending or retrying without
+        using an attempt), async ones are cancelled, sync handler threads are abandoned.
+        After a second SIGINT, ``run()`` then raises ``KeyboardInterrupt``, as Ctrl-C
+        does in any Python program; after a second SIGTERM it returns.
+
+        If the application has not configured logging (the root logger has no
+        handlers), ``run()`` logs INFO and above to stderr first.
+        """
+        configure_logging()
         restore = self._install_signal_handlers()
         try:
             self.start()
             while not self._stop_requested.wait(0.5):
                 pass
         finally:
-            self.stop()
-            for signum, previous in restore.items():
-                signal.signal(signum, previous)
+            try:
+                self.stop()
+            finally:
+                for signum, previous in restore.items():
+                    signal.signal(signum, previous)
+        if self._forced_by == signal.SIGINT:
+            raise KeyboardInterrupt
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def handle(signum: int, _frame: FrameType | None) -> None:
-            log.info("worker %s received %s; draining", self.id, signal.Signals(signum).name)
-            self._request_stop()
+            name = signal.Signals(signum).name
+            self._signals += 1
+            if self._signals == 1:
+                log.warning(
+                    "worker %s received %s; draining: running jobs may finish for up to "
+                    "%g s (%s again stops at once)",
+                    self.id,
+                    name,
+                    self.shutdown_timeout,
+                    name,
+                    extra={"worker_id": self.id},
+                )
+                self._request_stop()
+            elif self._forced_by is None:
+                log.warning(
+                    "worker %s received %s again; stopping at once, releasing running jobs",
+                    self.id,
+                    name,
+                    extra={"worker_id": self.id},
+                )
+                self._forced_by = signum
+                self._request_stop()
+                self._dispatcher.abandon()
 
         return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     async def run_async(self) -> None:
-        """``run()`` for asyncio programs; cancelling the task drains gracefully too."""
+        """``run()`` for asyncio programs; cancelling the task drains gracefully too.
+
+        Installs no signal handlers (the program's event loop owns them); it configures
+        logging as ``run()`` does.
+        """
+        configure_logging()
         loop = asyncio.get_running_loop()
         stopped = loop.create_future()
 
@@ -273,6 +417,12 @@ class Worker:
     def wake_all(self) -> None:
         """Look for jobs in every queue now."""
         self._dispatcher.wake_all()
+
+    def wake_at(self, due: Mapping[str, datetime]) -> None:
+        """Look for jobs in each queue of ``due`` at its time (the earliest ``run_at`` of
+        jobs just stored there to run later), rather than at the next poll after it."""
+        for name, run_at in due.items():
+            self._dispatcher.wake_at(name, run_at)
 
     def take_enqueued(self, job: Job) -> bool:
         """Reserve a free slot for ``job``, about to be enqueued in this process, so that it

@@ -125,7 +125,8 @@ def test_job_of_a_sigkilled_worker_is_taken_back_and_finished(
     workers.start(lock_timeout=1)
     job = wait_for_status(runs_queue, job_id, "completed")
     assert job.attempt == 2 and job.result == b'"recovered"'
-    assert job.last_error is not None and "WorkerLost" in job.last_error
+    # The second run (attempt 2) completed: the taken-back run's error is not kept.
+    assert job.last_error is None and job.traceback is None
     assert len(runs(runs_queue)) == 2
 
 

@@ -97,11 +97,17 @@ def test_events_match_positionally_with_job_first(job: Job) -> None:
             assert duration == timedelta(seconds=1)
 
 
-def test_events_are_frozen_and_slotted(job: Job) -> None:
+def test_events_are_frozen(job: Job) -> None:
     event = JobFailed(job, RuntimeError("x"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.job = job  # type: ignore[misc]
-    assert not hasattr(event, "__dict__")
+
+
+def test_job_failed_is_also_the_exception_a_waiter_gets(job: Job) -> None:
+    with pytest.raises(JobFailed) as caught:
+        raise JobFailed(job, RuntimeError("boom"))
+    assert str(caught.value) == f"job {job.id} ({job.type}) failed: boom"
+    assert caught.value.error.args == ("boom",)
 
 
 def test_event_time_defaults_to_now_utc(job: Job) -> None:

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "events",
                 "handler",
                 "instrument",
+                "results",
             }
         ),
     ),
