@@ -1,11 +1,10 @@
-"""The README's quick start: enqueue a typed job and run a worker until it completes."""
+"""The README's quick start: enqueue a typed job, run a worker, wait for its result."""
 
-import time
 from dataclasses import dataclass
 
 import durable_jobs as jobs
 
-queue = jobs.Queue("sqlite:///quickstart.db")
+queue = jobs.Queue()  # $SDJ_DATABASE_URL, else sqlite:///jobs.db: where `sdj` looks too
 
 
 @dataclass
@@ -14,7 +13,7 @@ class Email:
     subject: str
 
 
-@queue.job(retries=5)
+@queue.job(retries=2)
 def send_email(email: Email) -> str:
     print(f"sending {email.subject!r} to {email.to}")
     return "sent"
@@ -22,6 +21,5 @@ def send_email(email: Email) -> str:
 
 job_id = queue.enqueue(send_email, Email("u@example.com", "Hello"))
 with queue.worker():  # works in background threads until the block ends
-    while queue.get_job(job_id).status != jobs.JobStatus.COMPLETED:
-        time.sleep(0.01)
-print(queue.get_job(job_id).result)  # b'"sent"'
+    # Waits for the outcome: the return value, or jobs.JobFailed once retries are spent.
+    print(queue.result(job_id, timeout=30))

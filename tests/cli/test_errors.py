@@ -26,7 +26,7 @@ def assert_one_line_error(result: Any, *expected: str) -> str:
     [
         ("oracle://u@h/db", "unsupported database URL"),
         ("not a url", "invalid database URL"),
-        (UNREACHABLE, "cannot connect to"),
+        (UNREACHABLE, "cannot reach the database"),
     ],
 )
 @pytest.mark.parametrize("command", [["stats"], ["migrate"], ["enqueue", "t"], ["jobs", "list"]])
@@ -85,10 +85,14 @@ def test_bad_queues_option(sdj: Any, app_module: Any, queues: str) -> None:
     assert_one_line_error(sdj("worker", f"{name}:queue", "--queues", queues), "--queues")
 
 
-def test_errors_inside_the_users_module_keep_their_traceback(sdj: Any, app_module: Any) -> None:
+def test_errors_inside_the_users_module_show_their_traceback(sdj: Any, app_module: Any) -> None:
     name = app_module("import durable_jobs as jobs\nimport no_such_dependency_xyz\n")
     result = sdj("worker", f"{name}:queue")
-    assert isinstance(result.exception, ModuleNotFoundError)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    # The module's own traceback (its author's bug), then the command's one-line error.
+    assert "Traceback" in result.stderr and "import no_such_dependency_xyz" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: importing '{name}' raised ModuleNotFoundError")
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])

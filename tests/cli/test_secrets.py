@@ -40,7 +40,7 @@ def test_storage_errors_mask_the_password() -> None:
 
 def test_unreachable_database_error_masks_the_password(sdj: Any) -> None:
     url = f"postgresql://postgres:{SECRET}@127.0.0.1:1/nowhere"
-    line = assert_one_line_error(sdj("stats", "--database-url", url), "cannot connect to")
+    line = assert_one_line_error(sdj("stats", "--database-url", url), "cannot reach the database")
     assert SECRET not in line
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -31,6 +33,7 @@ app = typer.Typer(
     name="sdj",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -46,11 +49,20 @@ def root(
         bool,
         typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version."),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="SDJ_DEBUG", help="Show the traceback of a failure, and debug logs."
+        ),
+    ] = False,
 ) -> None:
-    """Durable background jobs on SQLite and PostgreSQL.
+    """Durable background jobs on SQLite, PostgreSQL and MySQL.
 
     Every command takes --database-url (or $SDJ_DATABASE_URL; default sqlite:///jobs.db).
+    Failures print one line; --debug (before the command) shows the traceback.
     """
+    if debug:
+        os.environ["SDJ_DEBUG"] = "1"  # worker processes started by this one inherit it
 
 
 def migrate(database_url: DatabaseUrl = DEFAULT_URL) -> None:
@@ -83,7 +95,7 @@ def enqueue(
     with open_storage(database_url, create=True) as storage:
         try:
             job_id = Queue(storage).enqueue(job_type, payload, **options)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise CLIError(str(exc)) from None
         job = get_job(storage, job_id)
     if as_json:
@@ -95,9 +107,23 @@ def enqueue(
 
 def _parse_json(option: str, text: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise CLIError(f"{option} is not valid JSON: {exc}") from None
+    except ValueError as exc:
+        raise CLIError(f"{option} is not valid JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON (and the job's args column) has not.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
 
 
 def stats(database_url: DatabaseUrl = DEFAULT_URL, as_json: JsonFlag = False) -> None:

@@ -12,8 +12,7 @@ import typer
 
 from ..job import Job
 from ..storage import SQLStorage
-from ..storage.admin import Admin
-from .errors import DATABASE_ERRORS, CLIError, describe_database_error
+from .errors import CLIError
 
 __all__ = ["DEFAULT_URL", "DatabaseUrl", "JsonFlag", "get_job", "open_storage"]
 
@@ -37,7 +36,8 @@ def open_storage(url: str, *, create: bool = False) -> Iterator[SQLStorage]:
 
     ``create`` migrates the schema (commands that write jobs, like ``jobs.Queue(url)``);
     otherwise the database must already hold it, so a mistyped URL is reported rather
-    than silently given an empty new database.
+    than silently given an empty new database. A database that cannot be reached raises
+    the storage's ``StorageError``, whose message says what to check.
     """
     if not create:
         _check_sqlite_file_exists(url)
@@ -46,10 +46,9 @@ def open_storage(url: str, *, create: bool = False) -> Iterator[SQLStorage]:
     except ValueError as exc:  # SQLStorage's message names the URL and what is accepted
         raise CLIError(str(exc)) from None
     try:
-        _connect(storage)
         if create:
             storage.migrate()
-        elif not Admin(storage).has_schema():
+        elif storage.schema_version() == 0:
             raise CLIError(f"{storage.url} has no sdj tables; run `sdj migrate` first")
         yield storage
     finally:
@@ -64,14 +63,6 @@ def get_job(storage: SQLStorage, job_id: str) -> Job:
     return job
 
 
-def _connect(storage: SQLStorage) -> None:
-    try:
-        with storage.engine.connect():
-            pass
-    except DATABASE_ERRORS as exc:
-        raise CLIError(f"cannot connect to {storage.url}: {describe_database_error(exc)}") from None
-
-
 def _check_sqlite_file_exists(url: str) -> None:
     try:
         parsed = sa.make_url(url)
@@ -79,7 +70,13 @@ def _check_sqlite_file_exists(url: str) -> None:
         return  # SQLStorage reports the bad URL, its password masked
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
-    if not Path(parsed.database).exists():
+    path = Path(parsed.database)
+    if not path.parent.is_dir():
+        raise CLIError(
+            f"the directory of database file {path} does not exist; create it, or pass"
+            " another --database-url"
+        )
+    if not path.exists():
         raise CLIError(
             f"database file {parsed.database} does not exist; run `sdj migrate` to create it "
             "or pass --database-url"

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -29,6 +31,7 @@ import durable_jobs as jobs
 from ..job import Job, JobStatus, utcnow
 from ..storage import SQLStorage
 from ..storage.admin import Admin
+from ..storage.urls import masked
 from . import demo_report, render
 from .database import open_storage
 from .errors import CLIError
@@ -40,6 +43,8 @@ DEADLINE_SECONDS = 45.0
 LOCK_TIMEOUT = 2.0
 THUMBNAILS = 20
 _POLL = 0.1
+#: Any heartbeat age: to find every row the demo's workers left.
+_EVER = timedelta(days=3650)
 _APP = "durable_jobs.cli.demo_app:queue"
 
 
@@ -69,14 +74,27 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{workdir / 'demo.db'}"
     out = render.console()
-    out.print(f"[bold]sdj demo[/] on {url}  (logs in {workdir})")
+    out.print(f"[bold]sdj demo[/] {_where(url, workdir, database_url, directory)}")
     result = DemoRun(url, workdir, out).run()
     checks = demo_report.checks(result)
     demo_report.print_summary(out, result, checks)
     if not all(check.ok for check in checks):
-        raise CLIError(f"the demo did not behave as documented; logs are in {workdir}")
+        # Kept, whatever the default: the logs are what explains a failure.
+        raise CLIError(f"the demo did not behave as documented; its logs are kept in {workdir}")
     if directory is None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _where(url: str, workdir: Path, database_url: str | None, directory: Path | None) -> str:
+    """Where the demo runs, naming a folder only if it is kept afterwards."""
+    database = f"on {masked(url)}" if database_url else "on a SQLite database"
+    kept = "worker logs" if database_url else "database and worker logs"
+    if directory is not None:
+        return f"{database}  ({kept} kept in {workdir})"
+    return (
+        f"{database}  ({kept} in a temporary folder, removed afterwards unless a check "
+        "fails; --dir DIR keeps them)"
+    )
 
 
 def _require_features() -> None:
@@ -116,6 +134,12 @@ class DemoResult:
     killed: WorkerProcess | None
     elapsed: float
     timed_out: bool
+    #: Names of the stopped workers still listed in ``sdj_workers`` after they exited
+    #: (a worker removes its own row when it stops cleanly).
+    left_registered: list[str] = field(default_factory=list)
+    #: Names of the workers whose rows the demo removed: the one it SIGKILLed, which
+    #: could not do it itself.
+    forgotten: list[str] = field(default_factory=list)
 
 
 class DemoRun:
@@ -154,6 +178,7 @@ class DemoRun:
             finally:
                 self._stop_workers()
             elapsed = time.monotonic() - started
+            left_registered, forgotten = self._deregister(storage)
             by_type: dict[str, list[Job]] = {}
             admin = Admin(storage)
             for job in admin.get_jobs([i for group in ids.values() for i in group]):
@@ -167,6 +192,8 @@ class DemoRun:
             killed=self.killed,
             elapsed=elapsed,
             timed_out=timed_out,
+            left_registered=left_registered,
+            forgotten=forgotten,
         )
 
     def _enqueue(self, queue: jobs.Queue) -> dict[str, list[str]]:
@@ -198,6 +225,30 @@ class DemoRun:
         os.kill(worker.pid, signal.SIGKILL)
         worker.exit_code = worker.process.wait()
         self.killed = worker
+
+    def _deregister(self, storage: SQLStorage) -> tuple[list[str], list[str]]:
+        """Remove the killed worker's row from ``sdj_workers``, so that nothing counts it
+        as live after the demo; returns the names of the workers that stopped cleanly
+        but are still listed (there should be none), and of those removed here."""
+        host = socket.gethostname()
+        rows = [w for w in storage.live_workers(_EVER) if w.host == host]
+        left: list[str] = []
+        forgotten: list[str] = []
+        for worker in self.workers:
+            ids = [row.id for row in rows if row.pid == worker.pid]
+            if not ids:
+                continue
+            # A cleanly stopped worker left behind is a bug the report shows; its row
+            # goes too, so that nothing lists it as live after the demo either way.
+            (forgotten if worker is self.killed else left).append(worker.name)
+            for worker_id in ids:
+                storage.remove_worker(worker_id)
+        if forgotten:
+            self.console.print(
+                f"removed the record of {' and '.join(forgotten)} (SIGKILLed, so it could not "
+                "deregister itself); the stopped workers deregistered on their way out"
+            )
+        return left, forgotten
 
     def _stop_workers(self) -> None:
         """SIGTERM every live worker and wait for it to drain (SIGKILL if it hangs)."""

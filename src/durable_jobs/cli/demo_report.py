@@ -60,6 +60,7 @@ def checks(result: DemoResult) -> list[Check]:
         _steps(result.runs),
         _ticks(jobs.get("tick", [])),
         _drained(result),
+        _deregistered(result),
         Check("finished before the deadline", not result.timed_out, f"{result.elapsed:.1f}s"),
     ]
 
@@ -153,6 +154,18 @@ def _drained(result: DemoResult) -> Check:
     codes = {w.name: w.exit_code for w in stopped}
     ok = bool(stopped) and all(code == 0 for code in codes.values())
     return Check("workers drained and exited 0 on SIGTERM", ok, str(codes))
+
+
+def _deregistered(result: DemoResult) -> Check:
+    stopped = [w.name for w in result.workers if w is not result.killed]
+    ok = bool(stopped) and not result.left_registered
+    if result.left_registered:
+        seen = f"still listed after exiting: {', '.join(result.left_registered)}"
+    else:
+        seen = f"{', '.join(stopped)} removed their rows"
+    if result.forgotten:
+        seen += f"; the demo removed {', '.join(result.forgotten)}'s (killed)"
+    return Check("stopped workers deregistered (none left counted as live)", ok, seen)
 
 
 # --- summary --------------------------------------------------------------------------

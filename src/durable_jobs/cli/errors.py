@@ -1,36 +1,27 @@
-"""How the CLI reports failures: one line on stderr and exit code 1, never a traceback.
+"""How the CLI reports failures: one ``Error:`` line on stderr and exit code 1.
 
 User mistakes (a bad URL, an unreachable database, an unknown job id, invalid JSON, a
-missing queue) become :class:`CLIError` or database errors, which the root command group
-turns into ``Error: ...``. Anything else is a bug and keeps its traceback.
+missing queue) become :class:`CLIError` or the library's own errors (``StorageError``,
+``MissingDriver``), whose messages already say what to do. Anything else is a bug: it is
+reported in one line too, with a pointer to ``--debug`` (or ``SDJ_DEBUG=1``), which
+shows every failure's traceback instead.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import sys
+import os
 from typing import Any
 
-import sqlalchemy as sa
 import typer
 from typer.core import TyperGroup
 
+from ..errors import StorageError
 from ..storage.dialects import MissingDriver
 
-__all__ = ["CLIError", "FriendlyErrors", "describe_database_error", "fail"]
+__all__ = ["CLIError", "FriendlyErrors", "fail"]
 
-# Connection failures surface wrapped by SQLAlchemy (pool connect) or raw from the driver
-# (storage runs statements on driver cursors). psycopg is an optional extra, imported only
-# by a PostgreSQL storage: its errors are recognised by ``is_database_error``.
-DATABASE_ERRORS = (sa.exc.OperationalError, sqlite3.OperationalError)
-
-
-def is_database_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a connection or operational failure of the database."""
-    if isinstance(exc, DATABASE_ERRORS):
-        return True
-    psycopg = sys.modules.get("psycopg")  # not loaded: none of its errors was raised
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 class CLIError(Exception):
@@ -43,23 +34,36 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def describe_database_error(exc: BaseException) -> str:
-    """The driver's own first line, without SQLAlchemy's SQL dump and links."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return lines[0].strip() if lines else type(original).__name__
+def debugging(ctx: Any) -> bool:
+    """Whether ``--debug`` (or ``SDJ_DEBUG`` set to anything but 0) asks for tracebacks."""
+    root = ctx.find_root()
+    return bool(root.params.get("debug")) or os.environ.get("SDJ_DEBUG", "0") not in ("", "0")
+
+
+def _command_flow(exc: BaseException) -> bool:
+    """Whether ``exc`` is Click's or Typer's own (an exit, a usage error): they print it."""
+    return type(exc).__module__.split(".")[0] in ("click", "typer")
 
 
 class FriendlyErrors(TyperGroup):
-    """The root group: turns expected failures of any subcommand into one-line errors."""
+    """The root group: turns failures of any subcommand into one-line errors."""
 
     # ``Any``: the context class comes from Click or from Typer's bundled copy of it.
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (CLIError, MissingDriver) as exc:
+        except KeyboardInterrupt:
+            if debugging(ctx):
+                raise
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(INTERRUPTED) from None
+        except (CLIError, MissingDriver, StorageError) as exc:
+            if debugging(ctx):
+                raise
             raise fail(str(exc)) from None
         except Exception as exc:
-            if not is_database_error(exc):
+            if _command_flow(exc) or debugging(ctx):
                 raise
-            raise fail(f"database error: {describe_database_error(exc)}") from None
+            raise fail(
+                f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            ) from None

@@ -16,13 +16,27 @@ __all__ = ["jobs_app"]
 
 jobs_app = typer.Typer(help="List, inspect, retry and delete jobs.", no_args_is_help=True)
 
+STATUSES = [status.value for status in JobStatus]
+
+
+def _check_status(value: str | None) -> str | None:
+    if value is not None and value not in STATUSES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(STATUSES)}")
+    return value
+
+
 JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
 
 
 @jobs_app.command("list")
 def list_jobs(
     status: Annotated[
-        JobStatus | None, typer.Option(help="Only jobs with this status.", show_default=False)
+        str | None,
+        typer.Option(
+            help=f"Only jobs with this status: {', '.join(STATUSES)}.",
+            callback=_check_status,
+            show_default=False,
+        ),
     ] = None,
     queue: Annotated[str | None, typer.Option(help="Only jobs of this queue.")] = None,
     job_type: Annotated[
@@ -34,7 +48,8 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
     with open_storage(database_url) as storage:
-        page = Admin(storage).jobs_page(status=status, queue=queue, job_type=job_type, limit=limit)
+        wanted = None if status is None else JobStatus(status)
+        page = Admin(storage).jobs_page(status=wanted, queue=queue, job_type=job_type, limit=limit)
         jobs = page.jobs
     if as_json:
         render.print_json([render.job_dict(job) for job in jobs])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 from ..queue import Queue
 from .errors import CLIError
@@ -16,8 +17,9 @@ def load_queue(target: str) -> Queue:
     """Import ``module`` from ``"module:attribute"`` and return its ``Queue``.
 
     The current directory goes first on ``sys.path`` so a project's own modules import
-    as they do in ``python -m``. Errors raised inside the module keep their traceback:
-    they are the module's bugs, not a mistake in the reference.
+    as they do in ``python -m``. An error raised inside the module is printed with its
+    traceback (it is the module's bug, which its author needs to find), then reported
+    as the command's one-line error.
     """
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
@@ -29,8 +31,10 @@ def load_queue(target: str) -> Queue:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
-            raise  # the module exists but something it imports does not
+            raise _failed_import(module_name, exc) from exc  # something it imports is missing
         raise CLIError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise _failed_import(module_name, exc) from exc
     queue = getattr(module, attribute, None)
     if not isinstance(queue, Queue):
         found = "nothing" if queue is None else f"a {type(queue).__name__}"
@@ -38,3 +42,10 @@ def load_queue(target: str) -> Queue:
             f"module {module_name!r} does not define a Queue named {attribute!r} (found {found})"
         )
     return queue
+
+
+def _failed_import(module_name: str, exc: Exception) -> CLIError:
+    traceback.print_exception(exc)
+    return CLIError(
+        f"importing {module_name!r} raised {type(exc).__name__}: {exc} (traceback above)"
+    )

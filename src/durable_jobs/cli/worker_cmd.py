@@ -17,6 +17,7 @@ import typer
 from ..queue import Queue
 from ..storage import SQLStorage
 from ..storage.urls import masked
+from ..worker import configure_logging
 from .errors import CLIError
 from .loader import load_queue
 
@@ -46,6 +47,14 @@ def worker(
     lock_timeout: Annotated[
         float, typer.Option(help="Seconds without heartbeat before a running job is taken back.")
     ] = 30.0,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On SIGINT/SIGTERM, seconds to let running jobs finish before releasing them "
+            "to other workers; a second signal stops at once.",
+        ),
+    ] = 30.0,
     database_url: Annotated[
         str | None,
         typer.Option(
@@ -74,16 +83,21 @@ def worker(
     # Also in the parent of --processes, so that a mistake fails once, not in every child.
     queue = load_queue(target)
     try:
-        runner = queue.worker(concurrency, scheduler=scheduler, lock_timeout=lock_timeout)
+        runner = queue.worker(
+            concurrency,
+            scheduler=scheduler,
+            lock_timeout=lock_timeout,
+            shutdown_timeout=shutdown_timeout,
+        )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if metrics_port is not None and processes > 1:
         # Each process counts its own jobs, and they cannot all listen on one port.
         raise CLIError("--metrics-port needs --processes 1; run one worker per port instead")
     if processes > 1:
-        argv = _child_argv(target, queues, scheduler, lock_timeout)
+        argv = _child_argv(target, queues, scheduler, lock_timeout, shutdown_timeout)
         raise typer.Exit(_supervise(argv, processes))
-    _log_start(target, queue, concurrency, scheduler, lock_timeout, database_url)
+    _log_start(target, queue, dict(runner.concurrency), scheduler, lock_timeout, database_url)
     if metrics_port is not None:
         _serve_metrics(queue, metrics_port)
     runner.run()
@@ -129,16 +143,15 @@ def parse_queues(text: str | None) -> dict[str, int] | None:
 
 
 def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    configure_logging()
+    if os.environ.get("SDJ_DEBUG", "0") not in ("", "0"):  # set by --debug
+        logging.getLogger("durable_jobs").setLevel(logging.DEBUG)
 
 
 def _log_start(
     target: str,
     queue: Queue,
-    concurrency: dict[str, int] | None,
+    concurrency: dict[str, int],
     scheduler: bool,
     lock_timeout: float,
     database_url: str | None,
@@ -151,7 +164,7 @@ def _log_start(
         target,
         os.getpid(),
         url,
-        concurrency or {"default": 10},
+        concurrency,
         "on" if scheduler else "off",
         lock_timeout,
         ", ".join(sorted(queue.job_types)) or "none",
@@ -183,10 +196,13 @@ def _same_database(given_url: str, used: sa.URL) -> bool:
 # --- several processes ----------------------------------------------------------------
 
 
-def _child_argv(target: str, queues: str | None, scheduler: bool, lock_timeout: float) -> list[str]:
-    # Children get the database through the inherited $SDJ_DATABASE_URL.
+def _child_argv(
+    target: str, queues: str | None, scheduler: bool, lock_timeout: float, shutdown_timeout: float
+) -> list[str]:
+    # Children get the database through the inherited $SDJ_DATABASE_URL (and --debug
+    # through $SDJ_DEBUG).
     argv = [sys.executable, "-m", "durable_jobs.cli", "worker", target, "--processes", "1"]
-    argv += ["--lock-timeout", repr(lock_timeout)]
+    argv += ["--lock-timeout", repr(lock_timeout), "--shutdown-timeout", repr(shutdown_timeout)]
     if queues is not None:
         argv += ["--queues", queues]
     if scheduler:
