@@ -73,15 +73,18 @@ def expected_result(kind: str, n: int) -> Any:
 
 
 def create_side_tables(conn: sa.Connection) -> None:
-    """The tables the workers write (executions, completions seen by hooks)."""
+    """The tables the workers write (executions, completions seen by hooks).
+
+    Keys are VARCHAR: MySQL indexes no TEXT column without a prefix length.
+    """
     conn.exec_driver_sql(
-        "CREATE TABLE IF NOT EXISTS torture_runs (id TEXT PRIMARY KEY, job_id TEXT NOT NULL,"
-        " kind TEXT NOT NULL, step INTEGER, attempt INTEGER NOT NULL, pid INTEGER NOT NULL,"
-        " at DOUBLE PRECISION NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS torture_runs (id VARCHAR(64) PRIMARY KEY,"
+        " job_id VARCHAR(255) NOT NULL, kind TEXT NOT NULL, step INTEGER,"
+        " attempt INTEGER NOT NULL, pid INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL)"
     )
     conn.exec_driver_sql(
-        "CREATE TABLE IF NOT EXISTS torture_hooks (id TEXT PRIMARY KEY, job_id TEXT NOT NULL,"
-        " attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS torture_hooks (id VARCHAR(64) PRIMARY KEY,"
+        " job_id VARCHAR(255) NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
     )
 
 
@@ -95,9 +98,15 @@ def _insert(queue: jobs.Queue, table: str, row: dict[str, Any]) -> None:
     storage = queue.storage
     assert isinstance(storage, jobs.SQLStorage)
     row = {"id": uuid.uuid4().hex, **row}
+    # MySQL has no ON CONFLICT: its no-op update leaves the stored row as it was.
+    on_conflict = (
+        " ON DUPLICATE KEY UPDATE id = id"
+        if storage.dialect.name == "mysql"
+        else " ON CONFLICT (id) DO NOTHING"
+    )
     statement = sa.text(
         f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(':' + c for c in row)})"
-        " ON CONFLICT (id) DO NOTHING"
+        + on_conflict
     )
     deadline = time.monotonic() + _RECORD_DEADLINE
     pause = 0.05

@@ -1,10 +1,11 @@
 """The torture run: worker processes, a producer, a chaos driver, and the checks.
 
 ``run(backend, profile)`` starts worker processes of ``tests/torture/app.py`` on a fresh
-database (a private PostgreSQL server, or a SQLite file), enqueues a mix of jobs while
-SIGKILLing and freezing workers (and, on PostgreSQL, restarting the server and killing
-every client connection), waits until every job is finished, and then checks what the
-database and the side tables say happened (``verify``). It returns a ``Report`` whose
+database (a private PostgreSQL or MariaDB server, or a SQLite file), enqueues a mix of
+jobs while SIGKILLing and freezing workers (and, on a server, crashing and restarting it
+and killing every client connection; on SQLite, filling its disk), waits until every job
+is finished, and then checks what the database and the side tables say happened
+(``verify``). It returns a ``Report`` whose
 ``line()`` is the summary; any broken guarantee raises ``TortureFailure``.
 
 Database triggers record what the checks need and the workers cannot be trusted to
@@ -20,6 +21,7 @@ import errno
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -35,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 import sqlalchemy as sa
 
 import durable_jobs as jobs
 from durable_jobs import codec
 from tests.torture import app
+from tests.torture.mysql_instance import MySQLInstance, mysql_instance
 from tests.torture.pg_instance import PostgresInstance, postgres_instance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +53,7 @@ CLAIM_AHEAD = 16  # a worker holds at most this many times its concurrency (disp
 LOCK_TIMEOUT = 4.0  # seconds; heartbeats every 0.8 s
 DISK_FULL_FOR = 1.5  # seconds the SQLite file system stays full
 DISK_SIZE = "128m"  # the tmpfs that holds a SQLite run's database
-WORKERS = {"postgresql": 4, "sqlite": 3}
+WORKERS = {"sqlite": 3, "postgresql": 4, "mysql": 4}  # the backends, in run order
 KINDS = {  # kind -> share of the jobs
     "plain": 26,
     "plain_async": 10,
@@ -64,12 +68,18 @@ KINDS = {  # kind -> share of the jobs
 }
 FAILING_KINDS = {"refuse", "later_always", "exhaust"}
 # What a run of a workflow fails with when the database goes away under it (the
-# checkpoint read or write of jobs.call): legitimate, retried, and only on PostgreSQL.
+# checkpoint read or write of jobs.call): legitimate, retried, and only on a server
+# (psycopg's AdminShutdown; OperationalError and InterfaceError of psycopg and PyMySQL).
 OUTAGE_ERRORS = ("OperationalError", "AdminShutdown", "InterfaceError")
 THREAD_DIED = "Exception in thread"
 REJECTED = "rejected: the worker lost its lock"
+# A worker's warning that a checkpoint write failed and is being retried (durable.py).
+SAVE_RETRIED = re.compile(r"saving checkpoint (\d+) of job (\S+) failed \(")
 DISK_FULL = "database or disk is full"  # SQLite's message for SQLITE_FULL
 
+
+# A private database server the driver restarts: PostgreSQL's or MariaDB's.
+Server = PostgresInstance | MySQLInstance
 
 Problem = Callable[[str], None]  # collects the broken guarantees the checks find
 
@@ -153,16 +163,16 @@ _SQLITE_OBSERVERS = (
             substr(NEW.last_error, 1, 80), (julianday('now') - 2440587.5) * 86400.0);
         END""",
     """CREATE TABLE torture_saves (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT,
-        scope TEXT, call_index INTEGER, attempt INTEGER, locked_by TEXT, at REAL)""",
+        scope TEXT, call_index INTEGER, attempt INTEGER, locked_by TEXT, op TEXT, at REAL)""",
     """CREATE TRIGGER torture_save_insert AFTER INSERT ON sdj_checkpoints BEGIN
-        INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, at)
-            SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by,
+        INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, op, at)
+            SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by, 'insert',
                 (julianday('now') - 2440587.5) * 86400.0
             FROM sdj_jobs WHERE id = NEW.job_id;
         END""",
     """CREATE TRIGGER torture_save_update AFTER UPDATE ON sdj_checkpoints BEGIN
-        INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, at)
-            SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by,
+        INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, op, at)
+            SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by, 'update',
                 (julianday('now') - 2440587.5) * 86400.0
             FROM sdj_jobs WHERE id = NEW.job_id;
         END""",
@@ -183,11 +193,11 @@ _POSTGRES_OBSERVERS = (
     """CREATE TRIGGER torture_transition AFTER UPDATE ON sdj_jobs FOR EACH ROW
         WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION torture_transition()""",
     """CREATE TABLE torture_saves (seq BIGSERIAL PRIMARY KEY, job_id TEXT, scope TEXT,
-        call_index INTEGER, attempt INTEGER, locked_by TEXT, at DOUBLE PRECISION)""",
+        call_index INTEGER, attempt INTEGER, locked_by TEXT, op TEXT, at DOUBLE PRECISION)""",
     """CREATE FUNCTION torture_save() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, at)
-                SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by,
+            INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, op, at)
+                SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by, lower(TG_OP),
                     extract(epoch FROM clock_timestamp())
                 FROM sdj_jobs WHERE id = NEW.job_id;
             RETURN NULL;
@@ -196,11 +206,45 @@ _POSTGRES_OBSERVERS = (
         EXECUTE FUNCTION torture_save()""",
 )
 
+# MySQL/MariaDB: the same observers. A trigger has one event, so the checkpoint writes
+# take two; SYSDATE(6) is the time of the write (NOW(6) would be the statement's start).
+# ``<=>`` is IS NOT DISTINCT FROM. (No "%" in these: the driver formats statements.)
+_MYSQL_SAVE = """INSERT INTO torture_saves (job_id, scope, call_index, attempt, locked_by, op,
+            at)
+        SELECT NEW.job_id, NEW.scope, NEW.call_index, attempt, locked_by, '{op}',
+            UNIX_TIMESTAMP(SYSDATE(6))
+        FROM sdj_jobs WHERE id = NEW.job_id"""
+_MYSQL_OBSERVERS = (
+    """CREATE TABLE torture_transitions (seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+        job_id VARCHAR(255) NOT NULL, old_status TEXT, new_status TEXT, old_attempt INTEGER,
+        new_attempt INTEGER, locked_by TEXT, error TEXT, at DOUBLE PRECISION)""",
+    """CREATE TRIGGER torture_transition AFTER UPDATE ON sdj_jobs FOR EACH ROW BEGIN
+        IF NOT (OLD.status <=> NEW.status) THEN
+            INSERT INTO torture_transitions (job_id, old_status, new_status, old_attempt,
+                new_attempt, locked_by, error, at)
+            VALUES (NEW.id, OLD.status, NEW.status, OLD.attempt, NEW.attempt, OLD.locked_by,
+                LEFT(NEW.last_error, 80), UNIX_TIMESTAMP(SYSDATE(6)));
+        END IF;
+        END""",
+    """CREATE TABLE torture_saves (seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+        job_id VARCHAR(255), scope TEXT, call_index INTEGER, attempt INTEGER,
+        locked_by TEXT, op TEXT, at DOUBLE PRECISION)""",
+    "CREATE TRIGGER torture_save_insert AFTER INSERT ON sdj_checkpoints FOR EACH ROW\n"
+    + _MYSQL_SAVE.format(op="insert"),
+    "CREATE TRIGGER torture_save_update AFTER UPDATE ON sdj_checkpoints FOR EACH ROW\n"
+    + _MYSQL_SAVE.format(op="update"),
+)
+_OBSERVERS = {
+    "sqlite": _SQLITE_OBSERVERS,
+    "postgresql": _POSTGRES_OBSERVERS,
+    "mysql": _MYSQL_OBSERVERS,
+}
+
 
 def prepare_database(storage: jobs.SQLStorage) -> None:
     """Migrate, then add the side tables and the observing triggers."""
     storage.migrate()
-    observers = _SQLITE_OBSERVERS if storage.dialect.name == "sqlite" else _POSTGRES_OBSERVERS
+    observers = _OBSERVERS[storage.dialect.name]
     with storage.engine.begin() as conn:
         app.create_side_tables(conn)
         for statement in observers:
@@ -212,9 +256,15 @@ def _query(storage: jobs.SQLStorage, statement: str, **params: Any) -> list[Any]
         return list(conn.execute(sa.text(statement), params))
 
 
-# What database errors look like: wrapped by SQLAlchemy, or raw from the storage's cursors.
-DB_ERRORS = (sa.exc.DBAPIError, psycopg.Error, sqlite3.Error)
-INTEGRITY_ERRORS = (sa.exc.IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError)
+# What database errors look like: the library's own (from storage calls), or wrapped by
+# SQLAlchemy or raw from the driver (from the driver's own queries through the engine).
+DB_ERRORS = (jobs.StorageError, sa.exc.DBAPIError, psycopg.Error, pymysql.MySQLError, sqlite3.Error)
+INTEGRITY_ERRORS = (
+    sa.exc.IntegrityError,
+    psycopg.IntegrityError,
+    pymysql.IntegrityError,
+    sqlite3.IntegrityError,
+)
 
 
 def _retry(what: str, fn: Any, *, timeout: float = 60) -> Any:
@@ -348,12 +398,12 @@ class Run:
         profile: Profile,
         url: str,
         logs: Path,
-        pg: PostgresInstance | None,
+        server: Server | None,
         seed: int,
     ) -> None:
         self.backend = backend
         self.profile = profile
-        self.pg = pg
+        self.server = server  # None: SQLite
         self.rng = random.Random(seed)
         self.report = Report(backend, profile.name, seed)
         self.storage = jobs.SQLStorage(url)
@@ -403,8 +453,11 @@ class Run:
         next_batch = t0
         next_kill = t0 + 2 + self.rng.uniform(*p.kill_every)
         pause_at = [t0 + p.chaos_for * (i + 1) / (p.pauses + 1) - 1 for i in range(p.pauses)]
+        # A full disk is SQLite's outage: a server's own disk is not this test's to fill
+        # (and a full disk there stalls rather than fails). Servers are crashed and have
+        # their connections killed instead.
         outages = [(t0 + p.chaos_for * 0.5, "disk full")]
-        if self.pg is not None:
+        if self.server is not None:
             outages = [
                 (t0 + p.chaos_for * 0.4, "restart"),
                 (t0 + p.chaos_for * 0.65, "connections"),
@@ -467,7 +520,9 @@ class Run:
         def store() -> None:
             try:
                 self.storage.enqueue_many(job_list)
-            except INTEGRITY_ERRORS:
+            except jobs.StorageError as exc:
+                if not isinstance(exc.__cause__, INTEGRITY_ERRORS):
+                    raise
                 # The batch was committed but the answer was lost to an outage: the
                 # retry collides with its own rows. A batch is all-or-nothing.
                 if self.storage.get_job(job_list[0].id) is None:
@@ -501,20 +556,14 @@ class Run:
             self._fill_disk()
             self.report.disk_fulls += 1
         elif what == "restart":
-            assert self.pg is not None
-            # Immediate: the server crashes and recovers from its WAL, like a power cut.
-            self.pg.restart("immediate")
+            assert self.server is not None
+            # Immediate: the server crashes and recovers from its WAL (PostgreSQL) or redo
+            # log (InnoDB), like a power cut.
+            self.server.restart("immediate")
             self.report.restarts += 1
         else:
-            assert self.pg is not None
-            killed = _retry(
-                "terminating connections",
-                lambda: _query(
-                    self.storage,
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                ),
-            )[0][0]
+            assert self.server is not None
+            killed = _retry("terminating connections", self._kill_connections)
             self.report.connection_kills += 1
             self.report.connections_killed += killed
         self.outages.append(Outage(what, time.time(), survivors))
@@ -523,6 +572,32 @@ class Run:
         # Work for the survivors, however late the outage came (a frozen worker can push
         # it past the last batch): the checks want to see them run jobs after it.
         self._produce(2 * len(survivors), kind_only="plain")
+
+    def _kill_connections(self) -> int:
+        """Kill every client connection but the driver's own; how many were killed."""
+        if self.storage.dialect.name == "postgresql":
+            rows = _query(
+                self.storage,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            )
+            return int(rows[0][0])
+        # MariaDB: KILL CONNECTION each client session (its server threads are not
+        # clients: they have no user, or 'system user', or run as daemons).
+        killed = 0
+        with self.storage.engine.connect() as conn:
+            ids = conn.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID()"
+                " AND user = 'root' AND command NOT IN ('Daemon', 'Binlog Dump')"
+            ).all()
+            for (session,) in ids:
+                try:
+                    conn.exec_driver_sql(f"KILL CONNECTION {int(session)}")
+                    killed += 1
+                except sa.exc.DBAPIError as exc:
+                    if getattr(exc.orig, "args", (None,))[0] != 1094:  # gone already
+                        raise
+        return killed
 
     def _fill_disk(self) -> None:
         """Fill the file system of the SQLite database for a while, then free it.
@@ -587,6 +662,8 @@ class Run:
         return True
 
     def _holds_database_lock(self) -> bool:
+        """Whether a frozen worker may hold a database lock: SQLite's write lock, or a
+        transaction left open (idle) by a server session for over 200 ms."""
         if self.storage.dialect.name == "sqlite":
             path = self.storage.engine.url.database
             assert path is not None
@@ -599,14 +676,18 @@ class Run:
                 return True
             finally:
                 conn.close()
-        rows = _retry(
-            "reading sessions",
-            lambda: _query(
-                self.storage,
+        if self.storage.dialect.name == "postgresql":
+            statement = (
                 "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
-                " AND state_change < now() - interval '200 milliseconds'",
-            ),
-        )
+                " AND state_change < now() - interval '200 milliseconds'"
+            )
+        else:  # MariaDB: an InnoDB transaction whose session sleeps between statements
+            statement = (
+                "SELECT count(*) FROM information_schema.innodb_trx t"
+                " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+                " WHERE p.command = 'Sleep' AND p.time_ms > 200"
+            )
+        rows = _retry("reading sessions", lambda: _query(self.storage, statement))
         return bool(rows[0][0])
 
     def _maybe_thaw(self) -> None:
@@ -700,10 +781,15 @@ def verify(run: Run) -> None:
     ):
         transitions[r[0]].append(r)
     saves: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for r in _query(storage, "SELECT job_id, scope, call_index, attempt FROM torture_saves"):
+    writes: dict[tuple[str, int], list[tuple[str, int, str]]] = defaultdict(list)
+    for r in _query(
+        storage,
+        "SELECT job_id, scope, call_index, attempt, locked_by, op FROM torture_saves ORDER BY seq",
+    ):
         if r[1] != "":
             problem(f"job {r[0]}: a checkpoint in scope {r[1]!r}; the workflow has no nesting")
         saves[(r[0], r[2])].append(r[3])
+        writes[(r[0], r[2])].append((r[5], r[3], r[4]))
     hooks = Counter(r[0] for r in _query(storage, "SELECT job_id FROM torture_hooks"))
     leftover = _query(
         storage,
@@ -737,9 +823,11 @@ def verify(run: Run) -> None:
         report.step_reruns_after_save += after
         report.step_reruns_before_save += len(executions) - 1 - after
     report.steps_saved = sum(1 for attempts in saves.values() if attempts)
-    for key, attempts in saves.items():
-        if len(attempts) > 1:
-            problem(f"step {key[1]} of job {key[0]} was checkpointed {len(attempts)} times")
+    retried = _retried_saves(run)
+    for key, saved in writes.items():
+        twice = _second_checkpoint(key, saved, retried)
+        if twice:
+            problem(f"step {key[1]} of job {key[0]} was checkpointed {len(saved)} times: {twice}")
 
     report.executions = sum(len(r) for r in runs.values())
     endings = {job_id: _endings(t) for job_id, t in transitions.items()}
@@ -753,7 +841,7 @@ def verify(run: Run) -> None:
     report.outage_failures = sum(
         1 for e in endings.values() for x in e.values() if x.error.startswith(OUTAGE_ERRORS)
     )
-    if report.outage_failures and run.pg is None:
+    if report.outage_failures and run.server is None:
         problem(f"{report.outage_failures} runs failed with database errors on SQLite")
 
     _check_bounds(run, problem)
@@ -880,15 +968,56 @@ def _history(storage: jobs.SQLStorage, job_id: str) -> str:
         )
     ]
     events += [
-        (at, f"checkpoint {scope!r}/{index} saved at attempt {attempt} by {by}")
-        for scope, index, attempt, by, at in _query(
+        (at, f"checkpoint {scope!r}/{index} saved ({op}) at attempt {attempt} by {by}")
+        for scope, index, attempt, by, op, at in _query(
             storage,
-            "SELECT scope, call_index, attempt, locked_by, at FROM torture_saves WHERE job_id = :j",
+            "SELECT scope, call_index, attempt, locked_by, op, at FROM torture_saves"
+            " WHERE job_id = :j",
             j=job_id,
         )
     ]
     lines = [f"  {at:.3f} {what}" for at, what in sorted(events, key=lambda e: e[0] or 0)]
     return f"history of {job_id}:\n" + "\n".join(lines)
+
+
+def _retried_saves(run: Run) -> set[tuple[str, str, int]]:
+    """(worker id, job id, call index) of each checkpoint write a worker retried."""
+    retried = set()
+    for worker in run.fleet.all:
+        for line in worker.log.read_text(errors="replace").splitlines():
+            if found := SAVE_RETRIED.search(line):
+                retried.add((worker.worker_id, found[2], int(found[1])))
+    return retried
+
+
+def _second_checkpoint(
+    key: tuple[str, int],
+    writes: list[tuple[str, int, str]],
+    retried: set[tuple[str, str, int]],
+) -> str:
+    """Why the writes (op, attempt, holder), in order, of one checkpoint position are more
+    than one checkpoint; empty if they are one.
+
+    A position is inserted once and never written over. The save statements' conflict
+    clause is a no-op update (it keeps the stored row), and the library retries a save
+    whose commit's reply was lost (a server crash or a killed connection right after the
+    commit): it saves the same checkpoint again and is told it is stored. So an update is
+    one checkpoint only when the run that inserted it made it, and that run's worker
+    logged a failed save of it; any other update is a run saving over another's
+    checkpoint, and a second insert a second checkpoint.
+    """
+    inserts = [(attempt, by) for op, attempt, by in writes if op == "insert"]
+    if len(inserts) != 1:
+        return f"{len(inserts)} inserts"
+    job_id, index = key
+    others = [
+        (op, attempt, by)
+        for op, attempt, by in writes
+        if op != "insert" and ((attempt, by) != inserts[0] or (by, job_id, index) not in retried)
+    ]
+    if others:
+        return f"inserted by run {inserts[0]}, written again by {others}"
+    return ""
 
 
 def _reruns_after_save(
@@ -931,9 +1060,9 @@ def _check_bounds(run: Run, problem: Problem) -> None:
         problem(f"{r.re_executions} executions lost but only {r.reaped_runs} runs taken back")
     if r.outage_failures > everything * outages:
         problem(f"{r.outage_failures} runs failed by outages; at most {everything * outages}")
-    if run.pg is not None and (r.restarts, r.connection_kills) != (1, 1):
+    if run.server is not None and (r.restarts, r.connection_kills) != (1, 1):
         problem(f"{r.restarts} restarts and {r.connection_kills} connection kills, wanted 1 each")
-    if run.pg is None and r.disk_fulls != 1:
+    if run.server is None and r.disk_fulls != 1:
         problem(f"{r.disk_fulls} disk-full episodes, wanted 1")
     if r.kills < run.profile.min_kills or r.pauses < run.profile.pauses:
         problem(f"only {r.kills} kills and {r.pauses} frozen workers")
@@ -972,13 +1101,16 @@ def _check_logs(run: Run, problem: Problem) -> None:
 
 
 @contextlib.contextmanager
-def _database(backend: str, tmp: Path) -> Iterator[tuple[str, PostgresInstance | None]]:
+def _database(backend: str, tmp: Path) -> Iterator[tuple[str, Server | None]]:
     if backend == "sqlite":
         with _small_disk(tmp / "disk") as disk:
             yield f"sqlite:///{disk / 'torture.db'}", None
     elif backend == "postgresql":
         with postgres_instance() as pg:
             yield pg.url, pg
+    elif backend == "mysql":
+        with mysql_instance() as server:
+            yield server.url, server
     else:
         raise ValueError(f"unknown backend {backend!r}")
 
@@ -1025,8 +1157,8 @@ def run(backend: str, profile: Profile, seed: int | None = None) -> Report:
     logs = tmp / "logs"
     logs.mkdir()
     try:
-        with _database(backend, tmp) as (url, pg):
-            report = Run(backend, profile, url, logs, pg, seed).execute()
+        with _database(backend, tmp) as (url, server):
+            report = Run(backend, profile, url, logs, server, seed).execute()
     except BaseException:
         print(f"torture: logs kept in {tmp} (seed {seed})", file=sys.stderr)
         raise

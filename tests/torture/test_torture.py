@@ -1,5 +1,5 @@
 """The short torture run as part of the normal suite (CI), on each backend under test
-that the driver knows (SQLite and PostgreSQL; MySQL has no torture run yet).
+that the driver knows (SQLite, PostgreSQL and MySQL/MariaDB).
 
 The long run is a separate command: ``python -m tests.torture --long`` (README.md here).
 """
