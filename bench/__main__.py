@@ -1,6 +1,6 @@
-"""``python -m bench [--quick] [--backend sqlite|postgresql] [--only SUBSTRING] [--list]``.
+"""``python -m bench [--quick] [--backend sqlite|postgresql|mysql] [--only SUBSTRING] [--list]``.
 
-Runs every workload on both backends (or those given), with the reference ceilings
+Runs every workload on every backend (or those given), with the reference ceilings
 measured in the same run, and prints one table: each figure beside its target and its
 ceiling. Figures are printed, never asserted: the exit status is 1 only when a workload
 crashed. See docs/benchmarks.md.
@@ -16,23 +16,20 @@ import sqlite3
 import sys
 import time
 
-import sqlalchemy as sa
-
-from .database import PG_ADMIN
+from .database import admin_engine
 from .report import render_table
 from .sizes import FULL, QUICK
 from .suite import WORKLOADS, run, select
 
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
-def _postgres_version() -> str:
+def _server_version(backend: str) -> str:
     try:
-        engine = sa.create_engine(
-            sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"), poolclass=sa.pool.NullPool
-        )
+        engine = admin_engine(backend)
+        query = "SHOW server_version" if backend == "postgresql" else "SELECT VERSION()"
         with engine.connect() as conn:
-            version = str(conn.exec_driver_sql("SHOW server_version").scalar())
+            version = str(conn.exec_driver_sql(query).scalar())
         engine.dispose()
         return version.split()[0]
     except Exception as exc:  # reported by the workloads themselves
@@ -48,7 +45,11 @@ def _context(backends: list[str], quick: bool) -> str:
         f"SQLite {sqlite3.sqlite_version}",
     ]
     if "postgresql" in backends:
-        parts.append(f"PostgreSQL {_postgres_version()}")
+        parts.append(f"PostgreSQL {_server_version('postgresql')}")
+    if "mysql" in backends:
+        version = _server_version("mysql")
+        name = "MariaDB" if "MariaDB" in version else "MySQL"
+        parts.append(f"{name} {version.split('-')[0]}")
     return "; ".join(parts)
 
 
@@ -64,7 +65,10 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a short run (CI): smaller sizes")
     parser.add_argument(
-        "--backend", choices=BACKENDS, action="append", help="repeat for both (default: both)"
+        "--backend",
+        choices=BACKENDS,
+        action="append",
+        help="repeat for several (default: all three)",
     )
     parser.add_argument("--only", metavar="SUBSTRING", help="run the workloads whose name has it")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -13,18 +14,38 @@ import sqlalchemy as sa
 
 import durable_jobs as jobs
 
-__all__ = ["PG_ADMIN", "backend_of", "connect", "database", "queue_on"]
+__all__ = [
+    "MYSQL_ADMIN",
+    "PG_ADMIN",
+    "admin_engine",
+    "backend_of",
+    "connect",
+    "database",
+    "queue_on",
+]
 
 #: The server the PostgreSQL benchmarks create their databases on.
 PG_ADMIN = os.environ.get("SDJ_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The server (MySQL 8 or MariaDB 10.6+) the MySQL benchmarks create their databases on.
+MYSQL_ADMIN = os.environ.get("SDJ_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+
+
+def admin_engine(backend: str) -> sa.Engine:
+    """An autocommit engine on the server ``backend``'s databases are created on."""
+    if backend == "postgresql":
+        url = sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg")
+    else:
+        url = sa.make_url(MYSQL_ADMIN).set(drivername="mysql+pymysql")
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
 
 @contextmanager
 def database(backend: str, prefix: str = "sdj_bench") -> Iterator[str]:
     """A URL to a fresh, migrated database, removed afterwards.
 
-    SQLite: a file in a temporary directory. PostgreSQL: a database named ``prefix``
-    plus a random suffix on ``PG_ADMIN``'s server, dropped even while connections stay.
+    SQLite: a file in a temporary directory. PostgreSQL and MySQL: a database named
+    ``prefix`` plus a random suffix on ``PG_ADMIN``'s or ``MYSQL_ADMIN``'s server,
+    dropped even while connections stay (MySQL: they are killed first).
     """
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
@@ -32,22 +53,36 @@ def database(backend: str, prefix: str = "sdj_bench") -> Iterator[str]:
             _migrate(url)
             yield url
         return
-    admin = sa.create_engine(
-        sa.make_url(PG_ADMIN).set(drivername="postgresql+psycopg"),
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.pool.NullPool,
-    )
+    admin = admin_engine(backend)
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    quoted = f'"{name}"' if backend == "postgresql" else f"`{name}`"
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+        conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    server = PG_ADMIN if backend == "postgresql" else MYSQL_ADMIN
+    url = sa.make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
         _migrate(url)
         yield url
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            if backend == "postgresql":
+                conn.exec_driver_sql(f"DROP DATABASE {quoted} WITH (FORCE)")
+            else:
+                _drop_mysql(conn, name)
         admin.dispose()
+
+
+def _drop_mysql(conn: sa.Connection, name: str) -> None:
+    """DROP DATABASE after killing the connections still on it (an open transaction's
+    metadata locks would make the drop wait)."""
+    ids = conn.exec_driver_sql(
+        "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+        (name,),
+    ).fetchall()
+    for (thread,) in ids:
+        with contextlib.suppress(sa.exc.DBAPIError):  # it may have ended meanwhile
+            conn.exec_driver_sql(f"KILL {int(thread)}")
+    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def _migrate(url: str) -> None:
@@ -59,16 +94,44 @@ def _migrate(url: str) -> None:
 
 
 def backend_of(url: str) -> str:
-    """``"sqlite"`` or ``"postgresql"`` for a database URL."""
-    return sa.make_url(url).get_backend_name()
+    """``"sqlite"``, ``"postgresql"`` or ``"mysql"`` (MariaDB too) for a database URL."""
+    name = sa.make_url(url).get_backend_name()
+    return {"postgres": "postgresql", "mariadb": "mysql"}.get(name, name)
+
+
+class MySQLConnection:
+    """A PyMySQL connection with the ``execute`` shortcut of sqlite3's and psycopg's.
+
+    Its cursors are PyMySQL's plain (buffered) ones: one statement per ``execute``.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        """Run ``sql`` on a new cursor and return it, its rows read already."""
+        cur = self.raw.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    def cursor(self) -> Any:
+        return self.raw.cursor()
+
+    def begin(self) -> None:
+        self.raw.begin()
+
+    def commit(self) -> None:
+        self.raw.commit()
 
 
 @contextmanager
 def connect(url: str) -> Iterator[Any]:
-    """A raw driver connection (sqlite3 or psycopg) in autocommit, closed afterwards.
+    """A raw driver connection (sqlite3, psycopg, or PyMySQL in a ``MySQLConnection``)
+    in autocommit, closed afterwards.
 
     It comes from the library's own engine, so it has the same settings as the library's
-    connections (WAL and busy timeout on SQLite, UTC on PostgreSQL). Autocommit makes
+    connections (WAL and busy timeout on SQLite, UTC on PostgreSQL, READ COMMITTED and
+    utf8mb4 on MySQL). Autocommit makes
     every statement its own transaction, in one round trip, and keeps polling reads
     from holding a snapshot open.
     """
@@ -78,6 +141,9 @@ def connect(url: str) -> Iterator[Any]:
     assert conn is not None
     if storage.dialect.name == "sqlite":
         conn.isolation_level = None
+    elif storage.dialect.name == "mysql":
+        conn.autocommit(True)
+        conn = MySQLConnection(conn)
     else:
         conn.autocommit = True
     try:

@@ -1,7 +1,8 @@
 """Server-side filling of ``sdj_jobs`` with pending jobs, and the plan of the worker's claim.
 
 Filling runs entirely in the database (``generate_series`` on PostgreSQL, a recursive
-CTE on SQLite), so a million rows take seconds rather than a million round trips.
+CTE on SQLite, two joined recursive CTEs on MySQL), so a million rows take seconds
+rather than a million round trips.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import durable_jobs as jobs
 from durable_jobs.job import utcnow
+from durable_jobs.storage.mysql import STEP as MYSQL_STEP
 
 from .database import backend_of, connect
 
@@ -45,14 +47,33 @@ FROM t
 """
 
 
+# Numbers 1..rows as i * 1000 + j + 1 (MySQL's and MariaDB's recursion stops at 1000
+# steps by default); due times a millisecond apart.
+_FILL_MYSQL = f"""
+INSERT INTO sdj_jobs ({_FILL_COLUMNS})
+WITH RECURSIVE d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i < 999)
+SELECT UUID(), 'noop', 'null', 'default', 0, 'pending', 0, 3, t, t, t
+FROM (SELECT TIMESTAMP(%(start)s) + INTERVAL (a.i * 1000 + b.i + 1) * 1000 MICROSECOND AS t
+      FROM d AS a CROSS JOIN d AS b
+      WHERE a.i * 1000 + b.i < %(rows)s) AS s
+"""
+_MYSQL_FILL_MAX = 1_000_000
+
+
 def fill_pending(url: str, rows: int) -> float:
     """Add ``rows`` due no-op jobs to queue ``default`` and ANALYZE; returns the seconds taken."""
     start = utcnow() - timedelta(days=1)
     began = time.perf_counter()
     with connect(url) as conn:
-        if backend_of(url) == "postgresql":
+        backend = backend_of(url)
+        if backend == "postgresql":
             conn.execute(_FILL_POSTGRES, {"start": start, "rows": rows})
             conn.execute("ANALYZE sdj_jobs")
+        elif backend == "mysql":
+            if rows > _MYSQL_FILL_MAX:
+                raise ValueError(f"at most {_MYSQL_FILL_MAX:,} rows at once on MySQL")
+            conn.execute(_FILL_MYSQL, {"start": start.replace(tzinfo=None), "rows": rows})
+            conn.execute("ANALYZE TABLE sdj_jobs").fetchall()
         else:
             epoch = int(start.replace(tzinfo=UTC).timestamp())
             conn.execute(_FILL_SQLITE, {"start": epoch, "rows": rows})
@@ -81,8 +102,10 @@ class ClaimPlan:
 def claim_plan(url: str, limit: int = 40) -> ClaimPlan:
     """EXPLAIN the dialect's ``claim`` with the values a worker binds (a claim of ``limit``).
 
-    PostgreSQL gives EXPLAIN's plan, SQLite EXPLAIN QUERY PLAN's. A line that reads every
-    row of ``sdj_jobs`` (a Seq Scan, or SQLite's SCAN without an index) is listed apart.
+    PostgreSQL gives EXPLAIN's plan, SQLite EXPLAIN QUERY PLAN's, MySQL EXPLAIN's rows of
+    the claim's first step (the locking SELECT; the UPDATE and read-back go by primary
+    key). A line that reads every row of ``sdj_jobs`` (a Seq Scan, SQLite's SCAN without
+    an index, MySQL's access type ALL or index) is listed apart.
     """
     storage = jobs.SQLStorage(url)
     params: dict[str, Any] = {
@@ -96,11 +119,14 @@ def claim_plan(url: str, limit: int = 40) -> ClaimPlan:
     }
     sql = storage.dialect.sql["claim"]
     storage.close()
+    backend = backend_of(url)
     with connect(url) as conn:
-        if backend_of(url) == "postgresql":
+        if backend == "postgresql":
             lines = [row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall()]
             scans = [line.strip() for line in lines if "Seq Scan on sdj_jobs" in line]
             return ClaimPlan("postgresql", lines, scans)
+        if backend == "mysql":
+            return _mysql_plan(conn, sql.split(MYSQL_STEP)[0], params)
         rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
     lines = _sqlite_tree(rows)
     scans = [
@@ -109,6 +135,21 @@ def claim_plan(url: str, limit: int = 40) -> ClaimPlan:
         if line.strip().startswith("SCAN sdj_jobs") and "INDEX" not in line
     ]
     return ClaimPlan("sqlite", lines, scans)
+
+
+def _mysql_plan(conn: Any, select: str, params: dict[str, Any]) -> ClaimPlan:
+    """EXPLAIN's rows for the claim's locking SELECT, one line each."""
+    cur = conn.execute("EXPLAIN " + select, params)
+    names = [d[0] for d in cur.description]
+    shown = ("id", "select_type", "table", "type", "key", "rows", "Extra")
+    lines, scans = [], []
+    for values in cur.fetchall():
+        row = dict(zip(names, values, strict=True))
+        line = " ".join(f"{k}={row[k]}" for k in shown if row.get(k) is not None)
+        lines.append(line)
+        if row.get("table") == "sdj_jobs" and row.get("type") in ("ALL", "index"):
+            scans.append(line)
+    return ClaimPlan("mysql", lines, scans)
 
 
 def _sqlite_tree(rows: list[tuple[int, int, int, str]]) -> list[str]:

@@ -37,11 +37,7 @@ class InsertLoop:
     def __init__(self, conn: Any, backend: str) -> None:
         self.conn = conn
         self.backend = backend
-        param = "?" if backend == "sqlite" else "%s"
-        self.sql = (
-            f"INSERT INTO bench_ref ({INSERT_COLUMNS})"
-            f" VALUES ({', '.join([param] * len(INSERT_COLUMNS.split(',')))})"
-        )
+        self.sql = _insert_row_sql(backend)
         for statement in _copy_of_jobs_table(conn, backend):
             conn.execute(statement)
 
@@ -51,6 +47,8 @@ class InsertLoop:
         now: Any = datetime.now(UTC)
         if self.backend == "sqlite":
             now = now.isoformat()
+        elif self.backend == "mysql":
+            now = now.replace(tzinfo=None)  # DATETIME(6) holds naive UTC
         start = time.perf_counter()
         for _ in range(n):
             row = (str(uuid.uuid4()), "noop", "null", "default", 0, "pending", 0, 0)
@@ -77,15 +75,26 @@ def idle_commit_ms(url: str, backend: str, samples: int, gap: float) -> float:
     return statistics.median(times)
 
 
+def _insert_row_sql(backend: str) -> str:
+    """A one-row INSERT of ``INSERT_COLUMNS`` into ``bench_ref``, positional parameters."""
+    param = "?" if backend == "sqlite" else "%s"
+    marks = ", ".join([param] * len(INSERT_COLUMNS.split(",")))
+    return f"INSERT INTO bench_ref ({INSERT_COLUMNS}) VALUES ({marks})"
+
+
 def bulk_insert_seconds(conn: Any, backend: str, n: int) -> float:
     """Seconds to store ``n`` prepared job rows in one transaction the backend's fastest
-    way: binary COPY on PostgreSQL, multi-row INSERTs on SQLite (``enqueue_many``'s ceiling).
+    way: binary COPY on PostgreSQL, multi-row INSERTs on SQLite and MySQL (PyMySQL's
+    ``executemany``, which packs the rows into INSERTs of up to 1 MB each) — the
+    ceiling of ``enqueue_many``.
     """
     for statement in _copy_of_jobs_table(conn, backend):
         conn.execute(statement)
     now: Any = datetime.now(UTC)
     if backend == "sqlite":
         now = now.replace(tzinfo=None).isoformat(" ")
+    elif backend == "mysql":
+        now = now.replace(tzinfo=None)
     fixed = ("default", 0, "pending", 0, 0, now, now, now, None, None)
     # Time-ordered ids as the library's, which append to the primary key's index.
     rows = [(job_id, "noop", f'{{"i":{i}}}', *fixed) for i, job_id in enumerate(new_ids(n))]
@@ -96,6 +105,12 @@ def bulk_insert_seconds(conn: Any, backend: str, n: int) -> float:
             copy.set_types(PostgresDialect.copy_types)
             for row in rows:
                 copy.write_row(row)
+    elif backend == "mysql":
+        conn.begin()
+        cur = conn.cursor()
+        cur.executemany(_insert_row_sql(backend), rows)
+        cur.close()
+        conn.commit()
     else:
         per = 250  # rows per statement, as the library's batches
         conn.execute("BEGIN IMMEDIATE")
@@ -111,6 +126,8 @@ def _copy_of_jobs_table(conn: Any, backend: str) -> list[str]:
     """DDL for ``bench_ref``: ``sdj_jobs``'s columns and indexes under other names."""
     if backend == "postgresql":
         return ["CREATE TABLE IF NOT EXISTS bench_ref (LIKE sdj_jobs INCLUDING ALL)"]
+    if backend == "mysql":
+        return ["CREATE TABLE IF NOT EXISTS bench_ref LIKE sdj_jobs"]
     rows = conn.execute(
         "SELECT sql FROM sqlite_master WHERE tbl_name = 'sdj_jobs' AND sql IS NOT NULL"
         " ORDER BY type DESC"  # the table before its indexes
@@ -142,7 +159,17 @@ _CLAIM = {
             ORDER BY priority DESC, run_at, rowid
             LIMIT 1)
         RETURNING id, type, args, attempt""",
+    # No UPDATE ... RETURNING: the locking read returns the row, which no one else can
+    # change until the transaction ends, so the UPDATE needs no read-back.
+    "mysql": """SELECT id, type, args, attempt FROM sdj_jobs
+        WHERE queue = 'default' AND status IN ('pending', 'retrying') AND run_at <= %(now)s
+        ORDER BY priority DESC, run_at, seq
+        LIMIT 1 FOR UPDATE SKIP LOCKED""",
 }
+_TAKE_MYSQL = """UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+        locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+        updated_at = %(now)s
+    WHERE id = %(id)s"""
 _COMPLETE = {
     "postgresql": """UPDATE sdj_jobs SET status = 'completed', result = NULL,
             completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL, heartbeat_at = NULL
@@ -150,6 +177,9 @@ _COMPLETE = {
     "sqlite": """UPDATE sdj_jobs SET status = 'completed', result = NULL,
             completed_at = :now, updated_at = :now, locked_by = NULL, heartbeat_at = NULL
         WHERE id = :id AND status = 'running'""",
+    "mysql": """UPDATE sdj_jobs SET status = 'completed', result = NULL,
+            completed_at = %(now)s, updated_at = %(now)s, locked_by = NULL, heartbeat_at = NULL
+        WHERE id = %(id)s AND status = 'running'""",
 }
 
 _WARM_UP = 20
@@ -160,7 +190,9 @@ def claim_complete_rate(url: str, n: int) -> float:
 
     ``url`` is a fresh migrated database (the real ``sdj_jobs`` table and indexes),
     filled server-side first. SQLite claims in a ``BEGIN IMMEDIATE`` transaction, as
-    the library does; PostgreSQL's claim is one autocommitted statement.
+    the library does; PostgreSQL's claim is one autocommitted statement; MySQL's is a
+    transaction of a ``SELECT ... FOR UPDATE SKIP LOCKED`` and an ``UPDATE`` of that id.
+    The completion is one autocommitted UPDATE everywhere.
     """
     backend = backend_of(url)
     fill_pending(url, n + _WARM_UP)
@@ -175,10 +207,15 @@ def claim_complete_rate(url: str, n: int) -> float:
             now = time_param(datetime.now(UTC))
             if backend == "sqlite":
                 cur.execute("BEGIN IMMEDIATE")
+            elif backend == "mysql":
+                conn.begin()
             cur.execute(claim, {"worker": "bench", "now": now})
             row = cur.fetchall()[0]
             if backend == "sqlite":
                 cur.execute("COMMIT")
+            elif backend == "mysql":
+                cur.execute(_TAKE_MYSQL, {"worker": "bench", "now": now, "id": row[0]})
+                conn.commit()
             cur.execute(complete, {"id": row[0], "now": now})
 
         for _ in range(_WARM_UP):

@@ -101,7 +101,9 @@ def enqueue_many(backend: str, sizes: Sizes, rounds: int = 5) -> Result:
             rates.append(n / (time.perf_counter() - start))
             bulks.append(n / bulk_insert_seconds(conn, backend, n))
         rate, bulk = statistics.median(rates), statistics.median(bulks)
-    label = "bare COPY" if backend == "postgresql" else "bare multi-row INSERT"
+    label = {"postgresql": "bare COPY", "mysql": "bare executemany INSERT"}.get(
+        backend, "bare multi-row INSERT"
+    )
     return Result(
         backend,
         "enqueue-many",
