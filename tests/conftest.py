@@ -99,7 +99,7 @@ def _reset_postgres(url: str) -> None:
         storage.migrate()
         with storage.engine.begin() as conn:  # commits: the engine is transactional
             conn.exec_driver_sql("TRUNCATE sdj_jobs, sdj_checkpoints, sdj_workers")
-            for extra in ("sdj_schedules",):
+            for extra in ("sdj_schedules", "sdj_signals"):
                 exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (extra,)).scalar()
                 if exists:
                     conn.exec_driver_sql(f"TRUNCATE {extra}")
@@ -113,7 +113,13 @@ def _reset_mysql(url: str) -> None:
         storage.migrate()
         tables = set(sa.inspect(storage.engine).get_table_names())
         with storage.engine.begin() as conn:
-            for table in ("sdj_jobs", "sdj_checkpoints", "sdj_workers", "sdj_schedules"):
+            for table in (
+                "sdj_jobs",
+                "sdj_checkpoints",
+                "sdj_workers",
+                "sdj_schedules",
+                "sdj_signals",
+            ):
                 if table in tables:
                     conn.exec_driver_sql(f"TRUNCATE {table}")
     finally:

@@ -28,6 +28,7 @@ from .errors import (
     ResultTooLarge,
     RetryAfter,
     SchemaNotReady,
+    SignalTimeout,
     StorageError,
 )
 from .events import (
@@ -37,14 +38,30 @@ from .events import (
     JobCompleted,
     JobEnqueued,
     JobFailed,
+    JobResumed,
     JobRetrying,
     JobStarted,
+    JobWaiting,
 )
 from .job import Checkpoint, Job, JobStatus
 from .queue import Queue
 from .retry import Backoff, constant, exponential
 from .schedules import Schedule, cron, daily, every, weekly
 from .storage import SQLStorage, Storage
+from .waiting import (
+    drain_signals,
+    drain_signals_async,
+    peek_signal,
+    peek_signal_async,
+    set_progress,
+    set_progress_async,
+    sleep,
+    sleep_async,
+    sleep_until,
+    sleep_until_async,
+    wait_for_signal,
+    wait_for_signal_async,
+)
 from .worker import Worker
 
 try:
@@ -66,9 +83,11 @@ __all__ = [
     "JobEnqueued",
     "JobFailed",
     "JobNotFound",
+    "JobResumed",
     "JobRetrying",
     "JobStarted",
     "JobStatus",
+    "JobWaiting",
     "NoRetry",
     "NondeterminismError",
     "NotADatabase",
@@ -80,6 +99,7 @@ __all__ = [
     "SQLStorage",
     "Schedule",
     "SchemaNotReady",
+    "SignalTimeout",
     "Storage",
     "StorageError",
     "Worker",
@@ -90,7 +110,19 @@ __all__ = [
     "cron",
     "current_job",
     "daily",
+    "drain_signals",
+    "drain_signals_async",
     "every",
     "exponential",
+    "peek_signal",
+    "peek_signal_async",
+    "set_progress",
+    "set_progress_async",
+    "sleep",
+    "sleep_async",
+    "sleep_until",
+    "sleep_until_async",
+    "wait_for_signal",
+    "wait_for_signal_async",
     "weekly",
 ]

@@ -39,6 +39,7 @@ _SETTLED_AS = {
     "completed": JobStatus.COMPLETED,
     "retry": JobStatus.RETRYING,
     "failed": JobStatus.FAILED,
+    "waiting": JobStatus.WAITING,
 }
 
 
@@ -102,6 +103,16 @@ class Completer:
                 if o.kind == "retry" and o.run_at is not None:
                     # Its worker knows when it is due: woken then, not at the next poll.
                     self.dispatcher.wake_at(o.job.queue, o.run_at)
+            if o.kind == "waiting" and self._store_suspension(o):
+                accepted.add(o.job.id)
+                if o.signal is not None:
+                    # A signal that came meanwhile made it a due resume at once.
+                    self.dispatcher.wake((o.job.queue,))
+                if o.run_at is not None:
+                    # Its worker (and this process's others) end the wait at its
+                    # deadline, not at a poll after it.
+                    self.dispatcher.wake_at(o.job.queue, o.run_at)
+                    self.queue.wake_workers_at(o.job.queue, o.run_at)
         releases = [(o.job.id, o.job.fence) for o in batch if o.kind == "release"]
         if releases:
             self._permanent_ok(
@@ -185,7 +196,7 @@ class Completer:
     def _refused(self, o: RunOutcome, exc: Exception) -> None:
         """The database refused ``o``'s outcome for good (a value a column cannot take):
         the run fails permanently with the refusal instead, so the worker goes on."""
-        what = "result" if o.kind == "completed" else "error"
+        what = {"completed": "result", "waiting": "suspension"}.get(o.kind, "error")
         log.error(
             "the database refused the %s of job %s: %s",
             what,
@@ -197,8 +208,26 @@ class Completer:
             f"the database refused to store the {what} of this run: {describe(exc)}"
         )
         o.traceback = None  # what was refused may have been the traceback itself
-        if o.kind == "completed":
+        if o.kind in ("completed", "waiting"):
             o.kind, o.result, o.run_at = "failed", None, None
+
+    def _store_suspension(self, o: RunOutcome) -> bool:
+        """Store a suspension; one the database refuses fails the job with the refusal."""
+        try:
+            return bool(self._retrying(partial(self._suspend, o)))
+        except Exception as exc:
+            self._refused(o, exc)
+        return self._store_failure(o)
+
+    def _suspend(self, o: RunOutcome) -> bool:
+        return self.queue.storage.suspend(
+            o.job.id,
+            worker_id=self.worker_id,
+            fence=o.job.fence,
+            until=o.run_at,
+            waiting_for=o.waiting_for or "",
+            signal=o.signal,
+        )
 
     def _store_failure(self, o: RunOutcome) -> bool:
         """Store a retry or failure; one the database refuses is stored with the refusal."""

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .backoff_loop import keep_trying
@@ -29,8 +30,6 @@ from .job import Job, utcnow
 from .storage import Claim
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from .queue import Queue
 
 __all__ = ["ClaimRequest", "Dispatcher", "QueueState"]
@@ -46,6 +45,8 @@ _CLAIM_AHEAD = ((SLOW_JOB / 100, 16), (SLOW_JOB / 10, 4), (SLOW_JOB, 2))
 # How long after a known run time to look for the job: clocks (wall and monotonic) and
 # the database's rounding of stored times must not make the claim a hair too early.
 _DUE_MARGIN = 0.002
+# How soon to look again at a due wait that another worker was ending.
+_RECHECK_WAITS = timedelta(milliseconds=50)
 
 
 @dataclass(slots=True, eq=False)
@@ -140,6 +141,10 @@ class Dispatcher:
         self._next_poll = 0.0
         #: The earliest ``QueueState.due_at`` (read unlocked by the dispatcher thread).
         self._next_due = float("inf")
+        #: Whether the next claim round first ends the waits that are due: when a known
+        #: run time comes (``wake_at``: a wait's deadline is one), at each poll, and while
+        #: more are due than one round ends.
+        self._check_waiting = True
 
     # -- wake-ups -----------------------------------------------------------------------
 
@@ -164,9 +169,11 @@ class Dispatcher:
         self.wake((queue_name,))
 
     def wake_at(self, queue: str, run_at: datetime) -> None:
-        """Look for jobs in ``queue`` at ``run_at``, when a job there becomes due."""
+        """Look for jobs in ``queue`` at ``run_at``, when a job there becomes due (or a
+        job's wait there ends: the waits due then are ended first)."""
         seconds = (run_at - utcnow()).total_seconds()
         if seconds <= 0:
+            self._check_waiting = True  # what is due may be a wait that has ended
             self.wake((queue,))
             return
         at = time.monotonic() + seconds + _DUE_MARGIN
@@ -182,7 +189,8 @@ class Dispatcher:
             self.wakeup.set()  # the dispatcher waits until then now, not the next poll
 
     def _wake_due(self, now: float) -> None:
-        """Wake the queues whose known run time has come."""
+        """Wake the queues whose known run time has come, after ending the waits due
+        then (a known run time may be a wait's deadline)."""
         with self.lock:
             next_due = float("inf")
             for state in self.queues.values():
@@ -190,6 +198,7 @@ class Dispatcher:
                     state.due_at = float("inf")
                     state.maybe_work = True
                     state.generation += 1
+                    self._check_waiting = True
                 else:
                     next_due = min(next_due, state.due_at)
             self._next_due = next_due
@@ -240,8 +249,10 @@ class Dispatcher:
     def _begin_round(self) -> None:
         now = time.monotonic()
         if now >= self._next_poll:
-            # Delayed and retrying jobs become due without any notification.
+            # Delayed and retrying jobs become due without any notification, and waits
+            # stored by other processes end without one.
             self.wake_all()
+            self._check_waiting = True
             self._next_poll = now + self.poll_interval
         if now >= self._next_due:
             self._wake_due(now)
@@ -263,6 +274,8 @@ class Dispatcher:
     def _claim_round(self) -> bool:
         if self.outcomes.qsize() > self.slots:
             return False  # the completer is behind: let it catch up before claiming more
+        if self._check_waiting:
+            self._end_waits()
         claimed_any = False
         requests = self.reserve()
         drained: set[str] = set()
@@ -284,6 +297,27 @@ class Dispatcher:
                 drained.add(name)
             claimed_any = claimed_any or bool(jobs)
         return claimed_any
+
+    def _end_waits(self) -> None:
+        """Turn the due waits of this worker's queues into due resumes (which the claims
+        that follow take, here or anywhere), and note when the next wait ends."""
+        woken, following = self.queue.storage.wake_waiting(list(self.queues))
+        self._check_waiting = False  # after the storage call: a failed one is tried again
+        if woken:
+            self.wake(woken)
+        if following is None:
+            return
+        queue, until = following
+        now = utcnow()
+        if until <= now:
+            if woken:
+                self._check_waiting = True  # more were due than one round ends: go on
+                self.wakeup.set()
+                return
+            # A due wait none of this round's could end (another worker is ending it)
+            # is looked at again shortly, not in a busy loop.
+            until = now + _RECHECK_WAITS
+        self.wake_at(queue, until)
 
     def reserve(self) -> list[ClaimRequest]:
         """Claims worth making now, their room already counted as claimed.

@@ -25,7 +25,19 @@ from .options import check_options
 from .retry import DEFAULT_BACKOFF, Backoff
 from .storage import retry_transient
 
-__all__ = ["InvalidCall", "InvalidCallArguments", "UnknownStep", "call", "call_async"]
+__all__ = [
+    "InvalidCall",
+    "InvalidCallArguments",
+    "Position",
+    "UnknownStep",
+    "call",
+    "call_async",
+    "checkpoint_at",
+    "checkpoint_at_async",
+    "record",
+    "remember",
+    "take_position",
+]
 
 _CALL_OPTIONS = frozenset({"retries", "backoff"})
 # Errors of nested calls that a step's retries in place must not catch: a run that lost
@@ -204,26 +216,83 @@ def _replayed(step: _Step, cp: Checkpoint) -> Any:
 
 
 def _record(step: _Step, result: bytes | None, error: str | None) -> None:
-    job = step.ctx.job
+    position = Position(step.ctx, step.replay, step.scope, step.index)
+    _store(position, step.handler.name, result, error)
+
+
+def _store(pos: Position, call_type: str, result: bytes | None, error: str | None) -> None:
+    """Save a checkpoint at ``pos``, fenced to the run: ``StaleJobError`` if it lost
+    its lock."""
+    job = pos.ctx.job
     cp = Checkpoint(
         job_id=job.id,
-        call_index=step.index,
-        call_type=step.handler.name,
+        call_index=pos.index,
+        call_type=call_type,
         result=result,
         error=error,
-        scope=step.scope,
+        scope=pos.scope,
     )
     stored = retry_transient(
-        lambda: _save_checkpoint(step.ctx, cp),
-        within=step.ctx.lock_timeout,
-        what=f"saving checkpoint {step.path} of job {job.id}",
+        lambda: _save_checkpoint(pos.ctx, cp),
+        within=pos.ctx.lock_timeout,
+        what=f"saving checkpoint {pos.path} of job {job.id}",
     )
     if not stored:
-        raise StaleJobError(f"job {job.id} lost its lock; step {step.path} was not recorded")
-    step.replay.checkpoints[(step.scope, step.index)] = cp
-    bus = step.ctx.queue.bus
+        raise StaleJobError(f"job {job.id} lost its lock; step {pos.path} was not recorded")
+    remember(pos, cp)
+
+
+def remember(pos: Position, cp: Checkpoint) -> None:
+    """Take ``cp``, just stored at ``pos``, into this run's replay state, and report it."""
+    pos.replay.checkpoints[(pos.scope, pos.index)] = cp
+    bus = pos.ctx.queue.bus
     if bus.has_subscribers:
-        bus.publish(CheckpointSaved(job, cp))
+        bus.publish(CheckpointSaved(pos.ctx.job, cp))
+
+
+# -- positions of other checkpointed steps (the waiting functions of ``waiting.py``) ---
+
+
+@dataclass(frozen=True)
+class Position:
+    """A checkpointed step's place among its job's calls: the next call index of the
+    current scope, taken like a call's (at once, without I/O)."""
+
+    ctx: context.JobContext
+    replay: _Replay
+    scope: str
+    index: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.scope}.{self.index}" if self.scope else str(self.index)
+
+
+def take_position() -> Position:
+    """The next call index of the running job's current scope (``NotInJobError`` outside
+    a job): a waiting function takes its number as ``call()`` does."""
+    ctx = context.current_context()
+    replay = _replay_of(ctx)
+    scope = _scope.get()
+    return Position(ctx, replay, scope, replay.next_index(scope))
+
+
+def checkpoint_at(pos: Position) -> Checkpoint | None:
+    """The checkpoint an earlier run saved at ``pos``, if any (reads them once per run)."""
+    return _replay_state(pos.ctx).get(pos.scope, pos.index)
+
+
+async def checkpoint_at_async(pos: Position) -> Checkpoint | None:
+    """``checkpoint_at`` without blocking the event loop."""
+    if not pos.replay.loaded:
+        await asyncio.to_thread(_replay_state, pos.ctx)
+    return pos.replay.get(pos.scope, pos.index)
+
+
+def record(pos: Position, call_type: str, result: bytes) -> None:
+    """Save what the step at ``pos`` decided, as ``call_type`` (fenced: ``StaleJobError``
+    when the run lost its lock). A blocking write: async code runs it in a thread."""
+    _store(pos, call_type, result, None)
 
 
 def _save_checkpoint(ctx: context.JobContext, cp: Checkpoint) -> bool:

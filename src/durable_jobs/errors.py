@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .retry import MAX_DELAY
 
@@ -20,8 +20,10 @@ __all__ = [
     "ResultTooLarge",
     "RetryAfter",
     "SchemaNotReady",
+    "SignalTimeout",
     "StaleJobError",
     "StorageError",
+    "Suspend",
 ]
 
 
@@ -75,6 +77,37 @@ class NondeterminismError(DurableJobsError):
 
 class StaleJobError(DurableJobsError):
     """The worker lost the job's lock; its outcome was rejected."""
+
+
+class Suspend(BaseException):
+    """Internal: a waiting function (``jobs.sleep``...) suspends the running job.
+
+    Raised from inside the handler (also from a step run by ``call()``), it unwinds the
+    handler; the worker then stores the job ``waiting`` until ``until`` (None: no
+    deadline), with ``waiting_for`` saying what for. A ``BaseException``, so that
+    ``except Exception`` in user code (and ``call()``'s retries in place) lets it pass.
+    """
+
+    def __init__(
+        self, until: datetime | None, waiting_for: str, *, signal: str | None = None
+    ) -> None:
+        super().__init__(until, waiting_for)
+        self.until = until
+        self.waiting_for = waiting_for
+        #: The signal the job waits for, if any: its suspension looks for one again.
+        self.signal = signal
+
+    def __str__(self) -> str:
+        at = "" if self.until is None else f" until {self.until.isoformat()}"
+        return f"suspended: {self.waiting_for}{at}"
+
+
+class SignalTimeout(NoRetry, TimeoutError):
+    """``wait_for_signal(name, timeout=...)`` found no signal by its deadline.
+
+    Checkpointed like the signal it did not get: a replay raises it again. A ``NoRetry``:
+    uncaught, it fails the job without retries (a retry would time out the same way).
+    """
 
 
 class CheckpointConflict(NondeterminismError):

@@ -34,8 +34,10 @@ __all__ = [
     "JobEnqueued",
     "JobFailed",
     "JobHook",
+    "JobResumed",
     "JobRetrying",
     "JobStarted",
+    "JobWaiting",
 ]
 
 logger = logging.getLogger("durable_jobs")
@@ -70,6 +72,24 @@ class JobEnqueued(Event):
 @dataclass(frozen=True, slots=True)
 class JobStarted(Event):
     """A worker began a run of the job."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResumed(JobStarted):
+    """A worker began a run that resumes the job from a wait (a ``JobStarted`` too).
+
+    The run replays the job's checkpoints; it is not a new attempt.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class JobWaiting(Event):
+    """The job suspended itself (``jobs.sleep``...): it waits, holding no worker slot,
+    for ``waiting_for`` (``"sleep"``, ``"signal:<name>"``) until ``until`` (None: no
+    deadline)."""
+
+    until: datetime | None
+    waiting_for: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import codec, context
-from .errors import NondeterminismError, NoRetry, ResultTooLarge, RetryAfter, StaleJobError
-from .events import JobStarted
+from .errors import (
+    NondeterminismError,
+    NoRetry,
+    ResultTooLarge,
+    RetryAfter,
+    StaleJobError,
+    Suspend,
+)
+from .events import JobResumed, JobStarted
 from .handler import Handler
 from .instrument import wrapped
 from .job import Job, utcnow
@@ -53,7 +60,9 @@ class RunOutcome:
     """What one run of a job came to.
 
     ``kind`` is ``"completed"``, ``"retry"`` (wait until ``run_at``), ``"failed"``
-    (permanently) or ``"unknown"`` (no handler for the job type in this worker).
+    (permanently), ``"waiting"`` (suspended by a waiting function until ``run_at``, None
+    for no deadline, for ``waiting_for``) or ``"unknown"`` (no handler for the job type
+    in this worker).
     ``traceback`` is the error's formatted traceback (``format_traceback``), stored
     with the job; it is filled in from ``error`` when not given.
     """
@@ -65,6 +74,9 @@ class RunOutcome:
     run_at: datetime | None = None
     duration: timedelta = timedelta(0)
     traceback: str | None = None
+    waiting_for: str | None = None
+    #: The signal a ``"waiting"`` run waits for, if any.
+    signal: str | None = None
 
     def __post_init__(self) -> None:
         if self.error is not None and self.traceback is None:
@@ -190,6 +202,17 @@ class Executor:
         try:
             with wrapped(wrappers, job) if wrappers else contextlib.nullcontext():
                 value = yield call
+        except Suspend as suspend:
+            # Not an error: the job waits, its slot free; a resume is not a retry.
+            duration = timedelta(seconds=time.monotonic() - started)
+            return RunOutcome(
+                job,
+                "waiting",
+                run_at=suspend.until,
+                duration=duration,
+                waiting_for=suspend.waiting_for,
+                signal=suspend.signal,
+            )
         except BaseException as exc:
             return self.classify(job, handler, exc, started)
         finally:
@@ -201,7 +224,9 @@ class Executor:
         token = context.enter(ctx)
         self.queue.hooks.fire_start(job)
         if self.queue.bus.has_subscribers:
-            self.queue.bus.publish(JobStarted(job))
+            # A claimed job that kept its wait's deadline resumes from that wait.
+            resumed = job.wait_until is not None
+            self.queue.bus.publish(JobResumed(job) if resumed else JobStarted(job))
         return token
 
     def _success(self, job: Job, handler: Handler, value: Any, started: float) -> RunOutcome:

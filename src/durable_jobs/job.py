@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Checkpoint", "Job", "JobStatus", "new_ids", "utcnow"]
+__all__ = ["Checkpoint", "Job", "JobStatus", "new_ids", "signal_wait", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -35,6 +35,11 @@ def new_ids(count: int) -> list[str]:
     ]
 
 
+def signal_wait(name: str) -> str:
+    """``Job.waiting_for`` of a job waiting for the signal ``name``."""
+    return f"signal:{name}"
+
+
 class JobStatus(enum.StrEnum):
     """Where a job is in its life (a ``str`` subclass: compares equal to its value)."""
 
@@ -43,6 +48,10 @@ class JobStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     RETRYING = "retrying"
+    #: Suspended by a durable wait (``jobs.sleep``, ``jobs.wait_for_signal``): holds no
+    #: worker slot; a worker resumes it, replaying its checkpoints, once what it waits
+    #: for has come.
+    WAITING = "waiting"
 
     @property
     def is_terminal(self) -> bool:
@@ -90,6 +99,16 @@ class Job:
     finished_by: str | None = None
     #: The traceback of the latest failed run, while the job is retrying or failed.
     traceback: str | None = None
+    #: The job that enqueued this one as its child, if any.
+    parent_id: str | None = None
+    #: The last value the handler gave ``jobs.set_progress`` (decoded JSON), else None.
+    progress: Any = None
+    #: While ``waiting``: when the wait ends (None: no deadline). While the run that
+    #: resumes from a wait is due or running: that wait's deadline (the claim of a
+    #: resumed job is not a new attempt). None otherwise.
+    wait_until: datetime | None = None
+    #: While ``waiting``: what the job waits for (``"sleep"``, ``"signal:<name>"``).
+    waiting_for: str | None = None
 
 
 @dataclass

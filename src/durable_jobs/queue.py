@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import sqlalchemy as sa
 
 from . import codec, results
+from .errors import JobNotFound
 from .events import EventBus, EventStream, Hooks, JobEnqueued
 from .handler import Handler, inspect_handler
 from .instrument import Instruments, wrapped
@@ -21,6 +22,7 @@ from .job import Job, JobStatus, utcnow
 from .options import check_job_name, check_options, not_a_schedule
 from .storage import JobStore, SQLStorage
 from .storage.commits import after_commit
+from .waiting import check_signal_name
 
 if TYPE_CHECKING:
     from .schedules import Schedule
@@ -378,6 +380,40 @@ class Queue:
         elif jobs:
             storage.enqueue(jobs[0])
 
+    # -- signals ------------------------------------------------------------------------
+
+    def signal(self, job_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` with ``payload`` (JSON) to job ``job_id``.
+
+        Durable: it is kept until the job consumes it (``jobs.wait_for_signal``,
+        ``drain_signals``), oldest first per (job, name); a job waiting for it resumes at
+        once. A signal sent before the job waits is kept for it; one sent to a finished
+        job is kept and never consumed. Raises ``JobNotFound`` (a ``LookupError``) for an
+        unknown id and ``ValueError`` for an empty name, one starting with ``_``, or a
+        payload over ``max_payload`` (``TypeError`` for one JSON cannot carry).
+        """
+        check_signal_name(name)
+        encoded = codec.dumps(payload)
+        if self.max_payload is not None and len(encoded) > self.max_payload:
+            raise ValueError(
+                f"the payload of signal {name!r} encodes to {len(encoded):,} bytes, over this"
+                f" queue's limit of {self.max_payload:,}"
+            )
+        try:
+            found, woken = self.storage.signal(job_id, name, encoded)
+        except Exception as exc:
+            self._explain(exc)
+            raise
+        if not found:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if woken is not None:
+            for worker in list(self._workers):  # the job is due now: run it here if free
+                worker.wake((woken,))
+
+    async def signal_async(self, job_id: str, name: str, payload: Any = None) -> None:
+        """``signal`` for asyncio code: the database work runs off the event loop."""
+        await asyncio.to_thread(self.signal, job_id, name, payload)
+
     # -- reads --------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> Job | None:
@@ -459,6 +495,12 @@ class Queue:
             worker_id=worker_id,
             shutdown_timeout=shutdown_timeout,
         )
+
+    def wake_workers_at(self, queue: str, when: datetime) -> None:
+        """Have this process's workers look for jobs of ``queue`` at ``when`` (such as
+        the deadline of a job's wait), so that whichever is free runs it then."""
+        for worker in list(self._workers):
+            worker.wake_at({queue: when})
 
     def attach(self, worker: LocalWorker) -> None:
         """Let a running worker of this queue be woken by this process's enqueues."""

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from .events import JobCompleted, JobFailed, JobRetrying
+from .events import JobCompleted, JobFailed, JobRetrying, JobWaiting
 from .executor import RunOutcome
 from .job import JobStatus, utcnow
 
@@ -123,7 +123,7 @@ class Reporter:
             for outcome, accepted in batch:
                 if accepted:
                     self._report(outcome)
-                elif outcome.kind in ("completed", "retry", "failed"):
+                elif outcome.kind in ("completed", "retry", "failed", "waiting"):
                     log.warning(
                         "outcome of job %s rejected: the worker lost its lock",
                         outcome.job.id,
@@ -156,6 +156,19 @@ class Reporter:
             hooks.fire_complete(job)
             if bus.has_subscribers:
                 bus.publish(JobCompleted(job, o.duration))
+            return
+        if o.kind == "waiting":
+            what = o.waiting_for or "?"
+            job.status, job.wait_until, job.waiting_for = JobStatus.WAITING, o.run_at, what
+            job.locked_by = job.heartbeat_at = job.lock_expires_at = None
+            if o.run_at is not None:
+                job.run_at = o.run_at
+            until = (
+                "" if o.run_at is None else f" until {o.run_at.isoformat(timespec='milliseconds')}"
+            )
+            log.info("job %s (%s) waiting: %s%s", job.id, job.type, what, until, extra=extra)
+            if bus.has_subscribers:
+                bus.publish(JobWaiting(job, o.run_at, what))
             return
         assert o.error is not None
         job.last_error = o.error_text

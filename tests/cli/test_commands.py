@@ -120,6 +120,26 @@ def test_jobs_show_with_checkpoints(sdj: Any, db_url: str, queue: jobs.Queue) ->
     assert job_id in table and "checkpoints" in table and "charge" in table
 
 
+def test_jobs_show_a_failed_jobs_traceback_and_where_it_ran(
+    sdj: Any, db_url: str, queue: jobs.Queue
+) -> None:
+    @queue.job(retries=0)
+    def doomed() -> None:
+        raise LookupError("no such customer")
+
+    job_id = queue.enqueue(doomed)
+    with queue.worker(poll_interval=0.05) as worker, pytest.raises(jobs.JobFailed):
+        queue.result(job_id, timeout=30)
+    shown = as_json(sdj("jobs", "show", job_id, "--database-url", db_url, "--json"))
+    assert shown["last_error"] == "LookupError: no such customer"
+    assert 'raise LookupError("no such customer")' in shown["traceback"]
+    assert (shown["completed_at"], shown["locked_by"]) == (None, None)
+    assert shown["finished_at"] is not None and shown["finished_by"] == worker.id
+    table = ok(sdj("jobs", "show", job_id, "--database-url", db_url))
+    assert "traceback of the last failed run" in table
+    assert 'raise LookupError("no such customer")' in table
+
+
 def test_jobs_retry_gives_a_failed_job_a_fresh_start(
     sdj: Any, db_url: str, queue: jobs.Queue
 ) -> None:

@@ -16,6 +16,25 @@ from tests.conftest import ADMIN_URL, _admin_engine, _mysql_admin_engine, mysql_
 T = TypeVar("T")
 
 
+# What migration 6 (workflows that wait) added to sdj_jobs: tests that simulate an older
+# schema drop them (indexes first: SQLite cannot drop an indexed column).
+MIGRATION_6_INDEXES = ("sdj_jobs_waiting", "sdj_jobs_parent")
+MIGRATION_6_TABLES = ("sdj_signals",)
+MIGRATION_6_COLUMNS = ("parent_id", "progress", "wait_until", "waiting_for")
+
+
+def undo_migration_6(conn: sa.Connection) -> None:
+    """Drop what migration 6 added, as a database migrated to version 5 lacks it."""
+    on = " ON sdj_jobs" if conn.engine.dialect.name == "mysql" else ""
+    for table in MIGRATION_6_TABLES:
+        conn.exec_driver_sql(f"DROP TABLE {table}")
+    for index in MIGRATION_6_INDEXES:
+        conn.exec_driver_sql(f"DROP INDEX {index}{on}")
+    for column in MIGRATION_6_COLUMNS:
+        conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 6")
+
+
 def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.01) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ import durable_jobs as jobs
 from durable_jobs.metrics import PrometheusMetrics
 from durable_jobs.tracing import OpenTelemetryTracing
 from tests.cli.conftest import sdj_command
-from tests.helpers import wait_for
+from tests.helpers import undo_migration_6, wait_for
 
 FAST = {"poll_interval": 0.05, "lock_timeout": 5}
 
@@ -172,6 +172,7 @@ def test_meta_round_trips_and_migration_3_adds_it_to_older_databases(
     storage: jobs.SQLStorage,
 ) -> None:
     with storage.engine.begin() as conn:
+        undo_migration_6(conn)
         conn.exec_driver_sql("ALTER TABLE sdj_jobs DROP COLUMN meta")
         # Migration 4's and 5's.
         for column in ("fence", "lock_expires_at", "finished_at", "finished_by", "traceback"):

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 import durable_jobs as jobs
 from durable_jobs.scheduler import Scheduler
-from tests.helpers import wait_for
+from tests.helpers import undo_migration_6, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)  # a Tuesday, far from any real clock
@@ -97,6 +97,7 @@ def test_enqueue_unique_stores_one_job_per_key(storage: jobs.SQLStorage) -> None
 
 def test_migration_2_upgrades_a_version_1_database(storage: jobs.SQLStorage) -> None:
     with storage.engine.begin() as conn:
+        undo_migration_6(conn)
         for statement in (
             "DROP TABLE sdj_schedules",
             # MySQL names the index's table; the others do not take it.

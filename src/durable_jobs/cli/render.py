@@ -13,7 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..job import Checkpoint, Job, JobStatus
+from ..job import Checkpoint, Job, JobStatus, utcnow
 from ..storage import ScheduleState
 from ..storage.admin import QueueStats
 
@@ -40,6 +40,7 @@ STATUS_STYLES = {
     JobStatus.COMPLETED: "green",
     JobStatus.FAILED: "red",
     JobStatus.RETRYING: "yellow",
+    JobStatus.WAITING: "magenta",
 }
 
 
@@ -89,6 +90,12 @@ def duration(value: timedelta) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+def _relative(value: datetime) -> str:
+    """``"in 4m05s"`` or ``"12.3s ago"``."""
+    delta = value - utcnow()
+    return f"in {duration(delta)}" if delta >= timedelta(0) else f"{duration(-delta)} ago"
+
+
 def status_text(status: JobStatus) -> str:
     """The status in its colour, as Rich markup."""
     return f"[{STATUS_STYLES[status]}]{status.value}[/]"
@@ -117,10 +124,17 @@ def job_dict(job: Job) -> dict[str, Any]:
         "run_at": _iso(job.run_at),
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),
+        "finished_at": _iso(job.finished_at),
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "locked_by": job.locked_by,
+        "finished_by": job.finished_by,
         "heartbeat_at": _iso(job.heartbeat_at),
+        "parent_id": job.parent_id,
+        "progress": job.progress,
+        "waiting_for": job.waiting_for,
+        "wait_until": _iso(job.wait_until),
+        "traceback": job.traceback,
     }
 
 
@@ -167,14 +181,23 @@ def job_detail(job: Job, checkpoints: Sequence[Checkpoint]) -> list[Table]:
     fields.add_column(style="bold")
     fields.add_column()
     for key, value in job_dict(job).items():
+        if key == "traceback":
+            continue  # its own table, below
         if key == "status":
             shown = status_text(job.status)
-        elif key in ("args", "result"):
+        elif key in ("args", "result") or (key == "progress" and value is not None):
             shown = json.dumps(value)
+        elif key == "wait_until" and job.wait_until is not None:
+            shown = f"{timestamp(job.wait_until)} UTC ({_relative(job.wait_until)})"
         else:
             shown = "-" if value is None else str(value)
         fields.add_row(key, shown)
     tables = [fields]
+    if job.traceback:
+        traceback = Table(title="traceback of the last failed run", title_justify="left")
+        traceback.add_column(no_wrap=True, overflow="fold", header="")
+        traceback.add_row(job.traceback.rstrip())
+        tables.append(traceback)
     if checkpoints:
         steps = Table(title="checkpoints", title_justify="left")
         for name in ("CALL", "STEP", "RESULT", "ERROR", "SAVED (UTC)"):

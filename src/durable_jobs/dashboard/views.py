@@ -229,6 +229,7 @@ class Dashboard:
         return {
             "page": "jobs",
             "job": job,
+            "progress": None if job.progress is None else json.dumps(job.progress),
             "steps": steps,
             "timeline": _timeline(job, steps),
             "retryable": job.status in (JobStatus.FAILED, JobStatus.RETRYING),
@@ -437,6 +438,8 @@ def _timeline(job: Job, steps: list[Step]) -> list[Event]:
         cp = step.checkpoint
         outcome = "failed" if cp.error is not None else "saved"
         events.append(Event(cp.created_at, f"Step {step.path} ({cp.call_type}) {outcome}", "step"))
+    if job.status == JobStatus.WAITING and job.wait_until is not None:
+        events.append(Event(job.wait_until, f"Wait ({job.waiting_for}) ends", "neutral"))
     if job.status == JobStatus.RUNNING and job.heartbeat_at is not None:
         events.append(Event(job.heartbeat_at, "Last heartbeat", "neutral"))
     if job.finished_at is not None:

@@ -52,7 +52,8 @@ __all__ = [
 JOB_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
     "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at, "
-    "meta, fence, lock_expires_at, finished_at, finished_by, traceback"
+    "meta, fence, lock_expires_at, finished_at, finished_by, traceback, parent_id, progress, "
+    "wait_until, waiting_for"
 )
 INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
@@ -72,6 +73,7 @@ STATEMENTS = (
     "claim",
     "complete",
     "fail",
+    "suspend",
     "release",
     "settled",
     "heartbeat_job",
@@ -86,6 +88,16 @@ STATEMENTS = (
     "get_job",
     "jobs_by_status",
     "due_jobs",
+    "next_wake",
+    "due_waiting",
+    "wake",
+    "set_progress",
+    "lock_job",
+    "insert_signal",
+    "wake_signalled",
+    "lock_run",
+    "pending_signals",
+    "delete_signals",
     "save_checkpoint",
     "get_checkpoints",
     "delete_checkpoints",
@@ -122,14 +134,15 @@ class Dialect:
     taking ``storage`` run on its connections (``storage._cursor`` for a transaction,
     ``storage._run``/``storage._execute`` for a statement that commits by itself).
 
-    Returning rows: ``claim``, ``complete``, ``fail``, ``save_checkpoint`` and
-    ``insert_unique_job`` use ``UPDATE``/``INSERT … RETURNING``. A backend without
-    ``UPDATE … RETURNING`` (MariaDB 10.11 has RETURNING for INSERT and DELETE only)
-    plugs in by overriding ``claim_rows`` (select ``FOR UPDATE SKIP LOCKED`` the ids,
-    update them, select the rows back, all in the claim's transaction), ``complete`` and
-    ``complete_many`` (a plain fenced UPDATE: ``cursor.rowcount`` says whether it took),
-    and by giving ``fail``, ``save_checkpoint`` and ``insert_unique_job`` statements that
-    read back what they wrote (``mysql.py`` does it in steps its cursor runs in turn).
+    Returning rows: ``claim``, ``complete``, ``fail``, ``suspend``, ``set_progress``,
+    ``save_checkpoint`` and ``insert_unique_job`` use ``UPDATE``/``INSERT … RETURNING``.
+    A backend without ``UPDATE … RETURNING`` (MariaDB 10.11 has RETURNING for INSERT and
+    DELETE only) plugs in by overriding ``claim_rows`` (select ``FOR UPDATE SKIP LOCKED``
+    the ids, update them, select the rows back, all in the claim's transaction),
+    ``complete`` and ``complete_many`` (a plain fenced UPDATE: ``cursor.rowcount`` says
+    whether it took), and by giving ``fail``, ``suspend``, ``set_progress``,
+    ``save_checkpoint`` and ``insert_unique_job`` statements that read back what they
+    wrote (``mysql.py`` does it in steps its cursor runs in turn).
     Without ``LISTEN``, ``listener`` returns a poller (or None: the worker's polling and
     in-process wake-ups then do).
     """
@@ -297,6 +310,11 @@ class Dialect:
     def listener(self, engine: sa.Engine) -> Listener | None:
         """What reports new jobs from other processes; None when nothing needs to."""
         return None
+
+    def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
+        """Tell other processes' workers, once the transaction on ``cur`` commits, that
+        ``queues`` have jobs due now that no insert announced (jobs woken from a wait).
+        Without notifications (the default) their polls find them."""
 
     # -- values -------------------------------------------------------------------------
 

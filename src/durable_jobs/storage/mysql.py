@@ -144,6 +144,28 @@ _MYSQL_MIGRATION_5 = (
         WHERE status <> 'running' AND locked_by IS NOT NULL""",
 )
 
+# Workflows that wait: a job's parent, its progress, and what a waiting job waits for
+# and until when. No partial indexes: the waiting index is led by status, so the look
+# for the next due wait reads waiting jobs only, by deadline.
+_MYSQL_MIGRATION_6 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN parent_id VARCHAR(255)",
+    "ALTER TABLE sdj_jobs ADD COLUMN progress LONGTEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN wait_until DATETIME(6)",
+    "ALTER TABLE sdj_jobs ADD COLUMN waiting_for LONGTEXT",
+    "CREATE INDEX sdj_jobs_waiting ON sdj_jobs (status, wait_until, queue)",
+    "CREATE INDEX sdj_jobs_parent ON sdj_jobs (parent_id)",
+    # Signals not yet consumed, FIFO per (job, name) by seq. A consumed signal is
+    # deleted: its checkpoint keeps it.
+    f"""CREATE TABLE sdj_signals (
+        seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        job_id VARCHAR(255) NOT NULL,
+        name VARCHAR(255) NOT NULL,
+        payload LONGTEXT,
+        created_at DATETIME(6) NOT NULL
+    ) {_TABLE}""",
+    "CREATE INDEX sdj_signals_pending ON sdj_signals (job_id, name, seq)",
+)
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -160,6 +182,7 @@ def _in_list(param: str) -> str:
         f"SELECT v FROM JSON_TABLE(%({param})s, '$[*]' COLUMNS (v VARCHAR(255) PATH '$'))"
         f" AS {param}_list"
     )
+
 
 
 # Whether the stored schedule may move (the row only moves forward, as on the other
@@ -198,6 +221,7 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_3,
         _MYSQL_MIGRATION_4,
         _MYSQL_MIGRATION_5,
+        _MYSQL_MIGRATION_6,
     )
     insert_chunk = 1000
 
@@ -228,7 +252,8 @@ class MySQLDialect(Dialect):
             ORDER BY priority DESC, run_at, seq
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED{STEP}UPDATE sdj_jobs SET status = 'running',
-                attempt = attempt + 1, fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
+                attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+                fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
                 locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
                 updated_at = %(now)s
             WHERE id IN ({_IDS}){STEP}SELECT {JOB_COLUMNS}, seq AS dequeue_order
@@ -239,19 +264,31 @@ class MySQLDialect(Dialect):
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
                 completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
                 heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
-                locked_by = NULL, last_error = NULL, traceback = NULL
+                locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))""",
         "fail": f"""UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
             traceback = %(traceback)s, run_at = COALESCE(%(run_at)s, run_at),
             finished_at = %(finished_at)s, updated_at = %(now)s, heartbeat_at = NULL,
-            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
+            wait_until = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))
             {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
+        # run_at is assigned before wait_until (assignments run left to right here).
+        "suspend": f"""UPDATE sdj_jobs SET status = 'waiting',
+            run_at = COALESCE(%(until)s, run_at), wait_until = %(until)s,
+            waiting_for = %(waiting_for)s, updated_at = %(now)s, heartbeat_at = NULL,
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s
+            {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
+        # status and attempt read wait_until, which this statement leaves as it is.
         "release": """UPDATE sdj_jobs SET
-            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
-            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            status = CASE WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending'
+                ELSE 'retrying' END,
+            attempt = CASE WHEN wait_until IS NULL THEN attempt - 1 ELSE attempt END,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
             updated_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s""",
@@ -284,7 +321,7 @@ class MySQLDialect(Dialect):
         "reap": """UPDATE sdj_jobs SET status = %(status)s, finished_at = %(finished_at)s,
             finished_by = NULL, traceback = NULL,
             last_error = CONCAT('WorkerLost: worker ', COALESCE(locked_by, '?'), %(error)s),
-            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
+            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s, wait_until = NULL,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
             WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s""",
         "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s",
@@ -293,6 +330,42 @@ class MySQLDialect(Dialect):
         "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
             ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
+        "next_wake": f"""SELECT queue, wait_until FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_until IS NOT NULL
+              AND queue IN ({_in_list("queues")})
+            ORDER BY wait_until LIMIT 1""",
+        "due_waiting": f"""SELECT id, queue FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_until <= %(now)s
+              AND queue IN ({_in_list("queues")})
+            ORDER BY wait_until LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED""",
+        # run_at reads wait_until before it is assigned (left to right).
+        "wake": """UPDATE sdj_jobs SET status = 'pending',
+            run_at = COALESCE(wait_until, %(now)s), wait_until = COALESCE(wait_until, %(now)s),
+            waiting_for = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'waiting'""",
+        "set_progress": f"""UPDATE sdj_jobs SET progress = %(progress)s, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s
+            {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
+        # Signals serialise on their job's row: a signal and a suspension that waits for
+        # it (an UPDATE of the row, then a look for signals) never miss each other.
+        "lock_job": "SELECT id FROM sdj_jobs WHERE id = %(id)s FOR UPDATE",
+        "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
+            VALUES (%(job_id)s, %(name)s, %(payload)s, %(now)s)""",
+        # run_at, then wait_until: both the moment of the signal.
+        "wake_signalled": f"""UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+            wait_until = %(now)s, waiting_for = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
+            {STEP}SELECT queue FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
+        "lock_run": """SELECT id FROM sdj_jobs
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s
+            FOR UPDATE""",
+        "pending_signals": """SELECT seq, payload FROM sdj_signals
+            WHERE job_id = %(job_id)s AND name = %(name)s ORDER BY seq LIMIT %(limit)s""",
+        "delete_signals": """DELETE FROM sdj_signals
+            WHERE job_id = %(job_id)s AND name = %(name)s AND seq <= %(seq)s""",
         # The run is checked under a shared lock (a take-back racing this write is waited
         # for and its committed row re-checked). A conflict keeps the stored row (the
         # no-op update still counts as matched); the second step reads back whichever
@@ -365,7 +438,7 @@ class MySQLDialect(Dialect):
             ORDER BY started_at LIMIT %(limit)s""",
         "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id IN ({_in_list('ids')})",
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
-                completed_at = NULL, finished_at = NULL, finished_by = NULL,
+                wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
                 updated_at = %(now)s
             WHERE id = %(id)s AND status IN ('failed', 'retrying')
             {STEP}SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
@@ -582,18 +655,23 @@ def _cursor_class() -> type[Any]:
 
 # -- wake-ups -------------------------------------------------------------------------
 
-_TOP = "SELECT COALESCE(MAX(seq), 0) FROM sdj_jobs"
-# One probe of the seq index when nothing is new.
-_NEW_JOBS = "SELECT queue, MAX(seq) AS top FROM sdj_jobs WHERE seq > %(after)s GROUP BY queue"
+_TOP = """SELECT (SELECT COALESCE(MAX(seq), 0) FROM sdj_jobs),
+    (SELECT COALESCE(MAX(seq), 0) FROM sdj_signals)"""
+# One probe of each seq index when nothing is new: the queues of new jobs (kind 0) and
+# of signalled jobs (kind 1: a signal may have made its job due).
+_NEW_JOBS = """SELECT queue, MAX(seq) AS top, 0 AS kind FROM sdj_jobs
+    WHERE seq > %(after)s GROUP BY queue
+    UNION ALL SELECT j.queue, MAX(s.seq), 1 FROM sdj_signals AS s
+    JOIN sdj_jobs AS j ON j.id = s.job_id WHERE s.seq > %(signalled)s GROUP BY j.queue"""
 
 
 class MySQLWatcher(ListenerThread):
     """Notices jobs inserted by other processes, within ``interval`` seconds.
 
     MySQL has no notifications: a cheap query (one probe of the ``seq`` index) asks for
-    jobs numbered after the last one seen, and wakes workers for their queues. A job
-    whose insert commits after a later-numbered one's was seen is left to the workers'
-    polling.
+    jobs numbered after the last one seen, and wakes workers for their queues (and
+    likewise for signals, which may have made their job due). A job whose insert commits
+    after a later-numbered one's was seen is left to the workers' polling.
     """
 
     def __init__(self, engine: sa.Engine, interval: float = 0.05) -> None:
@@ -606,11 +684,14 @@ class MySQLWatcher(ListenerThread):
         conn.autocommit(True)  # each probe sees the latest commits
         cur = conn.cursor()
         cur.execute(_TOP, {})
-        [(last,)] = cur.fetchall()
+        [(last, signalled)] = cur.fetchall()
         on_reconnect()
         while not stop.wait(self._interval):
-            cur.execute(_NEW_JOBS, {"after": last})
+            cur.execute(_NEW_JOBS, {"after": last, "signalled": signalled})
             rows = cur.fetchall()
-            for queue, top in rows:
-                last = max(last, top)
+            for queue, top, kind in rows:
+                if kind:
+                    signalled = max(signalled, top)
+                else:
+                    last = max(last, top)
                 on_notify(queue)

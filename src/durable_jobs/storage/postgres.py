@@ -122,6 +122,28 @@ _POSTGRES_MIGRATION_5 = (
         WHERE status <> 'running' AND locked_by IS NOT NULL""",
 )
 
+# Workflows that wait: a job's parent, its progress, and what a waiting job waits for
+# and until when. The waiting index serves the workers' look for the next due wait (and
+# holds waiting jobs only); the parent index, the listing of a job's children.
+_POSTGRES_MIGRATION_6 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN parent_id TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN progress TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN wait_until TIMESTAMPTZ",
+    "ALTER TABLE sdj_jobs ADD COLUMN waiting_for TEXT",
+    "CREATE INDEX sdj_jobs_waiting ON sdj_jobs (wait_until, queue) WHERE status = 'waiting'",
+    "CREATE INDEX sdj_jobs_parent ON sdj_jobs (parent_id) WHERE parent_id IS NOT NULL",
+    # Signals not yet consumed, FIFO per (job, name) by seq. A consumed signal is
+    # deleted: its checkpoint keeps it.
+    """CREATE TABLE sdj_signals (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT,
+        created_at TIMESTAMPTZ NOT NULL
+    )""",
+    "CREATE INDEX sdj_signals_pending ON sdj_signals (job_id, name, seq)",
+)
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
@@ -152,6 +174,7 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_3,
         _POSTGRES_MIGRATION_4,
         _POSTGRES_MIGRATION_5,
+        _POSTGRES_MIGRATION_6,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -206,7 +229,8 @@ class PostgresDialect(Dialect):
                 ORDER BY priority DESC, run_at, seq
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)
-            UPDATE sdj_jobs AS j SET status = 'running', attempt = j.attempt + 1,
+            UPDATE sdj_jobs AS j SET status = 'running',
+                attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
                 fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
                 locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
                 updated_at = %(now)s
@@ -217,7 +241,7 @@ class PostgresDialect(Dialect):
                 UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
                     completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
                     heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
-                    locked_by = NULL, last_error = NULL, traceback = NULL
+                    locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL
                 WHERE id = %(id)s AND status = 'running'
                   AND (%(worker)s::text IS NULL
                        OR (locked_by = %(worker)s AND fence = %(fence)s::int))
@@ -227,14 +251,24 @@ class PostgresDialect(Dialect):
         "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
             traceback = %(traceback)s, run_at = COALESCE(%(run_at)s, run_at),
             finished_at = %(finished_at)s, updated_at = %(now)s, heartbeat_at = NULL,
-            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
+            wait_until = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s::text IS NULL
                    OR (locked_by = %(worker)s AND fence = %(fence)s::int))
             RETURNING id""",
+        "suspend": """UPDATE sdj_jobs SET status = 'waiting', wait_until = %(until)s,
+            waiting_for = %(waiting_for)s, run_at = COALESCE(%(until)s, run_at),
+            updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL,
+            finished_by = locked_by, locked_by = NULL
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s::int
+            RETURNING id""",
         "release": """UPDATE sdj_jobs SET
-            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
-            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+            status = CASE WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending'
+                ELSE 'retrying' END,
+            attempt = CASE WHEN wait_until IS NULL THEN attempt - 1 ELSE attempt END,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
             updated_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s""",
@@ -269,7 +303,7 @@ class PostgresDialect(Dialect):
         "reap": """UPDATE sdj_jobs SET status = %(status)s, finished_at = %(finished_at)s,
             finished_by = NULL, traceback = NULL,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
-            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s,
+            run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s, wait_until = NULL,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
             WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s::int""",
         "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s",
@@ -278,6 +312,41 @@ class PostgresDialect(Dialect):
         "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s
             ORDER BY priority DESC, run_at, seq LIMIT %(limit)s""",
+        "next_wake": """SELECT queue, wait_until FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_until IS NOT NULL
+              AND queue = ANY(%(queues)s::text[])
+            ORDER BY wait_until LIMIT 1""",
+        # SKIP LOCKED: a wait another worker is waking is left to it.
+        "due_waiting": """SELECT id, queue FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_until <= %(now)s
+              AND queue = ANY(%(queues)s::text[])
+            ORDER BY wait_until LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED""",
+        "wake": """UPDATE sdj_jobs SET status = 'pending',
+            run_at = COALESCE(wait_until, %(now)s), wait_until = COALESCE(wait_until, %(now)s),
+            waiting_for = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'waiting'""",
+        "set_progress": """UPDATE sdj_jobs SET progress = %(progress)s, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s::int
+            RETURNING id""",
+        # Signals serialise on their job's row: a signal and a suspension that waits for
+        # it (an UPDATE of the row, then a look for signals) never miss each other.
+        "lock_job": "SELECT id FROM sdj_jobs WHERE id = %(id)s FOR NO KEY UPDATE",
+        "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
+            VALUES (%(job_id)s, %(name)s, %(payload)s, %(now)s)""",
+        "wake_signalled": """UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+            wait_until = %(now)s, waiting_for = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
+            RETURNING queue""",
+        "lock_run": """SELECT id FROM sdj_jobs
+            WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
+              AND fence = %(fence)s::int
+            FOR NO KEY UPDATE""",
+        "pending_signals": """SELECT seq, payload FROM sdj_signals
+            WHERE job_id = %(job_id)s AND name = %(name)s ORDER BY seq LIMIT %(limit)s""",
+        "delete_signals": """DELETE FROM sdj_signals
+            WHERE job_id = %(job_id)s AND name = %(name)s AND seq <= %(seq)s""",
         # FOR SHARE: a take-back of the job racing this write is waited for and its
         # committed row re-checked; a plain read would pass the fence on the old row.
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
@@ -345,7 +414,7 @@ class PostgresDialect(Dialect):
         # Wakes listening workers at once rather than at their next poll.
         "retry": f"""WITH r AS (
                 UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
-                    completed_at = NULL, finished_at = NULL, finished_by = NULL,
+                    wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
                     updated_at = %(now)s
                 WHERE id = %(id)s AND status IN ('failed', 'retrying')
                 RETURNING {JOB_COLUMNS})
@@ -444,6 +513,10 @@ class PostgresDialect(Dialect):
     def listener(self, engine: sa.Engine) -> Listener | None:
         return PostgresListener(engine)
 
+    def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
+        if queues:
+            cur.execute(_NOTIFY, {"queues": sorted(queues)})
+
 
 # -- machinery of PostgreSQL's own, beside the hooks that use it ----------------------
 
@@ -455,7 +528,7 @@ _COMPLETE_MANY = """WITH v AS (
         UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
             completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
             heartbeat_at = NULL, lock_expires_at = NULL, finished_by = j.locked_by,
-            locked_by = NULL, last_error = NULL, traceback = NULL
+            locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL
         FROM v WHERE j.id = v.id AND j.status = 'running'
           AND j.locked_by = %(worker)s AND j.fence = v.fence
         RETURNING j.id),

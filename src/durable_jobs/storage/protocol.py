@@ -196,6 +196,34 @@ class JobStore(Protocol):
         attempt: int | None = None,
         traceback: str | None = None,
     ) -> bool: ...
+    def suspend(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        fence: int,
+        until: datetime | None,
+        waiting_for: str,
+        signal: str | None = None,
+    ) -> bool: ...
+    def signal(self, job_id: str, name: str, payload: bytes | None) -> tuple[bool, str | None]: ...
+    def observe_signals(
+        self,
+        job_id: str,
+        name: str,
+        *,
+        worker_id: str,
+        fence: int,
+        limit: int,
+        consume: bool,
+        record: Callable[[list[bytes | None]], Checkpoint | None],
+    ) -> list[bytes | None] | None: ...
+    def wake_waiting(
+        self, queues: Sequence[str], *, limit: int = ..., now: datetime | None = None
+    ) -> tuple[list[str], tuple[str, datetime] | None]: ...
+    def set_progress(
+        self, job_id: str, progress: bytes | None, *, worker_id: str, fence: int
+    ) -> bool: ...
     def release(self, worker_id: str, jobs: Sequence[tuple[str, int]]) -> None: ...
     def settled(self, worker_id: str, runs: Sequence[tuple[str, int]]) -> dict[str, JobStatus]: ...
 

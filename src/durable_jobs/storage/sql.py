@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import CheckpointConflict, SchemaNotReady, StorageError
-from ..job import Checkpoint, Job, JobStatus, new_ids, utcnow
+from ..job import Checkpoint, Job, JobStatus, new_ids, signal_wait, utcnow
 from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
 from .dialects import Dialect, dialect_for, dialect_for_url, utc
 from .failures import storage_error
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .admin import Admin
 
 __all__ = [
+    "WAKE_BATCH",
     "Claim",
     "Outcome",
     "QueueDepth",
@@ -56,6 +57,8 @@ _IDLE_CONNECTIONS = 16  # at most, kept out of the engine's pool for the storage
 #: The lock timeout (seconds) of callers that give none, as a worker's default.
 DEFAULT_LOCK_TIMEOUT = 30.0
 _REAP_BATCH = 500  # runs taken back per transaction
+#: Waits ended per transaction (a worker looks again at once while more are due).
+WAKE_BATCH = 100
 
 # Rows are read by column name: each statement's columns are looked up in the cursor's
 # description once (per statement text), and its rows then go through an itemgetter
@@ -64,7 +67,8 @@ _JOB = (
     "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries",
     "last_error", "run_at", "started_at", "completed_at", "created_at", "updated_at",
     "result", "backoff", "locked_by", "heartbeat_at", "meta", "fence", "lock_expires_at",
-    "finished_at", "finished_by", "traceback",
+    "finished_at", "finished_by", "traceback", "parent_id", "progress", "wait_until",
+    "waiting_for",
 )  # fmt: skip
 _CLAIMED = (*_JOB, "dequeue_order")
 _CHECKPOINT = (
@@ -74,6 +78,8 @@ _SCHEDULE = ("name", "spec", "queue", "last_fire_at", "next_fire_at", "updated_a
 _WORKER = ("id", "host", "pid", "queues", "types", "started_at", "heartbeat_at")
 _DEPTH = ("queue", "due", "oldest_run_at")
 _SETTLED = ("id", "fence", "status")
+_DUE_WAIT = ("id", "queue")
+_NEXT_WAKE = ("queue", "wait_until")
 _TAKE_BACK = ("id", "fence", "attempt", "max_retries", "backoff", "type")
 # Where the claim's sort keys sit in a claimed row read as _CLAIMED.
 _PRIORITY, _RUN_AT, _ORDER = (_CLAIMED.index(c) for c in ("priority", "run_at", "dequeue_order"))
@@ -424,7 +430,7 @@ class SQLStorage:
             id_, type_, args, queue, priority, status, attempt, max_retries, last_error,
             run_at, started_at, completed_at, created_at, updated_at, result, backoff,
             locked_by, heartbeat_at, meta, fence, lock_expires_at, finished_at, finished_by,
-            traceback, *_,
+            traceback, parent_id, progress, wait_until, waiting_for, *_,
         ) = values  # fmt: skip
         t = self.dialect.time_value
         created = t(created_at)
@@ -455,6 +461,10 @@ class SQLStorage:
             finished_at=t(finished_at),
             finished_by=finished_by,
             traceback=traceback,
+            parent_id=parent_id,
+            progress=None if progress is None else json.loads(progress),
+            wait_until=t(wait_until),
+            waiting_for=waiting_for,
         )
 
     def _checkpoint(self, values: Sequence[Any]) -> Checkpoint:
@@ -723,8 +733,178 @@ class SQLStorage:
         }
         return bool(self._run("fail", params))
 
+    def suspend(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        fence: int,
+        until: datetime | None,
+        waiting_for: str,
+        signal: str | None = None,
+    ) -> bool:
+        """Store a run's suspension: the job waits (``waiting``) until ``until`` (None:
+        until something else wakes it), for ``waiting_for``; its lock is released and its
+        attempt kept, since the run that resumes it is not a new attempt.
+
+        ``signal``: the job waits for that signal (``waiting_for`` is then
+        ``signal_wait(signal)``). A signal sent since the run last looked for one is
+        not missed: the suspension updates the job's row, on which senders serialise,
+        and then looks again; if one is there, the job is a due resume at once.
+
+        Fenced like ``fail``: rejected (False) unless ``worker_id`` still holds that
+        run's lock.
+        """
+        t = self.dialect.time_param
+        now = t(utcnow())
+        params = {
+            "id": job_id,
+            "until": t(until),
+            "waiting_for": storable_text(waiting_for),
+            "now": now,
+            "worker": worker_id,
+            "fence": fence,
+        }
+        if signal is None:
+            return bool(self._run("suspend", params))
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["suspend"], params)
+            suspended = bool(cur.fetchall())
+            if suspended:
+                look = {"job_id": job_id, "name": signal, "limit": 1}
+                cur.execute(self._sql["pending_signals"], look)
+                if cur.fetchall():
+                    wake = {"id": job_id, "waiting_for": waiting_for, "now": now}
+                    cur.execute(self._sql["wake_signalled"], wake)
+                    woken = cur.fetchall()
+                    self.dialect.notify_queues(cur, [row[0] for row in woken])
+        return suspended
+
+    # -- signals ------------------------------------------------------------------------
+
+    def signal(self, job_id: str, name: str, payload: bytes | None) -> tuple[bool, str | None]:
+        """Store a signal for job ``job_id``, kept until the job consumes it (FIFO per
+        job and name). Returns whether the job exists, and its queue when the signal woke
+        it (it was waiting for ``name``): it is then a due resume.
+
+        Serialised on the job's row with the suspensions that wait for it (see
+        ``suspend``), so that neither side misses the other.
+        """
+        now = self.dialect.time_param(utcnow())
+        woken: list[Any] = []
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["lock_job"], {"id": job_id})
+            found = bool(cur.fetchall())
+            if found:
+                text = None if payload is None else payload.decode()
+                row = {"job_id": job_id, "name": name, "payload": text, "now": now}
+                cur.execute(self._sql["insert_signal"], row)
+                wake = {"id": job_id, "waiting_for": signal_wait(name), "now": now}
+                cur.execute(self._sql["wake_signalled"], wake)
+                woken = cur.fetchall()
+                self.dialect.notify_queues(cur, [row[0] for row in woken])
+        return found, (woken[0][0] if woken else None)
+
+    def observe_signals(
+        self,
+        job_id: str,
+        name: str,
+        *,
+        worker_id: str,
+        fence: int,
+        limit: int,
+        consume: bool,
+        record: Callable[[list[bytes | None]], Checkpoint | None],
+    ) -> list[bytes | None] | None:
+        """Read (and with ``consume``, take) up to ``limit`` of the job's pending signals
+        called ``name``, oldest first, and save ``record(payloads)`` (a checkpoint, or
+        None for none) in the same transaction: a signal is never consumed without the
+        checkpoint that remembers it, nor twice. Returns the payloads, or None when the
+        run no longer holds the job's lock (nothing is read or written then).
+        """
+        with self._cursor(write=True, atomic=True) as cur:
+            run = {"id": job_id, "worker": worker_id, "fence": fence}
+            cur.execute(self._sql["lock_run"], run)
+            if not cur.fetchall():
+                return None
+            look = {"job_id": job_id, "name": name, "limit": limit}
+            cur.execute(self._sql["pending_signals"], look)
+            rows = cur.fetchall()
+            payloads = [None if p is None else str(p).encode() for _seq, p in rows]
+            if consume and rows:
+                taken = {"job_id": job_id, "name": name, "seq": rows[-1][0]}
+                cur.execute(self._sql["delete_signals"], taken)
+            cp = record(payloads)
+            if cp is not None:
+                cur.execute(
+                    self._sql["save_checkpoint"], self._checkpoint_params(cp, worker_id, fence)
+                )
+                if not _saved(cp, cur.fetchall()):  # pragma: no cover - the run is locked
+                    raise StorageError(f"job {job_id}: the checkpoint of a signal was refused")
+        return payloads
+
+    def wake_waiting(
+        self,
+        queues: Sequence[str],
+        *,
+        limit: int = WAKE_BATCH,
+        now: datetime | None = None,
+    ) -> tuple[list[str], tuple[str, datetime] | None]:
+        """End the waits of ``queues``' waiting jobs whose deadline has come (up to
+        ``limit``): each becomes a due resume, which the next claim runs without counting
+        a new attempt. Returns the queues of the jobs woken, and the queue and deadline of
+        the next wait to end among those still waiting in ``queues`` (``now`` when more
+        are due at once), if any.
+
+        The waiting index serves both looks; nothing is written when nothing is due.
+        """
+        now = now or utcnow()
+        names = self.dialect.list_param(list(queues))
+        params = {"queues": names, "now": self.dialect.time_param(now)}
+        following = self._next_wake(names)
+        if following is None or following[1] > now:
+            return [], following
+        with self._cursor(write=True, atomic=True) as cur:
+            sql = self._sql["due_waiting"]
+            cur.execute(sql, {**params, "limit": limit})
+            rows = cur.fetchall()
+            woken: list[str] = []
+            if rows:
+                rows = self._named(cur, sql, _DUE_WAIT, rows)
+                wake = [{"id": job_id, "now": params["now"]} for job_id, _queue in rows]
+                cur.executemany(self._sql["wake"], wake)
+                woken = sorted({queue for _job_id, queue in rows})
+                self.dialect.notify_queues(cur, woken)
+        if len(rows) >= limit:
+            return woken, (rows[-1][1], now)  # more are due: look again at once
+        return woken, self._next_wake(names)
+
+    def _next_wake(self, queues: Any) -> tuple[str, datetime] | None:
+        rows = self._read("next_wake", {"queues": queues}, _NEXT_WAKE)
+        if not rows:
+            return None
+        queue, until = rows[0]
+        at = self.dialect.time_value(until)
+        assert at is not None
+        return queue, at
+
+    def set_progress(
+        self, job_id: str, progress: bytes | None, *, worker_id: str, fence: int
+    ) -> bool:
+        """Store a running job's progress (JSON; None clears it), fenced like outcomes:
+        rejected (False) unless ``worker_id`` still holds the run ``fence``."""
+        params = {
+            "id": job_id,
+            "progress": None if progress is None else progress.decode(),
+            "now": self.dialect.time_param(utcnow()),
+            "worker": worker_id,
+            "fence": fence,
+        }
+        return bool(self._run_grouped("set_progress", params))
+
     def release(self, worker_id: str, jobs: Sequence[tuple[str, int]]) -> None:
-        """Give back claimed runs that never started, without counting them as attempts.
+        """Give back claimed runs that never started, without counting them as attempts
+        (a resumed run goes back to being a due resume).
 
         ``jobs`` are ``(job id, fence)`` pairs; the fence stays as it is (the next claim
         takes a new one), so a retried release can never give back a later run.
@@ -1019,9 +1199,15 @@ class SQLStorage:
         ``CheckpointConflict`` is raised. Saving the same checkpoint (same id) again, as
         a retry after a lost reply does, returns True.
         """
+        params = self._checkpoint_params(cp, worker_id, _fence(fence, attempt))
+        return _saved(cp, self._run_grouped("save_checkpoint", params))
+
+    def _checkpoint_params(
+        self, cp: Checkpoint, worker_id: str | None, fence: int | None
+    ) -> dict[str, Any]:
         if not cp.id:
             [cp.id] = new_ids(1)
-        params = {
+        return {
             "id": cp.id,
             "job_id": cp.job_id,
             "call_index": cp.call_index,
@@ -1031,20 +1217,8 @@ class SQLStorage:
             "now": self.dialect.time_param(cp.created_at),
             "scope": cp.scope,
             "worker": worker_id,
-            "fence": _fence(fence, attempt),
+            "fence": fence,
         }
-        # On a conflict the statement's no-op update keeps the stored row and returns its
-        # id; a fenced-out write returns no row (DO NOTHING could not tell them apart).
-        rows = self._run_grouped("save_checkpoint", params)
-        if not rows:
-            return False
-        if rows[0][0] != cp.id:
-            where = f"{cp.scope}.{cp.call_index}" if cp.scope else str(cp.call_index)
-            raise CheckpointConflict(
-                f"job {cp.job_id} already has a checkpoint for durable call {where}; it was"
-                f" kept and this one ({cp.call_type!r}) was not saved"
-            )
-        return True
 
     def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """A job's checkpoints, in call order."""
@@ -1054,6 +1228,23 @@ class SQLStorage:
     def delete_checkpoints(self, job_id: str) -> None:
         """Remove all checkpoints of a job."""
         self._run("delete_checkpoints", {"job_id": job_id})
+
+
+def _saved(cp: Checkpoint, rows: Sequence[Any]) -> bool:
+    """Whether ``save_checkpoint`` (which returned ``rows``) stored ``cp``.
+
+    On a conflict the statement's no-op update keeps the stored row and returns its id
+    (``CheckpointConflict``); a fenced-out write returns no row (False).
+    """
+    if not rows:
+        return False
+    if rows[0][0] != cp.id:
+        where = f"{cp.scope}.{cp.call_index}" if cp.scope else str(cp.call_index)
+        raise CheckpointConflict(
+            f"job {cp.job_id} already has a checkpoint for durable call {where}; it was"
+            f" kept and this one ({cp.call_type!r}) was not saved"
+        )
+    return True
 
 
 def _seconds(value: timedelta | float) -> float:

@@ -183,6 +183,28 @@ _SQLITE_MIGRATION_5 = (
         WHERE status <> 'running' AND locked_by IS NOT NULL""",
 )
 
+# Workflows that wait: a job's parent, its progress, and what a waiting job waits for
+# and until when. The waiting index serves the workers' look for the next due wait (and
+# holds waiting jobs only); the parent index, the listing of a job's children.
+_SQLITE_MIGRATION_6 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN parent_id TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN progress TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN wait_until TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN waiting_for TEXT",
+    "CREATE INDEX sdj_jobs_waiting ON sdj_jobs (wait_until, queue) WHERE status = 'waiting'",
+    "CREATE INDEX sdj_jobs_parent ON sdj_jobs (parent_id) WHERE parent_id IS NOT NULL",
+    # Signals not yet consumed, FIFO per (job, name) by seq (AUTOINCREMENT: never reused,
+    # so watchers see every new one). A consumed signal is deleted: its checkpoint keeps it.
+    """CREATE TABLE sdj_signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX sdj_signals_pending ON sdj_signals (job_id, name, seq)",
+)
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -240,6 +262,7 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_3,
         _SQLITE_MIGRATION_4,
         _SQLITE_MIGRATION_5,
+        _SQLITE_MIGRATION_6,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -268,7 +291,9 @@ class SQLiteDialect(Dialect):
         # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
-        "claim": f"""UPDATE sdj_jobs SET status = 'running', attempt = attempt + 1,
+        # A job woken from a wait (wait_until set) resumes: the same attempt goes on.
+        "claim": f"""UPDATE sdj_jobs SET status = 'running',
+            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
             fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
             locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
             WHERE id IN (
@@ -282,21 +307,34 @@ class SQLiteDialect(Dialect):
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = :result,
             completed_at = :now, finished_at = :now, updated_at = :now, heartbeat_at = NULL,
             lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
-            last_error = NULL, traceback = NULL
+            last_error = NULL, traceback = NULL, wait_until = NULL
             WHERE id = :id AND status = 'running'
               AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
+        # A retry's claim is a new attempt: the resume marker (wait_until) goes.
         "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
             traceback = :traceback, run_at = COALESCE(:run_at, run_at),
             finished_at = :finished_at, updated_at = :now, heartbeat_at = NULL,
-            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
+            wait_until = NULL
             WHERE id = :id AND status = 'running'
               AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
+        # The attempt stays; the lock goes, and the slot with it. run_at: the deadline,
+        # for listings (the claim finds the job once woken, never while waiting).
+        "suspend": """UPDATE sdj_jobs SET status = 'waiting', wait_until = :until,
+            waiting_for = :waiting_for, run_at = COALESCE(:until, run_at), updated_at = :now,
+            heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
+            locked_by = NULL
+            WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence
+            RETURNING id""",
+        # A resumed run given back unstarted is a due resume again (its claim took no
+        # attempt, so none is given back).
         "release": """UPDATE sdj_jobs SET
-            status = CASE WHEN attempt <= 1 THEN 'pending' ELSE 'retrying' END,
-            attempt = attempt - 1, locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
-            updated_at = :now
+            status = CASE WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending'
+                ELSE 'retrying' END,
+            attempt = CASE WHEN wait_until IS NULL THEN attempt - 1 ELSE attempt END,
+            locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL, updated_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
         # Outcomes move the run's owner to finished_by (reap and release clear it), so a
         # worker whose outcome write lost its reply can tell whether it was committed.
@@ -332,7 +370,7 @@ class SQLiteDialect(Dialect):
         "reap": """UPDATE sdj_jobs SET status = :status, finished_at = :finished_at,
             finished_by = NULL, traceback = NULL,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
-            run_at = COALESCE(:run_at, run_at), updated_at = :now,
+            run_at = COALESCE(:run_at, run_at), updated_at = :now, wait_until = NULL,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL
             WHERE id = :id AND status = 'running' AND fence = :fence""",
         "get_job": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = :id",
@@ -341,6 +379,41 @@ class SQLiteDialect(Dialect):
         "due_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= :now
             ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
+        # Waits end by the waiting index (waiting jobs only, by deadline): the next
+        # deadline of the worker's queues, then the due ones, woken into due resumes.
+        "next_wake": """SELECT queue, wait_until FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_until IS NOT NULL
+              AND queue IN (SELECT value FROM json_each(:queues))
+            ORDER BY wait_until LIMIT 1""",
+        "due_waiting": """SELECT id, queue FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_until <= :now
+              AND queue IN (SELECT value FROM json_each(:queues))
+            ORDER BY wait_until LIMIT :limit""",
+        # wait_until stays set: it tells the claim that this run resumes (no new attempt).
+        "wake": """UPDATE sdj_jobs SET status = 'pending', run_at = COALESCE(wait_until, :now),
+            wait_until = COALESCE(wait_until, :now), waiting_for = NULL, updated_at = :now
+            WHERE id = :id AND status = 'waiting'""",
+        # Fenced like outcomes: only the running run may report its progress.
+        "set_progress": """UPDATE sdj_jobs SET progress = :progress, updated_at = :now
+            WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence
+            RETURNING id""",
+        # Signals serialise on their job's row (here, on the IMMEDIATE transaction around
+        # them): a signal and a suspension that waits for it never miss each other.
+        "lock_job": "SELECT id FROM sdj_jobs WHERE id = :id",
+        "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
+            VALUES (:job_id, :name, :payload, :now)""",
+        # A job waiting for this signal resumes now (wait_until: the resume marker).
+        "wake_signalled": """UPDATE sdj_jobs SET status = 'pending', run_at = :now,
+            wait_until = :now, waiting_for = NULL, updated_at = :now
+            WHERE id = :id AND status = 'waiting' AND waiting_for = :waiting_for
+            RETURNING queue""",
+        # The running run, locked for an observation of its signals (fenced).
+        "lock_run": """SELECT id FROM sdj_jobs
+            WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
+        "pending_signals": """SELECT seq, payload FROM sdj_signals
+            WHERE job_id = :job_id AND name = :name ORDER BY seq LIMIT :limit""",
+        "delete_signals": """DELETE FROM sdj_signals
+            WHERE job_id = :job_id AND name = :name AND seq <= :seq""",
         # Fenced like completions: only the run holding the job's lock may add steps.
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
             SELECT :id, :job_id, :call_index, :call_type, :result, :error, :now, :scope
@@ -410,7 +483,8 @@ class SQLiteDialect(Dialect):
         # A fresh start: full retry budget; checkpoints stay, so a workflow resumes. The
         # fence stays: the next claim takes a new one, so a stale run's writes stay rejected.
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
-                completed_at = NULL, finished_at = NULL, finished_by = NULL, updated_at = :now
+                wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
+                updated_at = :now
             WHERE id = :id AND status IN ('failed', 'retrying')
             RETURNING {JOB_COLUMNS}""",
         # A running job only with :force: its worker would go on running it.
@@ -617,13 +691,20 @@ class _GroupCommit(GroupCommit):
 # -- wake-ups -------------------------------------------------------------------------
 
 
+# The queues of jobs signalled since signal number ?, and the highest number.
+_SIGNALLED = """SELECT max(s.seq), json_group_array(DISTINCT j.queue)
+    FROM sdj_signals AS s JOIN sdj_jobs AS j ON j.id = s.job_id WHERE s.seq > ?"""
+
+
 class SQLiteWatcher(ListenerThread):
     """Notices jobs inserted by other processes into a SQLite file, within milliseconds.
 
     SQLite has no notifications. ``PRAGMA data_version`` changes when another connection
     commits, and reading it touches only shared memory, so it can be polled often; when
     it changes, the highest job rowid tells whether jobs were inserted (rather than
-    updated by heartbeats and completions), and only then are workers woken.
+    updated by heartbeats and completions), and only then are workers woken; likewise
+    the highest signal number, for the queues of signalled jobs (a signal may have made
+    its job due).
     """
 
     def __init__(self, engine: sa.Engine, interval: float = 0.002) -> None:
@@ -635,6 +716,7 @@ class SQLiteWatcher(ListenerThread):
     ) -> None:
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         last = conn.execute("SELECT coalesce(max(rowid), 0) FROM sdj_jobs").fetchone()[0]
+        signalled = conn.execute("SELECT coalesce(max(seq), 0) FROM sdj_signals").fetchone()[0]
         on_reconnect()
         while not stop.wait(self._interval):
             now = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -648,5 +730,10 @@ class SQLiteWatcher(ListenerThread):
             ).fetchone()
             if top is not None:
                 last = top
+                for queue in json.loads(queues):
+                    on_notify(queue)
+            top, queues = conn.execute(_SIGNALLED, (signalled,)).fetchone()
+            if top is not None:
+                signalled = top
                 for queue in json.loads(queues):
                     on_notify(queue)

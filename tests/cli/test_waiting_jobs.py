@@ -1,0 +1,60 @@
+"""``sdj jobs`` and ``sdj stats`` with a job that waits (a durable sleep), on every backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import durable_jobs as jobs
+from tests.helpers import wait_for
+
+
+def _ok(result: Any) -> str:
+    assert result.exit_code == 0, result.output
+    return str(result.stdout)
+
+
+def _sleeping_job(queue: jobs.Queue) -> jobs.Job:
+    """A job that reported its progress and then sleeps for an hour, stored by a worker."""
+
+    @queue.job()
+    def nightly(total: int) -> None:
+        jobs.set_progress({"done": 3, "total": total})
+        jobs.sleep(3600)
+
+    job_id = queue.enqueue(nightly, 10)
+    queue.enqueue("other")  # pending, to be left out of the listing
+    with queue.worker({"default": 1}, poll_interval=0.05):
+        waiting = wait_for(
+            lambda: (j := queue.get_job(job_id)) and j.status is jobs.JobStatus.WAITING and j
+        )
+    assert isinstance(waiting, jobs.Job)
+    return waiting
+
+
+def test_jobs_list_and_show_a_waiting_job(sdj: Any, db_url: str, queue: jobs.Queue) -> None:
+    job = _sleeping_job(queue)
+    assert job.wait_until is not None
+    listed = json.loads(
+        _ok(sdj("jobs", "list", "--status", "waiting", "--database-url", db_url, "--json"))
+    )
+    assert [(j["id"], j["status"]) for j in listed] == [(job.id, "waiting")]
+    table = _ok(sdj("jobs", "list", "--status", "waiting", "--database-url", db_url))
+    assert job.id in table and "waiting" in table
+
+    shown = json.loads(_ok(sdj("jobs", "show", job.id, "--database-url", db_url, "--json")))
+    assert (shown["status"], shown["waiting_for"]) == ("waiting", "sleep")
+    assert shown["wait_until"] == job.wait_until.isoformat()
+    assert shown["progress"] == {"done": 3, "total": 10}
+    assert [(c["call_index"], c["call_type"]) for c in shown["checkpoints"]] == [(0, "jobs.sleep")]
+    text = _ok(sdj("jobs", "show", job.id, "--database-url", db_url))
+    assert "waiting_for" in text and "sleep" in text
+    assert f"{job.wait_until:%Y-%m-%d %H:%M:%S} UTC (in 59m" in text
+    assert '{"done": 3, "total": 10}' in text
+
+
+def test_stats_count_waiting_jobs(sdj: Any, db_url: str, queue: jobs.Queue) -> None:
+    _sleeping_job(queue)
+    stats = json.loads(_ok(sdj("stats", "--database-url", db_url, "--json")))
+    assert stats["queues"]["default"]["waiting"] == 1
+    assert "waiting" in _ok(sdj("stats", "--database-url", db_url))
