@@ -291,7 +291,9 @@ def _fill_for_planning(storage: SQLStorage) -> None:
 
 
 # Backend-specific in part: how to ask for a plan (EXPLAIN QUERY PLAN on SQLite, EXPLAIN
-# elsewhere) and the no-sort check, which only SQLite's plan text shows.
+# elsewhere) and the no-sort check, which SQLite's and MySQL's plan texts show. On MySQL
+# a locking read that sorts locks every row it sorts: on a big backlog the claim then
+# fails with "the total number of locks exceeds the lock table size".
 def test_claim_uses_the_dequeue_index(storage: SQLStorage) -> None:
     _fill_for_planning(storage)
     params = {
@@ -319,5 +321,10 @@ def test_claim_uses_the_dequeue_index(storage: SQLStorage) -> None:
     assert "sdj_jobs_dequeue" in plan, plan
     if storage.dialect.name == "sqlite":
         assert "TEMP B-TREE FOR ORDER BY" not in plan, plan  # the index gives the order: no sort
+    if storage.dialect.name == "mysql":
+        # Each part of the claim reads the index in order; only the merge of their few
+        # rows is sorted (the UNION RESULT line).
+        parts = [line for line in plan.splitlines() if "UNION RESULT" not in line]
+        assert parts and all("filesort" not in line for line in parts), plan
     # Explaining claimed nothing.
     assert storage.get_jobs_by_status(JobStatus.RUNNING, 1) == []

@@ -184,6 +184,14 @@ def _in_list(param: str) -> str:
     )
 
 
+def _claim_part(status: str) -> str:
+    """The claimable jobs of one status, in dequeue order, read along the dequeue index."""
+    return f"""(SELECT id, priority, run_at, seq FROM sdj_jobs FORCE INDEX (sdj_jobs_dequeue)
+            WHERE queue = %(queue)s AND status = '{status}'
+              AND run_at <= %(now)s AND type NOT IN ({_in_list("skip")})
+              AND max_retries >= %(min_retries)s
+            ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
+
 
 # Whether the stored schedule may move (the row only moves forward, as on the other
 # databases): read before
@@ -245,13 +253,13 @@ class MySQLDialect(Dialect):
                 %(worker)s, %(now)s, %(now)s, 1, {_MYSQL_EXPIRY})""",
         # Three steps in the claim's transaction (``claim_rows``): lock the next due ids,
         # skipping rows other claimers hold; take them; read them back.
-        "claim": f"""SELECT id FROM sdj_jobs
-            WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
-              AND run_at <= %(now)s AND type NOT IN ({_in_list("skip")})
-              AND max_retries >= %(min_retries)s
-            ORDER BY priority DESC, run_at, seq
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED{STEP}UPDATE sdj_jobs SET status = 'running',
+        # One ordered index scan per claimable status (an IN over both would sort, and
+        # a locking read that sorts locks every row it sorts: a big backlog then
+        # exhausts InnoDB's lock table). Each part locks at most LIMIT rows; the few
+        # that lose the merge stay locked only until the claim commits.
+        "claim": f"""{_claim_part("pending")} UNION ALL {_claim_part("retrying")}
+            ORDER BY priority DESC, run_at, seq LIMIT %(limit)s{STEP}
+            UPDATE sdj_jobs SET status = 'running',
                 attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
                 fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
                 locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
