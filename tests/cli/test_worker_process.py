@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -102,3 +104,70 @@ def test_worker_processes(start: Start, db_url: str, queue: jobs.Queue) -> None:
     assert "starting 2 worker processes" in output
     assert output.count("sdj worker tasks:queue (pid") == 2
     assert output.count("stopped") >= 2
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count <= 65535 and all(_is_free(first + i) for i in range(count)):
+            return first
+    raise AssertionError("no consecutive free ports")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _completed_here(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None  # not listening yet
+    for line in text.splitlines():
+        if line.startswith("sdj_jobs_completed_total{") and 'job_type="add"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_worker_processes_each_serve_metrics_on_their_own_port(
+    start: Start, db_url: str, queue: jobs.Queue
+) -> None:
+    port = _free_ports(2)
+    ids = [queue.enqueue("add", [n]) for n in range(20)]
+    proc = start(
+        "--database-url", db_url, "--processes", "2", "--metrics-port", str(port),
+    )  # fmt: skip
+    wait_for(lambda: completed_results(queue, ids), timeout=30)
+    # Each process counts the jobs it ran; together they ran all 20.
+    counts = wait_for(
+        lambda: (
+            None
+            if None in (found := [_completed_here(port), _completed_here(port + 1)])
+            or sum(c or 0 for c in found) != 20
+            else found
+        ),
+        timeout=30,
+    )
+    assert len(counts) == 2
+    stop(proc)
+
+
+def test_a_metrics_port_in_use_stops_before_any_process_starts(start: Start, db_url: str) -> None:
+    port = _free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", port + 1))
+        taken.listen()
+        proc = start("--database-url", db_url, "--processes", "2", "--metrics-port", str(port))
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, output
+    assert f"Error: cannot serve metrics on port {port + 1}" in output
+    assert "starting 2 worker processes" not in output

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import sqlalchemy as sa
 import typer
 
 from ..job import Job
 from ..storage import SQLStorage
+from ..storage.dialects import database_file
 from .errors import CLIError
 
 __all__ = ["DEFAULT_URL", "DatabaseUrl", "JsonFlag", "get_job", "open_storage"]
@@ -40,7 +40,7 @@ def open_storage(url: str, *, create: bool = False) -> Iterator[SQLStorage]:
     the storage's ``StorageError``, whose message says what to check.
     """
     if not create:
-        _check_sqlite_file_exists(url)
+        _check_database_file_exists(url)
     try:
         storage = SQLStorage(url)
     except ValueError as exc:  # SQLStorage's message names the URL and what is accepted
@@ -63,14 +63,11 @@ def get_job(storage: SQLStorage, job_id: str) -> Job:
     return job
 
 
-def _check_sqlite_file_exists(url: str) -> None:
-    try:
-        parsed = sa.make_url(url)
-    except (sa.exc.ArgumentError, ValueError):  # a port that is not a number: ValueError
-        return  # SQLStorage reports the bad URL, its password masked
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+def _check_database_file_exists(url: str) -> None:
+    name = database_file(url)  # None: a server, or a bad URL that SQLStorage reports
+    if name is None:
         return
-    path = Path(parsed.database)
+    path = Path(name)
     if not path.parent.is_dir():
         raise CLIError(
             f"the directory of database file {path} does not exist; create it, or pass"
@@ -78,6 +75,6 @@ def _check_sqlite_file_exists(url: str) -> None:
         )
     if not path.exists():
         raise CLIError(
-            f"database file {parsed.database} does not exist; run `sdj migrate` to create it "
+            f"database file {name} does not exist; run `sdj migrate` to create it "
             "or pass --database-url"
         )

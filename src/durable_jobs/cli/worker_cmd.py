@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import typer
 
 from ..queue import Queue
 from ..storage import SQLStorage
+from ..storage.dialects import database_file
 from ..storage.urls import masked
 from ..worker import configure_logging
 from .errors import CLIError
@@ -70,7 +72,8 @@ def worker(
             min=0,
             max=65535,
             help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
-            "(needs simple-durable-jobs[metrics]).",
+            "(needs simple-durable-jobs[metrics]); with --processes N, process i serves "
+            "PORT+i.",
         ),
     ] = None,
 ) -> None:
@@ -91,12 +94,10 @@ def worker(
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    if metrics_port is not None and processes > 1:
-        # Each process counts its own jobs, and they cannot all listen on one port.
-        raise CLIError("--metrics-port needs --processes 1; run one worker per port instead")
     if processes > 1:
         argv = _child_argv(target, queues, scheduler, lock_timeout, shutdown_timeout)
-        raise typer.Exit(_supervise(argv, processes))
+        ports = _metrics_ports(metrics_port, processes)
+        raise typer.Exit(_supervise([argv + extra for extra in ports]))
     _log_start(target, queue, dict(runner.concurrency), scheduler, lock_timeout, database_url)
     if metrics_port is not None:
         _serve_metrics(queue, metrics_port)
@@ -185,9 +186,8 @@ def _same_database(given_url: str, used: sa.URL) -> bool:
         return False  # cannot be the URL the queue parsed
 
     def key(url: sa.URL) -> tuple[str, str | None, int | None, str | None]:
-        database = url.database
-        if url.get_backend_name() == "sqlite" and database:
-            database = os.path.abspath(database)
+        path = database_file(url)  # relative paths name the same file in other forms
+        database = url.database if path is None else os.path.abspath(path)
         return (url.get_backend_name(), url.host, url.port, database)
 
     return key(given) == key(used)
@@ -210,13 +210,32 @@ def _child_argv(
     return argv
 
 
-def _supervise(argv: list[str], count: int) -> int:
-    """Run ``count`` worker processes, forward SIGINT/SIGTERM, restart any that die.
+def _metrics_ports(first: int | None, count: int) -> list[list[str]]:
+    """Each child's metrics option: its own port, ``first + i`` (each process counts its
+    own jobs, and processes cannot share a listening port). Checked free up front."""
+    if first is None:
+        return [[] for _ in range(count)]
+    ports = range(first, first + count)
+    if ports[-1] > 65535:
+        raise CLIError(f"--metrics-port {first} with --processes {count} runs past port 65535")
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise CLIError(f"cannot serve metrics on port {port}: {exc}") from None
+    return [["--metrics-port", str(port)] for port in ports]
+
+
+def _supervise(argvs: list[list[str]]) -> int:
+    """Run one worker process per argv, forward SIGINT/SIGTERM, restart any that die.
 
     Returns the first non-zero exit code of a child once all have stopped, else 0.
     """
+    count = len(argvs)
     log.info("starting %d worker processes", count)
-    children = [_Child(argv) for _ in range(count)]
+    children = [_Child(argv) for argv in argvs]
     stop: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -237,7 +256,7 @@ def _supervise(argv: list[str], count: int) -> int:
                     forward(signal.SIGTERM, None)
                     break
                 log.warning("worker process %d exited with %d; restarting it", child.pid, code)
-                children[i] = _Child(argv)
+                children[i] = _Child(argvs[i])
             time.sleep(0.2)
         codes = [child.process.wait() for child in children]
     finally:

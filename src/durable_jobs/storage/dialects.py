@@ -45,6 +45,7 @@ __all__ = [
     "Dialect",
     "GroupCommit",
     "MissingDriver",
+    "database_file",
     "dialect_for",
     "dialect_for_url",
 ]
@@ -178,6 +179,12 @@ class Dialect:
     not_a_database_hint: ClassVar[str] = ""
 
     # -- engines and connections --------------------------------------------------------
+
+    @classmethod
+    def database_file(cls, url: sa.URL) -> str | None:
+        """The file the database of ``url`` lives in, for a backend that keeps one (None
+        for a server's database)."""
+        return None
 
     @classmethod
     def engine_url(cls, url: sa.URL) -> sa.URL:
@@ -390,6 +397,18 @@ def dialect_for(name: str) -> Dialect:
             " and mysql (or mariadb)"
         )
     return cls()
+
+
+def database_file(url: str | sa.URL) -> str | None:
+    """The file holding the database ``url`` names (a SQLite path, as given); None for a
+    server's database, an in-memory one, or a URL that does not parse (whoever opens it
+    reports that)."""
+    try:
+        parsed = sa.make_url(url)
+    except Exception:  # ArgumentError, or ValueError for a port that is not a number
+        return None
+    cls = _dialect_class(parsed.get_backend_name())
+    return None if cls is None else cls.database_file(parsed)
 
 
 def dialect_for_url(url: str | sa.URL) -> tuple[type[Dialect], sa.URL]:

@@ -268,6 +268,10 @@ class SQLiteDialect(Dialect):
     one_writer = True
     insert_chunk = _chunk_size()
 
+    @classmethod
+    def database_file(cls, url: sa.URL) -> str | None:
+        return None if url.database in (None, "", ":memory:") else url.database
+
     @staticmethod
     def transient(error: BaseException) -> bool | None:
         if not isinstance(error, sqlite3.Error):
