@@ -52,7 +52,7 @@ class InsertLoop:
         start = time.perf_counter()
         for _ in range(n):
             row = (str(uuid.uuid4()), "noop", "null", "default", 0, "pending", 0, 0)
-            cur.execute(self.sql, (*row, now, now, now, None, None))
+            cur.execute(self.sql, (*row, now, now, now, None, None, None, None))
         elapsed = time.perf_counter() - start
         cur.close()
         return elapsed
@@ -95,7 +95,7 @@ def bulk_insert_seconds(conn: Any, backend: str, n: int) -> float:
         now = now.replace(tzinfo=None).isoformat(" ")
     elif backend == "mysql":
         now = now.replace(tzinfo=None)
-    fixed = ("default", 0, "pending", 0, 0, now, now, now, None, None)
+    fixed = ("default", 0, "pending", 0, 0, now, now, now, None, None, None, None)
     # Time-ordered ids as the library's, which append to the primary key's index.
     rows = [(job_id, "noop", f'{{"i":{i}}}', *fixed) for i, job_id in enumerate(new_ids(n))]
     start = time.perf_counter()

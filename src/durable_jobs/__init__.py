@@ -13,9 +13,21 @@ queue.worker().run()
 
 import importlib.metadata as _metadata
 
+from .children import (
+    Result,
+    Sub,
+    fan_out,
+    fan_out_async,
+    spawn,
+    spawn_async,
+    sub,
+    wait_for,
+    wait_for_async,
+)
 from .context import current_job
 from .durable import call, call_async
 from .errors import (
+    ChildFailed,
     DatabaseUnavailable,
     DurableJobsError,
     FailedRun,
@@ -73,6 +85,7 @@ __all__ = [
     "Backoff",
     "Checkpoint",
     "CheckpointSaved",
+    "ChildFailed",
     "DatabaseUnavailable",
     "DurableJobsError",
     "Event",
@@ -94,6 +107,7 @@ __all__ = [
     "NotInJobError",
     "OutcomeRefused",
     "Queue",
+    "Result",
     "ResultTooLarge",
     "RetryAfter",
     "SQLStorage",
@@ -102,6 +116,7 @@ __all__ = [
     "SignalTimeout",
     "Storage",
     "StorageError",
+    "Sub",
     "Worker",
     "__version__",
     "call",
@@ -114,6 +129,8 @@ __all__ = [
     "drain_signals_async",
     "every",
     "exponential",
+    "fan_out",
+    "fan_out_async",
     "peek_signal",
     "peek_signal_async",
     "set_progress",
@@ -122,6 +139,11 @@ __all__ = [
     "sleep_async",
     "sleep_until",
     "sleep_until_async",
+    "spawn",
+    "spawn_async",
+    "sub",
+    "wait_for",
+    "wait_for_async",
     "wait_for_signal",
     "wait_for_signal_async",
     "weekly",

@@ -147,7 +147,7 @@ class Completer:
         """Store completions, claiming the next jobs in the same transaction."""
         storage = self.queue.storage
         dispatcher = self.dispatcher
-        outcomes = [Outcome(o.job.id, o.job.fence, o.result) for o in completions]
+        outcomes = [Outcome(o.job.id, o.job.fence, o.result, o.job.parent_id) for o in completions]
         requests = dispatcher.reserve()
         claims = [r.claim for r in requests]
         try:
@@ -176,7 +176,7 @@ class Completer:
         storage = self.queue.storage
         accepted: set[str] = set()
         for o in completions:
-            outcome = [Outcome(o.job.id, o.job.fence, o.result)]
+            outcome = [Outcome(o.job.id, o.job.fence, o.result, o.job.parent_id)]
             write = partial(
                 storage.complete_and_claim,
                 self.worker_id,
@@ -227,6 +227,7 @@ class Completer:
             until=o.run_at,
             waiting_for=o.waiting_for or "",
             signal=o.signal,
+            children=o.children,
         )
 
     def _store_failure(self, o: RunOutcome) -> bool:
@@ -288,6 +289,7 @@ class Completer:
             worker_id=self.worker_id,
             fence=o.job.fence,
             traceback=o.traceback,
+            child=o.job.parent_id is not None,
         )
 
     def _resolve_unknown(self, o: RunOutcome) -> None:

@@ -145,6 +145,10 @@ class Dispatcher:
         #: run time comes (``wake_at``: a wait's deadline is one), at each poll, and while
         #: more are due than one round ends.
         self._check_waiting = True
+        #: When (``time.monotonic()``) the next round resumes parents whose wake-up was
+        #: lost (their children's outcomes decided their wait): every half lock timeout.
+        self._next_recovery = 0.0
+        self._recover = True
 
     # -- wake-ups -----------------------------------------------------------------------
 
@@ -243,7 +247,7 @@ class Dispatcher:
                 self._claim_round, warn=self._claim_failed, pause=self._after_failed_round
             )
             if claimed is False:  # None: stopping
-                until = min(self._next_poll, self._next_due)
+                until = min(self._next_poll, self._next_due, self._next_recovery)
                 self.wakeup.wait(max(0.0, until - time.monotonic()))
 
     def _begin_round(self) -> None:
@@ -256,6 +260,9 @@ class Dispatcher:
             self._next_poll = now + self.poll_interval
         if now >= self._next_due:
             self._wake_due(now)
+        if now >= self._next_recovery:
+            self._recover = True
+            self._next_recovery = now + self.lock_timeout / 2
         self.wakeup.clear()
 
     @staticmethod
@@ -276,6 +283,8 @@ class Dispatcher:
             return False  # the completer is behind: let it catch up before claiming more
         if self._check_waiting:
             self._end_waits()
+        if self._recover:
+            self._resume_decided()
         claimed_any = False
         requests = self.reserve()
         drained: set[str] = set()
@@ -318,6 +327,14 @@ class Dispatcher:
             # is looked at again shortly, not in a busy loop.
             until = now + _RECHECK_WAITS
         self.wake_at(queue, until)
+
+    def _resume_decided(self) -> None:
+        """Resume waiting parents of this worker's queues whose children decided their
+        wait but whose wake-up was lost (normally the deciding outcome resumes them)."""
+        woken = self.queue.storage.wake_decided(list(self.queues))
+        self._recover = False  # after the storage call: a failed one is tried again
+        if woken:
+            self.wake(woken)
 
     def reserve(self) -> list[ClaimRequest]:
         """Claims worth making now, their room already counted as claimed.

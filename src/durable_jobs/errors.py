@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from .retry import MAX_DELAY
 
+if TYPE_CHECKING:
+    from .storage.records import ChildrenWait
+
 __all__ = [
     "CheckpointConflict",
+    "ChildFailed",
     "DatabaseUnavailable",
     "DurableJobsError",
     "FailedRun",
@@ -89,13 +94,20 @@ class Suspend(BaseException):
     """
 
     def __init__(
-        self, until: datetime | None, waiting_for: str, *, signal: str | None = None
+        self,
+        until: datetime | None,
+        waiting_for: str,
+        *,
+        signal: str | None = None,
+        children: ChildrenWait | None = None,
     ) -> None:
         super().__init__(until, waiting_for)
         self.until = until
         self.waiting_for = waiting_for
         #: The signal the job waits for, if any: its suspension looks for one again.
         self.signal = signal
+        #: The children the job waits for, if any: its suspension counts them again.
+        self.children = children
 
     def __str__(self) -> str:
         at = "" if self.until is None else f" until {self.until.isoformat()}"
@@ -108,6 +120,20 @@ class SignalTimeout(NoRetry, TimeoutError):
     Checkpointed like the signal it did not get: a replay raises it again. A ``NoRetry``:
     uncaught, it fails the job without retries (a retry would time out the same way).
     """
+
+
+class ChildFailed(NoRetry):
+    """A fan-out (``fail_fast``, or a ``threshold`` that can no longer be reached) or a
+    ``wait_for`` failed because a child failed: ``job_id`` and ``index`` (its place in the
+    list waited for) name the child, ``error`` is its stored error. A ``NoRetry``: a retry
+    would replay the same outcome.
+    """
+
+    def __init__(self, message: str, *, job_id: str, index: int, error: str | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.index = index
+        self.error = error
 
 
 class CheckpointConflict(NondeterminismError):

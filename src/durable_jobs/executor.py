@@ -32,6 +32,7 @@ from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json, delayed
 
 if TYPE_CHECKING:
     from .queue import Queue
+    from .storage import ChildrenWait
 
 __all__ = ["Executor", "RunOutcome", "format_traceback"]
 
@@ -77,6 +78,8 @@ class RunOutcome:
     waiting_for: str | None = None
     #: The signal a ``"waiting"`` run waits for, if any.
     signal: str | None = None
+    #: The children a ``"waiting"`` run waits for, if any.
+    children: ChildrenWait | None = None
 
     def __post_init__(self) -> None:
         if self.error is not None and self.traceback is None:
@@ -212,6 +215,7 @@ class Executor:
                 duration=duration,
                 waiting_for=suspend.waiting_for,
                 signal=suspend.signal,
+                children=suspend.children,
             )
         except BaseException as exc:
             return self.classify(job, handler, exc, started)

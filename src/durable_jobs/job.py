@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Checkpoint", "Job", "JobStatus", "new_ids", "signal_wait", "utcnow"]
+__all__ = [
+    "Checkpoint",
+    "Job",
+    "JobStatus",
+    "children_wait",
+    "new_ids",
+    "signal_wait",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -33,6 +41,12 @@ def new_ids(count: int) -> list[str]:
         f"{head}{b[i : i + 3]}-{_VARIANT[b[i + 3]]}{b[i + 4 : i + 7]}-{b[i + 7 : i + 19]}"
         for i in range(0, 20 * count, 20)
     ]
+
+
+def children_wait(finished: int, total: int) -> str:
+    """``Job.waiting_for`` of a job waiting for its children, ``finished`` of ``total``
+    of them finished when it suspended."""
+    return f"children:{finished}/{total}"
 
 
 def signal_wait(name: str) -> str:
@@ -107,8 +121,12 @@ class Job:
     #: resumes from a wait is due or running: that wait's deadline (the claim of a
     #: resumed job is not a new attempt). None otherwise.
     wait_until: datetime | None = None
-    #: While ``waiting``: what the job waits for (``"sleep"``, ``"signal:<name>"``).
+    #: While ``waiting``: what the job waits for (``"sleep"``, ``"signal:<name>"``,
+    #: ``"children:<finished>/<total>"``).
     waiting_for: str | None = None
+    #: For a child: the path of its parent's call (``spawn``, ``fan_out``, ``wait_for``)
+    #: whose wait its outcome counts in.
+    parent_group: str | None = None
 
 
 @dataclass

@@ -123,6 +123,16 @@ class Queue:
         self.instruments = Instruments()
         self.schedules: dict[str, tuple[Schedule, Any, dict[str, Any]]] = {}
         self._workers: weakref.WeakSet[LocalWorker] = weakref.WeakSet()
+        # Parents resumed by their children's outcomes run here at once if a worker is free.
+        this = weakref.ref(self)
+
+        def woken(queues: Sequence[str]) -> None:
+            queue = this()
+            if queue is not None:
+                for worker in list(queue._workers):
+                    worker.wake(queues)
+
+        self._storage.add_wake_listener(woken)
 
     def __repr__(self) -> str:
         return f"Queue({self._storage!r})"
@@ -322,6 +332,11 @@ class Queue:
             after_commit(connection, partial(self._announce, jobs, None))
         else:
             self._announce(jobs, taker)
+
+    def announce(self, jobs: Sequence[Job]) -> None:
+        """Jobs stored and committed outside ``enqueue`` (a parent's children): wake this
+        process's workers for them, fire the enqueue hooks and publish ``JobEnqueued``."""
+        self._announce(jobs, None)
 
     def _explain(self, error: BaseException) -> None:
         """Raise a clearer error than ``error`` when a write failed because the database

@@ -21,10 +21,26 @@ T = TypeVar("T")
 MIGRATION_6_INDEXES = ("sdj_jobs_waiting", "sdj_jobs_parent")
 MIGRATION_6_TABLES = ("sdj_signals",)
 MIGRATION_6_COLUMNS = ("parent_id", "progress", "wait_until", "waiting_for")
+# What migration 7 (children and fan-out) added to sdj_jobs.
+MIGRATION_7_COLUMNS = (
+    "parent_group",
+    "wait_group",
+    "children_left",
+    "children_need",
+    "children_spare",
+)
+
+
+def undo_migration_7(conn: sa.Connection) -> None:
+    """Drop what migration 7 added, as a database migrated to version 6 lacks it."""
+    for column in MIGRATION_7_COLUMNS:
+        conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 7")
 
 
 def undo_migration_6(conn: sa.Connection) -> None:
-    """Drop what migration 6 added, as a database migrated to version 5 lacks it."""
+    """Drop what migrations 6 and 7 added, as a database migrated to version 5 lacks it."""
+    undo_migration_7(conn)
     on = " ON sdj_jobs" if conn.engine.dialect.name == "mysql" else ""
     for table in MIGRATION_6_TABLES:
         conn.exec_driver_sql(f"DROP TABLE {table}")

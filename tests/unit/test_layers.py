@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
         ),
     ),
     ("storage", frozenset({"storage"})),
-    ("enqueueing", frozenset({"queue", "durable", "schedules", "waiting"})),
+    ("enqueueing", frozenset({"queue", "durable", "schedules", "waiting", "children"})),
     ("running", frozenset({"executor", "maintenance", "scheduler"})),
     ("worker parts", frozenset({"dispatcher", "reporter"})),
     ("completer", frozenset({"completer"})),

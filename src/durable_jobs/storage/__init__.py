@@ -4,11 +4,12 @@ All SQL of the library lives in this package.
 """
 
 from .protocol import JobStore, Listener, Storage
-from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
+from .records import ChildrenWait, Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
 from .sql import SQLStorage
 from .transient import is_transient, retry_transient
 
 __all__ = [
+    "ChildrenWait",
     "Claim",
     "JobStore",
     "Listener",

@@ -54,11 +54,11 @@ JOB_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
     "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at, "
     "meta, fence, lock_expires_at, finished_at, finished_by, traceback, parent_id, progress, "
-    "wait_until, waiting_for"
+    "wait_until, waiting_for, parent_group"
 )
 INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
-    "updated_at, backoff, meta"
+    "updated_at, backoff, meta, parent_id, parent_group"
 )
 INSERT_WIDTH = len(INSERT_COLUMNS.split(","))
 CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
@@ -99,6 +99,15 @@ STATEMENTS = (
     "lock_run",
     "pending_signals",
     "delete_signals",
+    "settle_child",
+    "wake_parent",
+    "cancellable_children",
+    "cancel_jobs",
+    "start_children_wait",
+    "regroup_children",
+    "count_children",
+    "children_outcomes",
+    "decided_parents",
     "save_checkpoint",
     "get_checkpoints",
     "delete_checkpoints",
@@ -136,6 +145,7 @@ class Dialect:
     ``storage._run``/``storage._execute`` for a statement that commits by itself).
 
     Returning rows: ``claim``, ``complete``, ``fail``, ``suspend``, ``set_progress``,
+    ``settle_child``, ``wake_parent``,
     ``save_checkpoint`` and ``insert_unique_job`` use ``UPDATE``/``INSERT … RETURNING``.
     A backend without ``UPDATE … RETURNING`` (MariaDB 10.11 has RETURNING for INSERT and
     DELETE only) plugs in by overriding ``claim_rows`` (select ``FOR UPDATE SKIP LOCKED``
@@ -272,17 +282,19 @@ class Dialect:
     ) -> list[str]:
         """Store batches of new jobs all-or-nothing in one transaction (each chunk
         stamped with ``storage._stamp``); returns their ids in order."""
-        raise NotImplementedError
+        with storage._cursor(write=True, atomic=True) as cur:
+            return self.insert_in(storage, cur, chunks, now)
 
-    def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
-        """Run the ``complete`` statement (and drop the job's checkpoints) in one
-        transaction; whether the job was completed."""
-        return bool(storage._run("complete", params))
+    def insert_in(
+        self, storage: SQLStorage, cur: Any, chunks: Iterable[list[Job]], now: datetime
+    ) -> list[str]:
+        """``insert_many`` within the transaction on ``cur`` (a parent's spawn stores
+        its children and its checkpoint together)."""
+        raise NotImplementedError
 
     def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
         """Complete one run (fenced) and drop its checkpoints, within the transaction on
-        ``cur``; whether it was completed. Backends that override ``complete_many``
-        with one statement for the batch need not provide it."""
+        ``cur``; whether it was completed."""
         raise NotImplementedError
 
     def complete_many(

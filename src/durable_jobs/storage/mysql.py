@@ -166,6 +166,15 @@ _MYSQL_MIGRATION_6 = (
     "CREATE INDEX sdj_signals_pending ON sdj_signals (job_id, name, seq)",
 )
 
+# Fan-out (children): see sqlite.py's migration 7.
+_MYSQL_MIGRATION_7 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN parent_group VARCHAR(255)",
+    "ALTER TABLE sdj_jobs ADD COLUMN wait_group VARCHAR(255)",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_left INTEGER",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_need INTEGER",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_spare INTEGER",
+)
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -230,6 +239,7 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_4,
         _MYSQL_MIGRATION_5,
         _MYSQL_MIGRATION_6,
+        _MYSQL_MIGRATION_7,
     )
     insert_chunk = 1000
 
@@ -245,12 +255,13 @@ class MySQLDialect(Dialect):
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
                 %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
-                %(now)s, %(now)s, %(backoff)s, %(meta)s)""",
+                %(now)s, %(now)s, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s)""",
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
                 heartbeat_at, started_at, fence, lock_expires_at)
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(worker)s, %(now)s, %(now)s, 1, {_MYSQL_EXPIRY})""",
+                %(parent_id)s, %(parent_group)s, %(worker)s, %(now)s, %(now)s, 1,
+                {_MYSQL_EXPIRY})""",
         # Three steps in the claim's transaction (``claim_rows``): lock the next due ids,
         # skipping rows other claimers hold; take them; read them back.
         # One ordered index scan per claimable status (an IN over both would sort, and
@@ -287,7 +298,7 @@ class MySQLDialect(Dialect):
         "suspend": f"""UPDATE sdj_jobs SET status = 'waiting',
             run_at = COALESCE(%(until)s, run_at), wait_until = %(until)s,
             waiting_for = %(waiting_for)s, updated_at = %(now)s, heartbeat_at = NULL,
-            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL
+            lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL, wait_group = NULL
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s
             {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
@@ -374,6 +385,48 @@ class MySQLDialect(Dialect):
             WHERE job_id = %(job_id)s AND name = %(name)s ORDER BY seq LIMIT %(limit)s""",
         "delete_signals": """DELETE FROM sdj_signals
             WHERE job_id = %(job_id)s AND name = %(name)s AND seq <= %(seq)s""",
+        # A self-join (no UPDATE ... RETURNING, no subquery on the updated table); the
+        # parent's row stays locked until the outcome's transaction ends.
+        "settle_child": f"""UPDATE sdj_jobs AS p JOIN sdj_jobs AS c
+                ON p.id = c.parent_id AND p.wait_group = c.parent_group
+            SET p.children_left = p.children_left - 1,
+                p.children_need = p.children_need - %(ok)s,
+                p.children_spare = p.children_spare - (1 - %(ok)s)
+            WHERE c.id = %(id)s
+            {STEP}SELECT p.id, p.queue, p.status, p.wait_group, p.children_left,
+                p.children_need, p.children_spare
+            FROM sdj_jobs AS p JOIN sdj_jobs AS c ON p.id = c.parent_id
+            WHERE c.id = %(id)s AND ROW_COUNT() > 0""",
+        # run_at, then wait_until: both now.
+        "wake_parent": f"""UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+                wait_until = %(now)s, waiting_for = NULL, wait_group = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'waiting' AND wait_group = %(group)s
+            {STEP}SELECT queue FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
+        "cancellable_children": """SELECT id FROM sdj_jobs
+            WHERE parent_id = %(parent)s AND parent_group = %(group)s
+              AND status IN ('pending', 'retrying', 'waiting')
+            FOR UPDATE SKIP LOCKED""",
+        "cancel_jobs": f"""UPDATE sdj_jobs SET status = 'failed', last_error = %(error)s,
+                traceback = NULL, finished_at = %(now)s, finished_by = NULL,
+                updated_at = %(now)s, wait_until = NULL, waiting_for = NULL, wait_group = NULL
+            WHERE id IN ({_in_list("ids")}) AND status IN ('pending', 'retrying', 'waiting')""",
+        "start_children_wait": """UPDATE sdj_jobs SET wait_group = %(group)s,
+                children_left = %(left)s, children_need = %(need)s, children_spare = %(spare)s,
+                waiting_for = %(waiting_for)s
+            WHERE id = %(id)s""",
+        "regroup_children": f"""UPDATE sdj_jobs SET parent_group = %(group)s
+            WHERE parent_id = %(parent)s AND id IN ({_in_list("ids")})""",
+        "count_children": """SELECT
+                COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS ok,
+                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+            FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
+        "children_outcomes": f"""SELECT id, type, status, result, last_error, finished_at, parent_id
+            FROM sdj_jobs WHERE id IN ({_in_list("ids")})""",
+        "decided_parents": f"""SELECT id, queue, wait_group, children_spare FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_group IS NOT NULL
+              AND queue IN ({_in_list("queues")})
+              AND (children_left <= 0 OR children_need <= 0 OR children_spare < 0)
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
         # The run is checked under a shared lock (a take-back racing this write is waited
         # for and its committed row re-checked). A conflict keeps the stored row (the
         # no-op update still counts as matched); the second step reads back whichever
@@ -401,7 +454,7 @@ class MySQLDialect(Dialect):
         "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(unique_key)s)
+                %(parent_id)s, %(parent_group)s, %(unique_key)s)
             ON DUPLICATE KEY UPDATE id = id
             {STEP}SELECT id FROM sdj_jobs WHERE id = %(id)s AND unique_key = %(unique_key)s""",
         # No WHERE on an upsert: each column keeps its value unless the row may move
@@ -518,21 +571,16 @@ class MySQLDialect(Dialect):
 
     # -- writes -------------------------------------------------------------------------
 
-    def insert_many(
-        self, storage: SQLStorage, chunks: Iterable[list[Job]], now: datetime
+    def insert_in(
+        self, storage: SQLStorage, cur: Any, chunks: Iterable[list[Job]], now: datetime
     ) -> list[str]:
         # PyMySQL sends an executemany of one INSERT as multi-row INSERTs.
         ids: list[str] = []
-        with storage._cursor(write=True, atomic=True) as cur:
-            for chunk in chunks:
-                rows = storage._stamp(chunk, now)
-                cur.executemany(self.sql["insert_job"], [storage._insert_params(r) for r in rows])
-                ids.extend(job.id for job in chunk)
+        for chunk in chunks:
+            rows = storage._stamp(chunk, now)
+            cur.executemany(self.sql["insert_job"], [storage._insert_params(r) for r in rows])
+            ids.extend(job.id for job in chunk)
         return ids
-
-    def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
-        with storage._cursor(write=True, atomic=True) as cur:
-            return self.complete_in(cur, params)
 
     def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
         cur.execute(self.sql["complete"], params)

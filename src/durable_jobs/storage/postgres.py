@@ -144,6 +144,15 @@ _POSTGRES_MIGRATION_6 = (
     "CREATE INDEX sdj_signals_pending ON sdj_signals (job_id, name, seq)",
 )
 
+# Fan-out (children): see sqlite.py's migration 7.
+_POSTGRES_MIGRATION_7 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN parent_group TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN wait_group TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_left INTEGER",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_need INTEGER",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_spare INTEGER",
+)
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
@@ -175,6 +184,7 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_4,
         _POSTGRES_MIGRATION_5,
         _POSTGRES_MIGRATION_6,
+        _POSTGRES_MIGRATION_7,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -189,8 +199,7 @@ class PostgresDialect(Dialect):
         "int4",
         "int4",
         *("timestamptz",) * 3,
-        "text",
-        "text",
+        *("text",) * 4,
     )
 
     @staticmethod
@@ -214,13 +223,14 @@ class PostgresDialect(Dialect):
         # the notification only when the insert commits.
         "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
                 %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
-                %(now)s, %(now)s, %(backoff)s, %(meta)s)
+                %(now)s, %(now)s, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s)
             RETURNING CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
                 heartbeat_at, started_at, fence, lock_expires_at)
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(worker)s, %(now)s, %(now)s, 1, {_POSTGRES_EXPIRY})""",
+                %(parent_id)s, %(parent_group)s, %(worker)s, %(now)s, %(now)s, 1,
+                {_POSTGRES_EXPIRY})""",
         "claim": f"""WITH next AS (
                 SELECT id FROM sdj_jobs
                 WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
@@ -260,7 +270,7 @@ class PostgresDialect(Dialect):
         "suspend": """UPDATE sdj_jobs SET status = 'waiting', wait_until = %(until)s,
             waiting_for = %(waiting_for)s, run_at = COALESCE(%(until)s, run_at),
             updated_at = %(now)s, heartbeat_at = NULL, lock_expires_at = NULL,
-            finished_by = locked_by, locked_by = NULL
+            finished_by = locked_by, locked_by = NULL, wait_group = NULL
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s::int
             RETURNING id""",
@@ -347,6 +357,45 @@ class PostgresDialect(Dialect):
             WHERE job_id = %(job_id)s AND name = %(name)s ORDER BY seq LIMIT %(limit)s""",
         "delete_signals": """DELETE FROM sdj_signals
             WHERE job_id = %(job_id)s AND name = %(name)s AND seq <= %(seq)s""",
+        # The parent's row is locked by the update: a suspension counting its children
+        # and a child's outcome counting down serialise on it.
+        "settle_child": """UPDATE sdj_jobs AS p SET children_left = p.children_left - 1,
+                children_need = p.children_need - %(ok)s::int,
+                children_spare = p.children_spare - (1 - %(ok)s::int)
+            FROM sdj_jobs AS c
+            WHERE c.id = %(id)s AND p.id = c.parent_id AND p.wait_group = c.parent_group
+            RETURNING p.id, p.queue, p.status, p.wait_group, p.children_left, p.children_need,
+                p.children_spare""",
+        "wake_parent": """UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+                wait_until = %(now)s, waiting_for = NULL, wait_group = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND status = 'waiting' AND wait_group = %(group)s
+            RETURNING queue""",
+        # SKIP LOCKED: a child being claimed (or its outcome stored) right now runs on.
+        "cancellable_children": """SELECT id FROM sdj_jobs
+            WHERE parent_id = %(parent)s AND parent_group = %(group)s
+              AND status IN ('pending', 'retrying', 'waiting')
+            FOR UPDATE SKIP LOCKED""",
+        "cancel_jobs": """UPDATE sdj_jobs SET status = 'failed', last_error = %(error)s,
+                traceback = NULL, finished_at = %(now)s, finished_by = NULL,
+                updated_at = %(now)s, wait_until = NULL, waiting_for = NULL, wait_group = NULL
+            WHERE id = ANY(%(ids)s::text[]) AND status IN ('pending', 'retrying', 'waiting')""",
+        "start_children_wait": """UPDATE sdj_jobs SET wait_group = %(group)s,
+                children_left = %(left)s, children_need = %(need)s, children_spare = %(spare)s,
+                waiting_for = %(waiting_for)s
+            WHERE id = %(id)s""",
+        "regroup_children": """UPDATE sdj_jobs SET parent_group = %(group)s
+            WHERE parent_id = %(parent)s AND id = ANY(%(ids)s::text[])""",
+        "count_children": """SELECT
+                COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS ok,
+                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+            FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
+        "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
+            FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])""",
+        "decided_parents": """SELECT id, queue, wait_group, children_spare FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_group IS NOT NULL
+              AND queue = ANY(%(queues)s::text[])
+              AND (children_left <= 0 OR children_need <= 0 OR children_spare < 0)
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
         # FOR SHARE: a take-back of the job racing this write is waited for and its
         # committed row re-checked; a plain read would pass the fence on the old row.
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
@@ -371,7 +420,7 @@ class PostgresDialect(Dialect):
         "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(unique_key)s)
+                %(parent_id)s, %(parent_group)s, %(unique_key)s)
             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
             RETURNING id,
                 CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
@@ -474,26 +523,30 @@ class PostgresDialect(Dialect):
 
     # -- writes -------------------------------------------------------------------------
 
-    def insert_many(
-        self, storage: SQLStorage, chunks: Iterable[list[Job]], now: datetime
+    def insert_in(
+        self, storage: SQLStorage, cur: Any, chunks: Iterable[list[Job]], now: datetime
     ) -> list[str]:
         # COPY: the server stores one chunk while the next is built. COPY fires no
         # RETURNING, so the queues that got due jobs are notified after it, in the same
         # transaction.
         ids: list[str] = []
         due: set[str] = set()
-        with storage._cursor(write=True, atomic=True) as cur:
-            with cur.copy(self.copy_jobs) as copy:
-                copy.set_types(self.copy_types)
-                for chunk in chunks:
-                    for row in storage._stamp(chunk, now):
-                        copy.write_row(row)
-                        if row[_RUN_AT] <= now:
-                            due.add(row[_QUEUE])
-                    ids.extend(job.id for job in chunk)
-            if due:
-                cur.execute(_NOTIFY, {"queues": sorted(due)})
+        with cur.copy(self.copy_jobs) as copy:
+            copy.set_types(self.copy_types)
+            for chunk in chunks:
+                for row in storage._stamp(chunk, now):
+                    copy.write_row(row)
+                    if row[_RUN_AT] <= now:
+                        due.add(row[_QUEUE])
+                ids.extend(job.id for job in chunk)
+        if due:
+            cur.execute(_NOTIFY, {"queues": sorted(due)})
         return ids
+
+    def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
+        # One statement completes the run and drops its checkpoints.
+        cur.execute(self.sql["complete"], params)
+        return bool(cur.fetchall())
 
     def complete_many(
         self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], now: Any

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ..retry import Backoff
     from .admin import Admin
-    from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
+    from .records import ChildrenWait, Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
 
 __all__ = ["JobStore", "Listener", "Storage"]
 
@@ -195,6 +195,7 @@ class JobStore(Protocol):
         fence: int | None = None,
         attempt: int | None = None,
         traceback: str | None = None,
+        child: bool | None = None,
     ) -> bool: ...
     def suspend(
         self,
@@ -205,6 +206,7 @@ class JobStore(Protocol):
         until: datetime | None,
         waiting_for: str,
         signal: str | None = None,
+        children: ChildrenWait | None = None,
     ) -> bool: ...
     def signal(self, job_id: str, name: str, payload: bytes | None) -> tuple[bool, str | None]: ...
     def observe_signals(
@@ -224,6 +226,22 @@ class JobStore(Protocol):
     def set_progress(
         self, job_id: str, progress: bytes | None, *, worker_id: str, fence: int
     ) -> bool: ...
+
+    # -- children
+    def spawn(
+        self,
+        parent_id: str,
+        children: Sequence[Job],
+        checkpoint: Checkpoint,
+        *,
+        worker_id: str,
+        fence: int,
+        wait: ChildrenWait | None = None,
+    ) -> bool: ...
+    def children_outcomes(self, ids: Sequence[str]) -> dict[str, Job]: ...
+    def cancel_children(self, parent_id: str, group: str) -> int: ...
+    def wake_decided(self, queues: Sequence[str], *, limit: int = ...) -> list[str]: ...
+    def add_wake_listener(self, listener: Callable[[Sequence[str]], None]) -> None: ...
     def release(self, worker_id: str, jobs: Sequence[tuple[str, int]]) -> None: ...
     def settled(self, worker_id: str, runs: Sequence[tuple[str, int]]) -> dict[str, JobStatus]: ...
 

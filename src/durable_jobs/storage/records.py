@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["Claim", "Outcome", "QueueDepth", "ScheduleState", "WorkerInfo"]
+__all__ = [
+    "ChildrenWait",
+    "Claim",
+    "Outcome",
+    "QueueDepth",
+    "ScheduleState",
+    "WorkerInfo",
+    "decided",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,34 @@ class Outcome:
     job_id: str
     fence: int
     result: bytes | None
+    #: The job's parent, if it is a child: its outcome counts down the parent's wait.
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenWait:
+    """What a parent waits for among its children: ``group`` (the path of the call that
+    waits) counts ``total`` children; the wait is decided once ``needed`` succeeded, or
+    more than ``tolerated`` failed, or all finished. ``ids``: children to count in this
+    wait from now on (``wait_for``; a fan-out's children count in it from their insert).
+    """
+
+    group: str
+    total: int
+    needed: int
+    tolerated: int
+    ids: Sequence[str] | None = None
+
+    def counters(self, ok: int, failed: int) -> tuple[int, int, int]:
+        """What is left once ``ok`` succeeded and ``failed`` failed: children not
+        finished, successes still needed, failures still tolerated."""
+        return self.total - ok - failed, self.needed - ok, self.tolerated - failed
+
+
+def decided(left: int, need: int, spare: int) -> bool:
+    """Whether a wait with these counters left (``ChildrenWait.counters``) is decided:
+    all finished, enough succeeded, or too many failed (the statements test the same)."""
+    return left <= 0 or need <= 0 or spare < 0
 
 
 @dataclass(frozen=True, slots=True)

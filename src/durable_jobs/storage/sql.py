@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import CheckpointConflict, SchemaNotReady, StorageError
-from ..job import Checkpoint, Job, JobStatus, new_ids, signal_wait, utcnow
+from ..job import Checkpoint, Job, JobStatus, children_wait, new_ids, signal_wait, utcnow
 from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
 from .dialects import Dialect, dialect_for, dialect_for_url, utc
 from .failures import storage_error
 from .protocol import JobStore, Listener
-from .records import Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
+from .records import ChildrenWait, Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo, decided
 
 if TYPE_CHECKING:
     from .admin import Admin
@@ -51,7 +51,7 @@ log = logging.getLogger("durable_jobs")
 # The named parameters of the insert_job statements, in INSERT_COLUMNS order.
 _INSERT_PARAMS = (
     "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries", "run_at",
-    "now", "updated_at", "backoff", "meta",
+    "now", "updated_at", "backoff", "meta", "parent_id", "parent_group",
 )  # fmt: skip
 _IDLE_CONNECTIONS = 16  # at most, kept out of the engine's pool for the storage's use
 #: The lock timeout (seconds) of callers that give none, as a worker's default.
@@ -68,7 +68,7 @@ _JOB = (
     "last_error", "run_at", "started_at", "completed_at", "created_at", "updated_at",
     "result", "backoff", "locked_by", "heartbeat_at", "meta", "fence", "lock_expires_at",
     "finished_at", "finished_by", "traceback", "parent_id", "progress", "wait_until",
-    "waiting_for",
+    "waiting_for", "parent_group",
 )  # fmt: skip
 _CLAIMED = (*_JOB, "dequeue_order")
 _CHECKPOINT = (
@@ -81,6 +81,14 @@ _SETTLED = ("id", "fence", "status")
 _DUE_WAIT = ("id", "queue")
 _NEXT_WAKE = ("queue", "wait_until")
 _TAKE_BACK = ("id", "fence", "attempt", "max_retries", "backoff", "type")
+_SETTLED_PARENT = (
+    "id", "queue", "status", "wait_group", "children_left", "children_need", "children_spare",
+)  # fmt: skip
+_DECIDED = ("id", "queue", "wait_group", "children_spare")
+_CHILD_OUTCOME = ("id", "type", "status", "result", "last_error", "finished_at", "parent_id")
+_COUNTED = ("ok", "failed")
+#: The error of a child cancelled because its fan-out failed (``fail_fast``).
+CANCELLED = "cancelled: a sibling failed"
 # Where the claim's sort keys sit in a claimed row read as _CLAIMED.
 _PRIORITY, _RUN_AT, _ORDER = (_CLAIMED.index(c) for c in ("priority", "run_at", "dequeue_order"))
 
@@ -130,6 +138,7 @@ class SQLStorage:
         pool_size = getattr(self.engine.pool, "size", lambda: 1)()
         # A caller's engine keeps at least half its pool for the caller.
         self._idle_max = min(_IDLE_CONNECTIONS, pool_size if self._owns_engine else pool_size // 2)
+        self._wake_listeners: list[Callable[[Sequence[str]], None]] = []
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -155,6 +164,22 @@ class SQLStorage:
     def _storage_error(self, error: BaseException) -> StorageError:
         """The library's error for the driver's ``error`` (raised from it)."""
         return storage_error(error, self.dialect, self.url, lambda: self.schema_error(error))
+
+    def add_wake_listener(self, listener: Callable[[Sequence[str]], None]) -> None:
+        """Call ``listener(queues)`` in this process whenever a write of this storage has
+        made jobs of ``queues`` due at once without inserting them (a parent resumed by
+        its children's outcomes), once that write is committed."""
+        self._wake_listeners.append(listener)
+
+    def _announce_woken(self, queues: Sequence[str]) -> None:
+        if not queues:
+            return
+        woken = sorted(set(queues))
+        for listener in list(self._wake_listeners):
+            try:
+                listener(woken)
+            except Exception:  # a listener's failure must not fail a committed write
+                log.exception("a wake-up listener failed")
 
     def admin(self) -> Admin:
         """The operator's queries (listings, counts, retries) on this storage."""
@@ -430,7 +455,7 @@ class SQLStorage:
             id_, type_, args, queue, priority, status, attempt, max_retries, last_error,
             run_at, started_at, completed_at, created_at, updated_at, result, backoff,
             locked_by, heartbeat_at, meta, fence, lock_expires_at, finished_at, finished_by,
-            traceback, parent_id, progress, wait_until, waiting_for, *_,
+            traceback, parent_id, progress, wait_until, waiting_for, parent_group, *_,
         ) = values  # fmt: skip
         t = self.dialect.time_value
         created = t(created_at)
@@ -465,6 +490,7 @@ class SQLStorage:
             progress=None if progress is None else json.loads(progress),
             wait_until=t(wait_until),
             waiting_for=waiting_for,
+            parent_group=parent_group,
         )
 
     def _checkpoint(self, values: Sequence[Any]) -> Checkpoint:
@@ -499,6 +525,8 @@ class SQLStorage:
             now,
             None if job.backoff is None else job.backoff.decode(),
             None if job.meta is None else json.dumps(job.meta),
+            job.parent_id,
+            job.parent_group,
         )
 
     def _insert_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -649,9 +677,13 @@ class SQLStorage:
         """
         now = utcnow()
         seconds = _seconds(lock_timeout)
+        woken: list[str] = []
         with self._cursor(write=True, atomic=True) as cur:
             accepted = self._complete_in(cur, worker_id, outcomes, now)
             claimed = [self._claim_in(cur, claim, worker_id, now, seconds) for claim in claims]
+            # Last: the parents' rows stay locked for the shortest time.
+            self._settle_completed(cur, outcomes, accepted, now, woken)
+        self._announce_woken(woken)
         return accepted, claimed
 
     def dequeue(self, queues: Sequence[str], worker_id: str) -> Job | None:
@@ -677,23 +709,36 @@ class SQLStorage:
 
         With ``worker_id`` and ``fence`` (the run's ``Job.fence``) the completion is
         fenced: it is rejected (False) unless that worker still holds that run's lock.
-        ``attempt`` is the former name of ``fence``.
+        ``attempt`` is the former name of ``fence``. A child's completion counts down
+        its parent's wait in the same transaction (see ``spawn``).
         """
+        now = self.dialect.time_param(utcnow())
         params = {
             "id": job_id,
             "result": None if result is None else result.decode(),
             "worker": worker_id,
             "fence": _fence(fence, attempt),
-            "now": self.dialect.time_param(utcnow()),
+            "now": now,
         }
-        return self.dialect.complete(self, params)
+        woken: list[str] = []
+        with self._cursor(write=True, atomic=True) as cur:
+            done = self.dialect.complete_in(cur, params)
+            if done:
+                self._settle(cur, [(job_id, True)], now, woken)
+        self._announce_woken(woken)
+        return done
 
     def complete_many(self, worker_id: str, outcomes: Sequence[Outcome]) -> set[str]:
         """Complete many runs of ``worker_id`` in one transaction; returns the ids accepted."""
         if not outcomes:
             return set()
-        with self._cursor(write=True) as cur:
-            return self._complete_in(cur, worker_id, outcomes, utcnow())
+        woken: list[str] = []
+        now = utcnow()
+        with self._cursor(write=True, atomic=True) as cur:
+            accepted = self._complete_in(cur, worker_id, outcomes, now)
+            self._settle_completed(cur, outcomes, accepted, now, woken)
+        self._announce_woken(woken)
+        return accepted
 
     def _complete_in(
         self, cur: Any, worker_id: str, outcomes: Sequence[Outcome], at: datetime
@@ -701,6 +746,28 @@ class SQLStorage:
         if not outcomes:
             return set()
         return self.dialect.complete_many(cur, worker_id, outcomes, self.dialect.time_param(at))
+
+    def _settle_completed(
+        self,
+        cur: Any,
+        outcomes: Sequence[Outcome],
+        accepted: set[str],
+        at: datetime,
+        woken: list[str],
+    ) -> None:
+        """Count the children among ``outcomes`` just completed (and only they) down
+        their parents' waits, in the transaction on ``cur``; the queues of parents this
+        resumed are added to ``woken``."""
+        children = [
+            (o.parent_id, o.job_id)
+            for o in outcomes
+            if o.parent_id is not None and o.job_id in accepted
+        ]
+        if children:
+            # In parent order: two batches lock the parents they share in the same order.
+            children.sort()
+            now = self.dialect.time_param(at)
+            self._settle(cur, [(child, True) for _parent, child in children], now, woken)
 
     def fail(
         self,
@@ -712,11 +779,14 @@ class SQLStorage:
         fence: int | None = None,
         attempt: int | None = None,
         traceback: str | None = None,
+        child: bool | None = None,
     ) -> bool:
         """Record a failed run: ``retrying`` until ``run_at``, or ``failed`` when it is None.
 
         Fenced like ``complete`` when ``worker_id`` and ``fence`` are given (``attempt``:
-        the former name of ``fence``). ``traceback`` is kept with the job.
+        the former name of ``fence``). ``traceback`` is kept with the job. A child's
+        permanent failure counts down its parent's wait in the same transaction;
+        ``child=False`` (the caller knows the job has no parent) spares the look.
         """
         now = utcnow()
         t = self.dialect.time_param
@@ -731,7 +801,17 @@ class SQLStorage:
             "worker": worker_id,
             "fence": _fence(fence, attempt),
         }
-        return bool(self._run("fail", params))
+        if run_at is not None or child is False:
+            return bool(self._run("fail", params))
+        # A permanent failure: a child's counts down its parent's wait with it.
+        woken: list[str] = []
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["fail"], params)
+            failed = bool(cur.fetchall())
+            if failed:
+                self._settle(cur, [(job_id, False)], params["now"], woken)
+        self._announce_woken(woken)
+        return failed
 
     def suspend(
         self,
@@ -742,6 +822,7 @@ class SQLStorage:
         until: datetime | None,
         waiting_for: str,
         signal: str | None = None,
+        children: ChildrenWait | None = None,
     ) -> bool:
         """Store a run's suspension: the job waits (``waiting``) until ``until`` (None:
         until something else wakes it), for ``waiting_for``; its lock is released and its
@@ -751,6 +832,12 @@ class SQLStorage:
         ``signal_wait(signal)``). A signal sent since the run last looked for one is
         not missed: the suspension updates the job's row, on which senders serialise,
         and then looks again; if one is there, the job is a due resume at once.
+
+        ``children``: the job waits for its children (see ``ChildrenWait``). The
+        suspension locks the job's row, on which the children's outcomes count down its
+        wait, then counts the children finished so far: if that decides the wait, the
+        job is a due resume at once (and with too many failures, its unfinished children
+        of the wait are cancelled); otherwise the outcome that decides it resumes it.
 
         Fenced like ``fail``: rejected (False) unless ``worker_id`` still holds that
         run's lock.
@@ -765,6 +852,8 @@ class SQLStorage:
             "worker": worker_id,
             "fence": fence,
         }
+        if children is not None:
+            return self._suspend_for_children(params, children)
         if signal is None:
             return bool(self._run("suspend", params))
         with self._cursor(write=True, atomic=True) as cur:
@@ -779,6 +868,186 @@ class SQLStorage:
                     woken = cur.fetchall()
                     self.dialect.notify_queues(cur, [row[0] for row in woken])
         return suspended
+
+    def _suspend_for_children(self, params: dict[str, Any], wait: ChildrenWait) -> bool:
+        job_id, now = params["id"], params["now"]
+        woken: list[str] = []
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["suspend"], params)
+            suspended = bool(cur.fetchall())
+            if suspended:
+                group = {"parent": job_id, "group": wait.group}
+                if wait.ids is not None:
+                    ids = self.dialect.list_param(list(wait.ids))
+                    cur.execute(self._sql["regroup_children"], {**group, "ids": ids})
+                sql = self._sql["count_children"]
+                cur.execute(sql, group)
+                [(ok, failed)] = self._named(cur, sql, _COUNTED, cur.fetchall())
+                left, need, spare = wait.counters(int(ok), int(failed))
+                start = {
+                    "id": job_id,
+                    "group": wait.group,
+                    "left": left,
+                    "need": need,
+                    "spare": spare,
+                    "waiting_for": children_wait(int(ok) + int(failed), wait.total),
+                }
+                cur.execute(self._sql["start_children_wait"], start)
+                if decided(left, need, spare):
+                    if spare < 0:
+                        self._cancel_in(cur, job_id, wait.group, now)
+                    self._wake_parent(cur, job_id, wait.group, now, woken)
+                    self.dialect.notify_queues(cur, woken)
+        self._announce_woken(woken)
+        return suspended
+
+    # -- children -----------------------------------------------------------------------
+
+    def spawn(
+        self,
+        parent_id: str,
+        children: Sequence[Job],
+        checkpoint: Checkpoint,
+        *,
+        worker_id: str,
+        fence: int,
+        wait: ChildrenWait | None = None,
+    ) -> bool:
+        """Store ``children`` of the running job ``parent_id`` (their ``parent_id`` and
+        ``parent_group`` set) with ``checkpoint``, the step that made them, in one
+        transaction fenced by the parent's run: a replay finds the checkpoint and stores
+        nothing twice. The children go in by the batch path (``enqueue_many``'s).
+
+        ``wait`` (a fan-out): the parent counts these children from now on, so that
+        their outcomes decide its wait even before it suspends. Returns False (nothing
+        stored) when the run no longer holds the parent's lock.
+        """
+        now = utcnow()
+        with self._cursor(write=True, atomic=True) as cur:
+            run = {"id": parent_id, "worker": worker_id, "fence": fence}
+            cur.execute(self._sql["lock_run"], run)
+            if not cur.fetchall():
+                return False
+            cur.execute(
+                self._sql["save_checkpoint"], self._checkpoint_params(checkpoint, worker_id, fence)
+            )
+            if not _saved(checkpoint, cur.fetchall()):  # pragma: no cover - the run is locked
+                raise StorageError(f"job {parent_id}: the checkpoint of a spawn was refused")
+            if children:
+                self.dialect.insert_in(self, cur, _chunks(children, self.dialect.insert_chunk), now)
+            if wait is not None:
+                left, need, spare = wait.counters(0, 0)
+                start = {
+                    "id": parent_id,
+                    "group": wait.group,
+                    "left": left,
+                    "need": need,
+                    "spare": spare,
+                    "waiting_for": None,
+                }
+                cur.execute(self._sql["start_children_wait"], start)
+        return True
+
+    def children_outcomes(self, ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs ``ids`` that exist, by id, with what their outcome needs: ``type``,
+        ``status``, ``result``, ``last_error``, ``finished_at`` and ``parent_id`` (other
+        fields unset)."""
+        if not ids:
+            return {}
+        t = self.dialect.time_value
+        params = {"ids": self.dialect.list_param(list(ids))}
+        found: dict[str, Job] = {}
+        for id_, type_, status, result, error, finished, parent in self._read(
+            "children_outcomes", params, _CHILD_OUTCOME
+        ):
+            found[id_] = Job(
+                id=id_,
+                type=type_,
+                status=JobStatus(status),
+                result=None if result is None else result.encode(),
+                last_error=error,
+                finished_at=t(finished),
+                parent_id=parent,
+            )
+        return found
+
+    def cancel_children(self, parent_id: str, group: str) -> int:
+        """Fail the unfinished children (pending, retrying or waiting; not running) of
+        ``parent_id``'s wait ``group`` with the error ``CANCELLED``; returns how many."""
+        now = self.dialect.time_param(utcnow())
+        with self._cursor(write=True, atomic=True) as cur:
+            return self._cancel_in(cur, parent_id, group, now)
+
+    def wake_decided(self, queues: Sequence[str], *, limit: int = WAKE_BATCH) -> list[str]:
+        """Resume waiting parents of ``queues`` whose wait their children's outcomes
+        have decided: a wake-up that was lost (the outcome that decided it normally
+        resumes the parent in its own transaction). Returns the queues of the parents
+        resumed. Each is resumed once: the resume ends the wait it counted.
+        """
+        names = self.dialect.list_param(list(queues))
+        resumed: list[str] = []
+        while True:  # a batch of parents per transaction
+            now = self.dialect.time_param(utcnow())
+            woken: list[str] = []
+            with self._cursor(write=True, atomic=True) as cur:
+                sql = self._sql["decided_parents"]
+                cur.execute(sql, {"queues": names, "limit": limit})
+                rows = cur.fetchall()
+                if rows:
+                    for parent, _queue, group, spare in self._named(cur, sql, _DECIDED, rows):
+                        if spare < 0:
+                            self._cancel_in(cur, parent, group, now)
+                        self._wake_parent(cur, parent, group, now, woken)
+                    self.dialect.notify_queues(cur, woken)
+            self._announce_woken(woken)
+            resumed.extend(woken)
+            if len(rows) < limit:
+                break
+        if resumed:
+            log.warning("resumed %d parent job(s) whose wake-up was lost", len(resumed))
+        return sorted(set(resumed))
+
+    def _settle(
+        self, cur: Any, children: Sequence[tuple[str, bool]], now: Any, woken: list[str]
+    ) -> None:
+        """Count the outcomes of ``children`` (id, succeeded) down their parents' waits,
+        in the transaction on ``cur`` that stores them; a parent waiting on a wait this
+        decides resumes now (its queue added to ``woken``), and the first failure too
+        many cancels the wait's unfinished children. Only children pay: a job without a
+        parent (or one whose wait is over) matches no parent row."""
+        sql = self._sql["settle_child"]
+        resumed: list[str] = []
+        for child_id, ok in children:
+            cur.execute(sql, {"id": child_id, "ok": 1 if ok else 0})
+            rows = cur.fetchall()
+            if not rows:
+                continue
+            [(parent, _q, status, group, left, need, spare)] = self._named(
+                cur, sql, _SETTLED_PARENT, rows
+            )
+            if spare == -1 and not ok:  # this failure decided it: once
+                self._cancel_in(cur, parent, group, now)
+            if status == JobStatus.WAITING.value and decided(left, need, spare):
+                self._wake_parent(cur, parent, group, now, resumed)
+        if resumed:
+            self.dialect.notify_queues(cur, resumed)
+            woken.extend(resumed)
+
+    def _wake_parent(self, cur: Any, parent: str, group: str, now: Any, woken: list[str]) -> None:
+        cur.execute(self._sql["wake_parent"], {"id": parent, "group": group, "now": now})
+        woken.extend(row[0] for row in cur.fetchall())
+
+    def _cancel_in(self, cur: Any, parent: str, group: str, now: Any) -> int:
+        cur.execute(self._sql["cancellable_children"], {"parent": parent, "group": group})
+        ids = [row[0] for row in cur.fetchall()]
+        if ids:
+            params = {
+                "ids": self.dialect.list_param(ids),
+                "error": CANCELLED,
+                "now": now,
+            }
+            cur.execute(self._sql["cancel_jobs"], params)
+        return len(ids)
 
     # -- signals ------------------------------------------------------------------------
 
@@ -1072,6 +1341,7 @@ class SQLStorage:
         """
         taken = 0
         while True:
+            woken: list[str] = []
             with self._cursor(write=True, atomic=True) as cur:
                 sql = self._sql[select]
                 cur.execute(sql, {**params, "limit": _REAP_BATCH})
@@ -1081,6 +1351,11 @@ class SQLStorage:
                     now = utcnow()
                     updates = [self._taken_back(row, now, error, backoff) for row in rows]
                     cur.executemany(self._sql["reap"], updates)
+                    # Runs that failed for good (the rows are locked: every reap took).
+                    lost = [(u["id"], False) for u in updates if u["finished_at"] is not None]
+                    if lost:
+                        self._settle(cur, lost, self.dialect.time_param(now), woken)
+            self._announce_woken(woken)
             taken += len(rows)
             if len(rows) < _REAP_BATCH:
                 return taken

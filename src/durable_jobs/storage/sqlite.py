@@ -205,6 +205,19 @@ _SQLITE_MIGRATION_6 = (
     "CREATE INDEX sdj_signals_pending ON sdj_signals (job_id, name, seq)",
 )
 
+# Fan-out (children): a child's parent_group names its parent's wait it counts in; a
+# parent's wait_group names the wait it counts, with what is still left of it: children
+# not finished, successes still needed, failures still tolerated. A child's outcome
+# counts down its parent's row in the transaction that stores it (the parent's wait is
+# decided when any reaches its end), so only rows with a parent pay.
+_SQLITE_MIGRATION_7 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN parent_group TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN wait_group TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_left INTEGER",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_need INTEGER",
+    "ALTER TABLE sdj_jobs ADD COLUMN children_spare INTEGER",
+)
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -263,6 +276,7 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_4,
         _SQLITE_MIGRATION_5,
         _SQLITE_MIGRATION_6,
+        _SQLITE_MIGRATION_7,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -286,12 +300,14 @@ class SQLiteDialect(Dialect):
 
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
-        " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta)",
+        " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta,"
+        " :parent_id, :parent_group)",
         # A job enqueued in a process whose worker has a free slot starts out claimed.
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
                 heartbeat_at, started_at, fence, lock_expires_at)
             VALUES (:id, :type, :args, :queue, :priority, 'running', 1, :max_retries, :run_at,
-                :now, :now, :backoff, :meta, :worker, :now, :now, 1, {_SQLITE_EXPIRY})""",
+                :now, :now, :backoff, :meta, :parent_id, :parent_group, :worker, :now, :now, 1,
+                {_SQLITE_EXPIRY})""",
         # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
@@ -329,7 +345,7 @@ class SQLiteDialect(Dialect):
         "suspend": """UPDATE sdj_jobs SET status = 'waiting', wait_until = :until,
             waiting_for = :waiting_for, run_at = COALESCE(:until, run_at), updated_at = :now,
             heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
-            locked_by = NULL
+            locked_by = NULL, wait_group = NULL
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence
             RETURNING id""",
         # A resumed run given back unstarted is a due resume again (its claim took no
@@ -418,6 +434,48 @@ class SQLiteDialect(Dialect):
             WHERE job_id = :job_id AND name = :name ORDER BY seq LIMIT :limit""",
         "delete_signals": """DELETE FROM sdj_signals
             WHERE job_id = :job_id AND name = :name AND seq <= :seq""",
+        # A child's outcome counts down its parent's wait (the one it counts in, if the
+        # parent still counts it), in the outcome's transaction. :ok is 1 or 0.
+        "settle_child": """UPDATE sdj_jobs SET children_left = children_left - 1,
+                children_need = children_need - :ok, children_spare = children_spare - (1 - :ok)
+            WHERE id = (SELECT parent_id FROM sdj_jobs WHERE id = :id)
+              AND wait_group = (SELECT parent_group FROM sdj_jobs WHERE id = :id)
+            RETURNING id, queue, status, wait_group, children_left, children_need,
+                children_spare""",
+        # A decided wait resumes its parent now (wait_until: the resume marker), once:
+        # the wait is no longer counted.
+        "wake_parent": """UPDATE sdj_jobs SET status = 'pending', run_at = :now,
+                wait_until = :now, waiting_for = NULL, wait_group = NULL, updated_at = :now
+            WHERE id = :id AND status = 'waiting' AND wait_group = :group
+            RETURNING queue""",
+        "cancellable_children": """SELECT id FROM sdj_jobs
+            WHERE parent_id = :parent AND parent_group = :group
+              AND status IN ('pending', 'retrying', 'waiting')""",
+        "cancel_jobs": """UPDATE sdj_jobs SET status = 'failed', last_error = :error,
+                traceback = NULL, finished_at = :now, finished_by = NULL, updated_at = :now,
+                wait_until = NULL, waiting_for = NULL, wait_group = NULL
+            WHERE id IN (SELECT value FROM json_each(:ids))
+              AND status IN ('pending', 'retrying', 'waiting')""",
+        "start_children_wait": """UPDATE sdj_jobs SET wait_group = :group,
+                children_left = :left, children_need = :need, children_spare = :spare,
+                waiting_for = :waiting_for
+            WHERE id = :id""",
+        # wait_for: the children waited for count in this wait from now on.
+        "regroup_children": """UPDATE sdj_jobs SET parent_group = :group
+            WHERE parent_id = :parent AND id IN (SELECT value FROM json_each(:ids))""",
+        "count_children": """SELECT
+                COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS ok,
+                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+            FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
+        "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
+            FROM sdj_jobs WHERE id IN (SELECT value FROM json_each(:ids))""",
+        # Parents whose wait was decided but who still wait (a wake-up lost): workers
+        # resume them.
+        "decided_parents": """SELECT id, queue, wait_group, children_spare FROM sdj_jobs
+            WHERE status = 'waiting' AND wait_group IS NOT NULL
+              AND queue IN (SELECT value FROM json_each(:queues))
+              AND (children_left <= 0 OR children_need <= 0 OR children_spare < 0)
+            LIMIT :limit""",
         # Fenced like completions: only the run holding the job's lock may add steps.
         "save_checkpoint": f"""INSERT INTO sdj_checkpoints ({CHECKPOINT_COLUMNS})
             SELECT :id, :job_id, :call_index, :call_type, :result, :error, :now, :scope
@@ -439,7 +497,7 @@ class SQLiteDialect(Dialect):
         # The WHERE names the partial unique index as the conflict target.
         "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
             VALUES (:id, :type, :args, :queue, :priority, :status, 0, :max_retries, :run_at,
-                :now, :now, :backoff, :meta, :unique_key)
+                :now, :now, :backoff, :meta, :parent_id, :parent_group, :unique_key)
             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
             RETURNING id""",
         # The row only moves forward, so a slow scheduler cannot set it back; a changed
@@ -562,20 +620,15 @@ class SQLiteDialect(Dialect):
         row = f"({', '.join(['?'] * INSERT_WIDTH)})"
         return f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES {', '.join([row] * count)}"
 
-    def insert_many(
-        self, storage: SQLStorage, chunks: Iterable[list[Job]], now: datetime
+    def insert_in(
+        self, storage: SQLStorage, cur: Any, chunks: Iterable[list[Job]], now: datetime
     ) -> list[str]:
         ids: list[str] = []
-        with storage._cursor(write=True) as cur:
-            for chunk in chunks:
-                rows = storage._stamp(chunk, now)
-                cur.execute(self.insert_rows(len(rows)), list(itertools.chain(*rows)))
-                ids.extend(job.id for job in chunk)
+        for chunk in chunks:
+            rows = storage._stamp(chunk, now)
+            cur.execute(self.insert_rows(len(rows)), list(itertools.chain(*rows)))
+            ids.extend(job.id for job in chunk)
         return ids
-
-    def complete(self, storage: SQLStorage, params: dict[str, Any]) -> bool:
-        with storage._cursor(write=True) as cur:
-            return self.complete_in(cur, params)
 
     def complete_in(self, cur: Any, params: dict[str, Any]) -> bool:
         # No statement both updates and deletes: two, in the caller's transaction.
