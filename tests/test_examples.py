@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-TESTED = {"quickstart.py", "order_workflow.py"}
+TESTED = {"quickstart.py", "order_workflow.py", "waiting_order.py"}
 #: Every example finishes in a few seconds; this only bounds a hang.
 TIMEOUT = 60
 FAILURE = "SMTP server refused the connection"
@@ -140,3 +140,14 @@ def test_readme_quick_start_is_the_example() -> None:
     assert "queue.result(job_id, timeout=" in quick_start
     assert "jobs.db" in quick_start and "sdj jobs list" in quick_start
     assert "quickstart.db" not in readme
+
+
+def test_waiting_order_waits_for_payment_fans_out_and_sleeps(tmp_path: Path) -> None:
+    started = time.monotonic()
+    output = run_example("waiting_order.py", tmp_path)
+    assert "order is waiting: {'stage': 'awaiting payment'}" in output
+    assert "'paid': {'amount': 42, 'by': 'card'}" in output
+    assert "'book packed for order-7', 'lamp packed for order-7', 'mug packed for order-7'" in (
+        output
+    )
+    assert time.monotonic() - started < TIMEOUT
