@@ -447,21 +447,19 @@ class Queue:
         """
         limit = results.check_timeout(timeout)
         with self.events(maxsize=64) as stream:
-            return results.wait_sync(
-                self.storage.get_job, stream, job_id, limit, self._result_decoder(job_id)
-            )
+            return results.wait_sync(self.storage.get_job, stream, job_id, limit, self._decoder)
 
     async def result_async(self, job_id: str, timeout: float | None = None) -> Any:
         """``result`` for async code: waits without blocking the event loop."""
         limit = results.check_timeout(timeout)
         with self.events(maxsize=64) as stream:
             return await results.wait_async(
-                self.storage.get_job, stream, job_id, limit, self._result_decoder(job_id)
+                self.storage.get_job, stream, job_id, limit, self._decoder
             )
 
-    def _result_decoder(self, job_id: str) -> Callable[[bytes], Any] | None:
-        job = self.storage.get_job(job_id)
-        handler = None if job is None else self.handler(job.type)
+    def _decoder(self, job: Job) -> Callable[[bytes], Any] | None:
+        """How to decode ``job``'s result: its handler's, if registered here."""
+        handler = self.handler(job.type)
         return None if handler is None else handler.decode_result
 
     # -- schedules ----------------------------------------------------------------------

@@ -36,28 +36,49 @@ def check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def outcome(job: Job, decode: Callable[[bytes], Any] | None) -> tuple[bool, Any]:
-    """``(True, value)`` for a completed job (its result decoded with ``decode``, plain
-    JSON without); ``(False, None)`` while unfinished; raises ``JobFailed`` for a failed
-    job."""
+Decoder = Callable[[Job], Callable[[bytes], Any] | None]
+
+
+def outcome(job: Job, decoder: Decoder) -> tuple[bool, Any]:
+    """``(True, value)`` for a completed job (its result decoded with ``decoder(job)``,
+    plain JSON when that is None); ``(False, None)`` while unfinished; raises
+    ``JobFailed`` for a failed job."""
     if job.status is JobStatus.COMPLETED:
         if job.result is None:
             return True, None
-        return True, (decode or loads)(job.result)
+        return True, (decoder(job) or loads)(job.result)
     if job.status is JobStatus.FAILED:
         raise JobFailed(job, FailedRun(job.last_error or "failed", job.traceback))
     return False, None
 
 
-def _read(get_job: Callable[[str], Job | None], job_id: str) -> Job:
-    job = get_job(job_id)
-    if job is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
-    return job
+class _Wait:
+    """One waiter's reads and pauses, shared by the sync and async loops: each read
+    either ends the wait (a value, ``JobFailed``, ``JobNotFound``, ``TimeoutError``) or
+    says how long to pause before the next."""
 
+    def __init__(self, job_id: str, timeout: float | None, decoder: Decoder) -> None:
+        self.job_id, self.timeout, self.decoder = job_id, timeout, decoder
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.interval = _FIRST_INTERVAL
 
-def _timed_out(job_id: str, timeout: float | None, job: Job) -> TimeoutError:
-    return TimeoutError(f"job {job_id} is still {job.status.value} after {timeout} s")
+    def check(self, job: Job | None) -> tuple[bool, Any]:
+        """``(True, value)`` once ``job`` has an outcome, else ``(False, pause)``."""
+        if job is None:
+            raise JobNotFound(f"no job with id {self.job_id!r}")
+        done, value = outcome(job, self.decoder)
+        if done:
+            return True, value
+        pause = self.interval
+        self.interval = min(self.interval * 2, MAX_INTERVAL)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"job {self.job_id} is still {job.status.value} after {self.timeout} s"
+                )
+            pause = min(pause, left)
+        return False, pause
 
 
 def wait_sync(
@@ -65,24 +86,15 @@ def wait_sync(
     stream: EventStream,
     job_id: str,
     timeout: float | None,
-    decode: Callable[[bytes], Any] | None,
+    decoder: Decoder,
 ) -> Any:
     """Block until ``job_id`` has an outcome; see ``Queue.result``."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    interval = _FIRST_INTERVAL
+    wait = _Wait(job_id, timeout, decoder)
     while True:
-        job = _read(get_job, job_id)
-        done, value = outcome(job, decode)
+        done, value = wait.check(get_job(job_id))
         if done:
             return value
-        pause = interval
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _timed_out(job_id, timeout, job)
-            pause = min(pause, left)
-        _await_event(stream, job_id, pause)
-        interval = min(interval * 2, MAX_INTERVAL)
+        _await_event(stream, job_id, value)
 
 
 def _await_event(stream: EventStream, job_id: str, pause: float) -> None:
@@ -99,25 +111,15 @@ async def wait_async(
     stream: EventStream,
     job_id: str,
     timeout: float | None,
-    decode: Callable[[bytes], Any] | None,
+    decoder: Decoder,
 ) -> Any:
     """``wait_sync`` without blocking the event loop (reads run in a thread)."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    interval = _FIRST_INTERVAL
+    wait = _Wait(job_id, timeout, decoder)
     while True:
-        job = await asyncio.to_thread(_read, get_job, job_id)
-        done, value = outcome(job, decode)
+        done, value = wait.check(await asyncio.to_thread(get_job, job_id))
         if done:
             return value
-        pause = interval
-        if deadline is not None:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise _timed_out(job_id, timeout, job)
-            pause = min(pause, left)
-        await _await_event_async(stream, job_id, pause)
-        interval = min(interval * 2, MAX_INTERVAL)
+        await _await_event_async(stream, job_id, value)
 
 
 async def _await_event_async(stream: EventStream, job_id: str, pause: float) -> None:

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
+import durable_jobs as jobs
 from tests.conftest import ADMIN_URL, _admin_engine, _mysql_admin_engine, mysql_database_url
 
 T = TypeVar("T")
@@ -94,3 +95,13 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def run_to_end(queue: jobs.Queue, job_id: str) -> jobs.Job:
+    """Run a worker of ``queue`` (polling fast) until ``job_id`` completes or fails."""
+    with queue.worker(poll_interval=0.05, lock_timeout=5):
+        job = wait_for(
+            lambda: (j := queue.get_job(job_id)) and j.status in ("completed", "failed") and j
+        )
+    assert isinstance(job, jobs.Job)
+    return job

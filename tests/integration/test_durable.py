@@ -15,19 +15,10 @@ import pydantic
 import pytest
 
 import durable_jobs as jobs
-from tests.helpers import wait_for
+from tests.helpers import run_to_end, wait_for
 
 FAST = {"poll_interval": 0.05, "lock_timeout": 5}
 NOW = {"backoff": jobs.constant(0)}
-
-
-def run_to_end(queue: jobs.Queue, job_id: str) -> jobs.Job:
-    with queue.worker(**FAST):
-        job = wait_for(
-            lambda: (j := queue.get_job(job_id)) and j.status in ("completed", "failed") and j
-        )
-    assert isinstance(job, jobs.Job)
-    return job
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ import pytest
 
 import durable_jobs as jobs
 from durable_jobs.durable import InvalidCall, InvalidCallArguments, UnknownStep
-from tests.helpers import wait_for
+from tests.helpers import run_to_end
 
-FAST: dict[str, Any] = {"poll_interval": 0.05, "lock_timeout": 5}
 NOW: dict[str, Any] = {"backoff": jobs.constant(0)}
 
 
@@ -27,15 +26,6 @@ NOW: dict[str, Any] = {"backoff": jobs.constant(0)}
 class Order:
     id: str
     cents: int
-
-
-def run_to_end(queue: jobs.Queue, job_id: str) -> jobs.Job:
-    with queue.worker(**FAST):
-        job = wait_for(
-            lambda: (j := queue.get_job(job_id)) and j.status in ("completed", "failed") and j
-        )
-    assert isinstance(job, jobs.Job)
-    return job
 
 
 @pytest.fixture
