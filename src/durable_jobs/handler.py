@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codec import Decoder, decoder_for, describe_decode_error, loads
+from .options import Limits
 
 __all__ = ["Handler", "InvalidArguments", "inspect_handler"]
 
@@ -45,6 +46,8 @@ class Handler:
     decode_args: Decoder
     decode_result: Decoder
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: Fleet-wide caps of the type (``concurrency``, ``rate_limit``), if any.
+    limits: Limits | None = None
     checks_args: bool = False
     param: str | None = None
     arg_type: Any = None
@@ -94,7 +97,9 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def inspect_handler(name: str, fn: Callable[..., Any], defaults: dict[str, Any]) -> Handler:
+def inspect_handler(
+    name: str, fn: Callable[..., Any], defaults: dict[str, Any], limits: Limits | None = None
+) -> Handler:
     """Check that ``fn`` takes zero or one positional argument and build its ``Handler``."""
     if not callable(fn):
         raise ValueError(f"handler for {name!r} must be callable, got {fn!r}")
@@ -127,6 +132,7 @@ def inspect_handler(name: str, fn: Callable[..., Any], defaults: dict[str, Any])
         decode_args=decode_args,
         decode_result=decoder_for(hints["return"]) if "return" in hints else loads,
         defaults=defaults,
+        limits=limits,
         checks_args=decode_args is not loads,  # plain JSON: nothing to check
         param=param,
         arg_type=arg_type,

@@ -6,7 +6,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
@@ -66,11 +66,18 @@ class JobStatus(enum.StrEnum):
     #: worker slot; a worker resumes it, replaying its checkpoints, once what it waits
     #: for has come.
     WAITING = "waiting"
+    #: Held by ``queue.pause(job_id)``: not claimed until ``queue.resume(job_id)``.
+    PAUSED = "paused"
+    #: Stopped by ``queue.cancel`` (or by its fan-out failing): never runs again.
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
-        """True for statuses a job never leaves on its own."""
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        """True for statuses a job never leaves on its own (finished jobs)."""
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 @dataclass
@@ -97,8 +104,9 @@ class Job:
     #: The worker holding the job's lock while it runs (None otherwise).
     locked_by: str | None = None
     heartbeat_at: datetime | None = None
-    #: JSON-able data that travels with the job for instruments (such as trace context).
-    meta: dict[str, Any] | None = None
+    #: JSON-able data that travels with the job: the producer's (``meta=`` at enqueue)
+    #: and instruments' (such as trace context).
+    meta: dict[str, Any] = field(default_factory=dict)
     #: The fencing token of the job's latest claim: one more with every claim, never
     #: going back (an operator's retry resets ``attempt``, not this). A run's writes
     #: count only while the job is still running under its owner and this token.
@@ -127,6 +135,23 @@ class Job:
     #: For a child: the path of its parent's call (``spawn``, ``fan_out``, ``wait_for``)
     #: whose wait its outcome counts in.
     parent_group: str | None = None
+    #: The key that deduplicates this job (``unique_key=`` at enqueue), while it holds it.
+    unique_key: str | None = None
+    #: With ``unique_key``: how long after its creation a finished job still holds its
+    #: key (``unique_for=`` at enqueue). Used by the enqueue only; not stored.
+    unique_for: timedelta | None = field(default=None, repr=False, compare=False)
+    #: Labels given at enqueue (``tags=``), for finding jobs.
+    tags: list[str] = field(default_factory=list)
+    #: How long one run may take (``timeout=`` at enqueue or registration), else None.
+    timeout: timedelta | None = None
+    #: The key the type's fleet-wide concurrency cap counts this job under, if any.
+    concurrency_key: str | None = None
+    #: The key the type's fleet-wide rate limit counts this job under, if any.
+    rate_key: str | None = None
+    #: While a pause of the job is asked for: the status ``resume`` gives back (a
+    #: ``paused`` job), or the status it has now (a running or waiting job, paused once
+    #: it would run again). None otherwise.
+    paused_from: str | None = None
 
 
 @dataclass

@@ -9,7 +9,7 @@
 
 Counters, the duration histogram and the in-progress gauge count what this process's
 ``Queue`` object does (sum them across processes in PromQL). The queue depth and
-oldest-due-age gauges are read from the database on each scrape, so any one process
+oldest-due-age and waiting gauges are read from the database on each scrape, so any one process
 reports them for the whole database.
 """
 
@@ -68,7 +68,7 @@ class PrometheusMetrics:
     (permanently), ``sdj_jobs_retried_total``, ``sdj_job_duration_seconds`` (every
     run, whatever its outcome) and ``sdj_jobs_in_progress``; by ``queue`` alone,
     read from the database: ``sdj_queue_depth`` (jobs due now) and
-    ``sdj_queue_oldest_due_age_seconds``.
+    ``sdj_queue_oldest_due_age_seconds`` and ``sdj_jobs_waiting`` (suspended jobs).
     """
 
     def __init__(self, queue: Queue, registry: CollectorRegistry | None = None) -> None:
@@ -168,24 +168,29 @@ class _DueJobsCollector(Collector):
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        depth, age = self._families()
-        read = getattr(self._queue.storage, "queue_depths", None)
-        if read is None:  # a storage without the query: nothing to report
+        depth, age, waiting = self._families()
+        storage = self._queue.storage
+        read = getattr(storage, "queue_depths", None)
+        read_waiting = getattr(storage, "waiting_counts", None)
+        if read is None or read_waiting is None:  # a storage without the queries
             return []
         try:
             depths = read()
+            waiting_by_queue = read_waiting()
         except Exception as exc:
             log.warning("reading queue depths for metrics failed: %s", exc)
             return []
         now = utcnow()
         self._seen.update(d.queue for d in depths)
+        self._seen.update(waiting_by_queue)
         by_queue = {d.queue: d for d in depths}
         for name in sorted(self._seen):
             d = by_queue.get(name)
             depth.add_metric([name], d.due if d else 0)
             oldest = d.oldest_run_at if d else None
             age.add_metric([name], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
-        return [depth, age]
+            waiting.add_metric([name], waiting_by_queue.get(name, 0))
+        return [depth, age, waiting]
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
@@ -196,6 +201,11 @@ class _DueJobsCollector(Collector):
             GaugeMetricFamily(
                 "sdj_queue_oldest_due_age_seconds",
                 "How long the longest-waiting due job has waited (from the database).",
+                labels=["queue"],
+            ),
+            GaugeMetricFamily(
+                "sdj_jobs_waiting",
+                "Jobs suspended by a sleep, a fan-out or a signal wait (from the database).",
                 labels=["queue"],
             ),
         ]

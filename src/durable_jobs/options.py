@@ -6,7 +6,10 @@ and what is accepted. The queue, durable calls and workers all check through her
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,9 +17,14 @@ from .retry import Backoff
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "LIMIT_OPTIONS",
+    "Limits",
+    "RateLimit",
     "check_job_name",
     "check_options",
     "check_queue_name",
+    "check_rate_limit",
+    "limit_key",
     "non_negative_seconds",
     "not_a_schedule",
     "parse_queues",
@@ -24,6 +32,45 @@ __all__ = [
 ]
 
 DEFAULT_CONCURRENCY = 10
+#: Registration options that shape a job type fleet-wide rather than default a job's.
+LIMIT_OPTIONS = frozenset({"concurrency", "concurrency_key", "rate_limit", "rate_key"})
+_KEY_MAX = 255  # unique, concurrency and rate keys: an indexed column on every backend
+_TAG_MAX = 100
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(s|m|h)\s*")
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``count`` runs started per ``per`` seconds (``"N/s"``, ``"N/m"``, ``"N/h"``)."""
+
+    count: int
+    per: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A job type's fleet-wide caps, from its registration: at most ``concurrency`` jobs
+    running at once (per ``concurrency_key`` of the arguments, when given) and at most
+    ``rate_limit`` runs started (per ``rate_key``, when given)."""
+
+    concurrency: int | None = None
+    concurrency_key: Callable[[Any], Any] | None = None
+    rate_limit: RateLimit | None = None
+    rate_key: Callable[[Any], Any] | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Limits | None:
+        """The limits among checked registration ``options``; None if there are none."""
+        if not LIMIT_OPTIONS & set(options):
+            return None
+        return cls(
+            options.get("concurrency"),
+            options.get("concurrency_key"),
+            options.get("rate_limit"),
+            options.get("rate_key"),
+        )
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
@@ -138,11 +185,104 @@ def check_options(
             checked[key] = check_queue_name(value)
         elif key == "backoff":
             checked[key] = _check_backoff(value)
+        elif key in _CHECKS:
+            checked[key] = _CHECKS[key](value)
         else:
             checked[key] = value
     if "delay" in checked and "at" in checked:
         raise ValueError("give either delay or at, not both")
+    for needs, given in (("unique_key", "unique_for"), ("concurrency", "concurrency_key")):
+        if given in checked and needs not in checked:
+            raise ValueError(f"{given} needs {needs}")
+    if "rate_key" in checked and "rate_limit" not in checked:
+        raise ValueError("rate_key needs rate_limit")
     return checked
+
+
+def _check_key(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > _KEY_MAX or "\x00" in value:
+        raise ValueError(
+            f"{name} must be a non-empty string of at most {_KEY_MAX} characters, got {value!r}"
+        )
+    return _check_storable(name, value)
+
+
+def _check_duration(name: str, value: Any) -> timedelta:
+    return timedelta(seconds=positive_seconds(name, value))
+
+
+def _check_tags(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ValueError(f"tags must be a list of strings, got {value!r}")
+    tags: list[str] = []
+    for tag in value:
+        if not isinstance(tag, str) or not tag or len(tag) > _TAG_MAX or "\x00" in tag:
+            raise ValueError(
+                f"each tag must be a non-empty string of at most {_TAG_MAX} characters, got {tag!r}"
+            )
+        if tag not in tags:
+            tags.append(_check_storable("tag", tag))
+    return tags
+
+
+def _check_meta(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"meta must be a dict with string keys, got {value!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta must hold JSON values only: {exc}") from None
+    return dict(value)
+
+
+def _check_concurrency(value: Any) -> int:
+    return _check_int("concurrency", value, minimum=1)
+
+
+def _check_callable(name: str) -> Callable[[Any], Callable[[Any], Any]]:
+    def check(value: Any) -> Callable[[Any], Any]:
+        if not callable(value):
+            raise ValueError(
+                f"{name} must be a function of the job's arguments (such as"
+                f" lambda order: order.customer_id), got {value!r}"
+            )
+        return value  # type: ignore[no-any-return]
+
+    return check
+
+
+def check_rate_limit(value: Any) -> RateLimit:
+    """``"N/s"``, ``"N/m"`` or ``"N/h"`` with N >= 1, as a ``RateLimit``."""
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match[1]) < 1:
+        raise ValueError(
+            f'rate_limit must be "N/s", "N/m" or "N/h" with N >= 1 (such as "100/m"), got {value!r}'
+        )
+    return RateLimit(int(match[1]), _PER[match[2]], f"{int(match[1])}/{match[2]}")
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "unique_key": lambda v: _check_key("unique_key", v),
+    "unique_for": lambda v: _check_duration("unique_for", v),
+    "timeout": lambda v: _check_duration("timeout", v),
+    "tags": _check_tags,
+    "meta": _check_meta,
+    "concurrency": _check_concurrency,
+    "concurrency_key": _check_callable("concurrency_key"),
+    "rate_limit": check_rate_limit,
+    "rate_key": _check_callable("rate_key"),
+}
+
+
+def limit_key(name: str, fn: Callable[[Any], Any], args: Any, job_type: str) -> str:
+    """The key ``fn`` gives a job's ``args`` (``concurrency_key``, ``rate_key``), as text."""
+    try:
+        key = fn(args)
+    except Exception as exc:
+        raise ValueError(
+            f"{name} of job type {job_type!r} failed on its arguments: {exc!r}"
+        ) from exc
+    return _check_key(name, key if isinstance(key, str) else str(key))
 
 
 def positive_seconds(name: str, value: timedelta | float) -> float:

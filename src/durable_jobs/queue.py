@@ -19,7 +19,14 @@ from .events import EventBus, EventStream, Hooks, JobEnqueued
 from .handler import Handler, inspect_handler
 from .instrument import Instruments, wrapped
 from .job import Job, JobStatus, utcnow
-from .options import check_job_name, check_options, not_a_schedule
+from .options import (
+    LIMIT_OPTIONS,
+    Limits,
+    check_job_name,
+    check_options,
+    limit_key,
+    not_a_schedule,
+)
 from .storage import JobStore, SQLStorage
 from .storage.commits import after_commit
 from .waiting import check_signal_name
@@ -40,8 +47,10 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of JSON-encoded arguments
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-_REGISTER_OPTIONS = frozenset({"priority", "retries", "queue", "backoff", "delay"})
-_ENQUEUE_OPTIONS = _REGISTER_OPTIONS | {"at", "connection"}
+# A job's defaults, given at registration or with a schedule, and overridden at enqueue.
+_JOB_DEFAULTS = frozenset({"priority", "retries", "queue", "backoff", "delay", "timeout", "tags"})
+_REGISTER_OPTIONS = _JOB_DEFAULTS | LIMIT_OPTIONS
+_ENQUEUE_OPTIONS = _JOB_DEFAULTS | {"at", "connection", "unique_key", "unique_for", "meta"}
 
 
 class LocalWorker(Protocol):
@@ -160,8 +169,9 @@ class Queue:
         check_job_name(name)
         if name in self._handlers:
             raise ValueError(f"a handler for {name!r} is already registered")
-        defaults = check_options(options, _REGISTER_OPTIONS, f"register({name!r})")
-        handler = inspect_handler(name, fn, defaults)
+        checked = check_options(options, _REGISTER_OPTIONS, f"register({name!r})")
+        defaults = {k: v for k, v in checked.items() if k not in LIMIT_OPTIONS}
+        handler = inspect_handler(name, fn, defaults, Limits.from_options(checked))
         self._handlers[name] = handler
         self._names.setdefault(fn, name)
 
@@ -224,7 +234,7 @@ class Queue:
         except OverflowError:
             raise ValueError(f"delay is out of range: {opts['delay']!r}") from None
         backoff = opts.get("backoff")
-        return Job(
+        job = Job(
             type=name,
             args=self._encode_args(name, args),
             queue=opts.get("queue", DEFAULT_QUEUE),
@@ -235,7 +245,24 @@ class Queue:
             backoff=None if backoff is None else backoff.to_json(),
             created_at=now,
             updated_at=now,
+            unique_key=opts.get("unique_key"),
+            unique_for=opts.get("unique_for"),
+            tags=list(opts.get("tags", ())),
+            meta=dict(opts.get("meta", {})),
+            timeout=opts.get("timeout"),
         )
+        handler = self._handlers.get(name)
+        limits = handler.limits if handler is not None else None
+        if limits is not None:
+            # Computed where the handler is registered: a producer without it stores no
+            # key, and the job counts under the type's cap as a whole.
+            if limits.concurrency_key is not None:
+                job.concurrency_key = limit_key(
+                    "concurrency_key", limits.concurrency_key, args, name
+                )
+            if limits.rate_key is not None:
+                job.rate_key = limit_key("rate_key", limits.rate_key, args, name)
+        return job
 
     def _encode_args(self, name: str, args: Any) -> bytes:
         """``args`` encoded, within ``max_payload`` and, when the handler of ``name`` is
@@ -262,8 +289,7 @@ class Queue:
         """
         connection = options.pop("connection", None)
         job = self.build_job(name, args, options)
-        self._store([job], connection)
-        return job.id
+        return self._store([job], connection)[0]
 
     def enqueue_many(
         self,
@@ -276,7 +302,12 @@ class Queue:
         now = utcnow()
         built = (self._item_job(p, item, now) for p, item in enumerate(items))
         storage = self.storage
-        if len(items) > 1 and connection is None and not self.instruments.enqueue:
+        if (
+            len(items) > 1
+            and connection is None
+            and not self.instruments.enqueue
+            and not any(_unique(item) for item in items)
+        ):
             # The storage draws jobs while it stores those before: building them and
             # storing them overlap. A bad item raises from inside, and nothing is stored.
             jobs: list[Job] = []
@@ -287,8 +318,7 @@ class Queue:
                 raise
             self._announce(jobs, None)
         else:
-            jobs = list(built)
-            self._store(jobs, connection)
+            return self._store(list(built), connection)
         return [job.id for job in jobs]
 
     def _item_job(self, position: int, item: Any, now: datetime) -> Job:
@@ -310,28 +340,35 @@ class Queue:
         """``enqueue`` for asyncio code: the database work runs off the event loop."""
         connection = options.pop("connection", None)
         job = self.build_job(name, args, options)  # bad input raises here, in the caller
-        await asyncio.to_thread(self._store, [job], connection)
-        return job.id
+        [job_id] = await asyncio.to_thread(self._store, [job], connection)
+        return job_id
 
-    def _store(self, jobs: Sequence[Job], connection: sa.Connection | None) -> None:
+    def _store(self, jobs: Sequence[Job], connection: sa.Connection | None) -> list[str]:
+        """Store ``jobs``; their ids, where a job deduplicated by its ``unique_key`` has
+        the id of the job holding the key (and was not stored, nor is announced)."""
         taker = self._local_taker(jobs, connection)
         try:
             if self.instruments.enqueue:
                 with wrapped(self.instruments.enqueue, jobs):
-                    self._write(jobs, connection, taker)
+                    ids, claimed = self._write(jobs, connection, taker)
             else:
-                self._write(jobs, connection, taker)
+                ids, claimed = self._write(jobs, connection, taker)
         except BaseException as exc:
             if taker is not None:
                 taker.give_back_enqueued(jobs[0])
             self._explain(exc)
             raise
+        if taker is not None and not claimed:  # its queue is paused: stored unclaimed
+            taker.give_back_enqueued(jobs[0])
+            taker = None
+        stored = [job for job, job_id in zip(jobs, ids, strict=True) if job_id == job.id]
         if connection is not None:
             # The jobs exist once the caller's transaction commits, and never if it rolls
             # back: events, metrics and wake-ups wait for that.
-            after_commit(connection, partial(self._announce, jobs, None))
-        else:
-            self._announce(jobs, taker)
+            after_commit(connection, partial(self._announce, stored, None))
+        elif stored:
+            self._announce(stored, taker)
+        return ids
 
     def announce(self, jobs: Sequence[Job]) -> None:
         """Jobs stored and committed outside ``enqueue`` (a parent's children): wake this
@@ -377,6 +414,8 @@ class Queue:
         """
         if connection is not None or len(jobs) != 1 or jobs[0].run_at is not None:
             return None
+        if jobs[0].unique_key is not None:  # the storage decides whether it is stored
+            return None
         if not self._workers:
             return None
         for worker in list(self._workers):
@@ -386,14 +425,16 @@ class Queue:
 
     def _write(
         self, jobs: Sequence[Job], connection: sa.Connection | None, taker: LocalWorker | None
-    ) -> None:
+    ) -> tuple[list[str], bool]:
+        """Store ``jobs``: their ids (see ``_store``), and whether ``taker`` got the single
+        one claimed."""
         storage = self.storage
         if taker is not None:
-            storage.enqueue_claimed(jobs[0], taker.id, lock_timeout=taker.lock_timeout)
-        elif connection is not None or len(jobs) > 1:
-            storage.enqueue_many(jobs, connection=connection)
-        elif jobs:
-            storage.enqueue(jobs[0])
+            claimed = storage.enqueue_claimed(jobs[0], taker.id, lock_timeout=taker.lock_timeout)
+            return [jobs[0].id], claimed
+        if connection is not None or len(jobs) > 1:
+            return storage.enqueue_many(jobs, connection=connection), False
+        return [storage.enqueue(job) for job in jobs], False
 
     # -- signals ------------------------------------------------------------------------
 
@@ -479,7 +520,7 @@ class Queue:
         if name in self.schedules:
             raise ValueError(f"a schedule named {name!r} is already registered")
         self._encode_args(name, args)
-        checked = check_options(options, _REGISTER_OPTIONS, f"schedule({name!r})")
+        checked = check_options(options, _JOB_DEFAULTS, f"schedule({name!r})")
         self.schedules[name] = (schedule, args, checked)
 
     # -- workers, hooks, events ---------------------------------------------------------
@@ -556,6 +597,16 @@ class Queue:
     def events(self, maxsize: int = 1000) -> EventStream:
         """Subscribe to what this queue's workers do (a bounded, lossy stream)."""
         return self.bus.subscribe(maxsize)
+
+
+def _unique(item: Any) -> bool:
+    """Whether an ``enqueue_many`` item asks for a unique key (malformed ones: no)."""
+    return (
+        isinstance(item, tuple)
+        and len(item) == 3
+        and isinstance(item[2], Mapping)
+        and item[2].get("unique_key") is not None
+    )
 
 
 def _kept(jobs: Iterable[Job], into: list[Job]) -> Iterator[Job]:

@@ -58,3 +58,38 @@ def test_stats_count_waiting_jobs(sdj: Any, db_url: str, queue: jobs.Queue) -> N
     stats = json.loads(_ok(sdj("stats", "--database-url", db_url, "--json")))
     assert stats["queues"]["default"]["waiting"] == 1
     assert "waiting" in _ok(sdj("stats", "--database-url", db_url))
+
+
+def test_jobs_show_a_fan_out_parent_with_its_children_counted_live(
+    sdj: Any, db_url: str, queue: jobs.Queue
+) -> None:
+    @queue.job(queue="kids")
+    def child(n: int) -> int:
+        if n == 0:
+            raise jobs.NoRetry("no zero")
+        return n
+
+    @queue.job()
+    def parent() -> None:
+        jobs.fan_out([jobs.sub(child, n) for n in range(25)], on_failure="collect")
+
+    parent_id = queue.enqueue(parent)
+    with queue.worker({"default": 1}, poll_interval=0.05):
+        wait_for(lambda: queue.get_job(parent_id).status is jobs.JobStatus.WAITING)
+    shown = json.loads(_ok(sdj("jobs", "show", parent_id, "--database-url", db_url, "--json")))
+    assert shown["children"]["total"] == 25 and shown["children"]["by_status"] == {"pending": 25}
+    with queue.worker({"kids": 2}, poll_interval=0.05):  # no worker resumes the parent
+        wait_for(lambda: queue.storage.admin().children(parent_id).finished == 25)
+    shown = json.loads(_ok(sdj("jobs", "show", parent_id, "--database-url", db_url, "--json")))
+    assert shown["status"] == "pending"  # decided: due to resume
+    children = shown["children"]
+    assert (children["total"], children["finished"]) == (25, 25)
+    assert children["by_status"] == {"completed": 24, "failed": 1}
+    assert len(children["first"]) == 20 and children["first"][0]["status"] == "failed"
+    text = _ok(sdj("jobs", "show", parent_id, "--database-url", db_url))
+    assert "children: 25 of 25 finished (24 completed, 1 failed)" in text
+    assert "the first 20 of 25" in text and "no zero" in text
+    leaf = json.loads(
+        _ok(sdj("jobs", "show", children["first"][1]["id"], "--database-url", db_url, "--json"))
+    )
+    assert leaf["parent_id"] == parent_id and leaf["children"]["total"] == 0

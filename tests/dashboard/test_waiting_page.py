@@ -35,3 +35,33 @@ def test_a_waiting_job_shows_its_deadline_and_progress(
     assert job_id in listing
     overview = client.get("/").text
     assert "/jobs?status=waiting" in overview
+
+
+def test_a_fan_out_parent_lists_its_children_counted_live(
+    queue: jobs.Queue, client: TestClient
+) -> None:
+    @queue.job(queue="kids")
+    def child(n: int) -> int:
+        if n == 1:
+            raise jobs.NoRetry(f"child {n} <refused>")
+        return n
+
+    @queue.job()
+    def parent() -> None:
+        jobs.fan_out([jobs.sub(child, n) for n in range(3)], on_failure="collect")
+
+    parent_id = queue.enqueue(parent)
+    with queue.worker({"default": 1}, **FAST):
+        wait_for(lambda: queue.get_job(parent_id).status is jobs.JobStatus.WAITING)
+    [first, *_] = queue.storage.admin().children(parent_id).first
+    with queue.worker({"kids": 1}, **FAST):  # the children run; no worker resumes the parent
+        wait_for(lambda: queue.storage.admin().children(parent_id).finished == 3)
+    html = client.get(f"/jobs/{parent_id}").text
+    count = html[html.index('id="job-children-count"') :]
+    shown = " ".join(count[len('id="job-children-count">') : count.index("</p>")].split())
+    assert shown == "3 of 3 finished (2 completed, 1 failed)"
+    section = html[html.index('id="job-children"') :]
+    assert section.count('class="status status-completed"') == 2
+    assert "child 1 &lt;refused&gt;" in section and "<refused>" not in html
+    child_page = client.get(f"/jobs/{first.id}").text
+    assert f'href="/jobs/{parent_id}" id="job-parent"' in child_page

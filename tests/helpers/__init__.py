@@ -32,8 +32,28 @@ MIGRATION_7_COLUMNS = (
 )
 
 
+# What migration 9 (job control) added.
+MIGRATION_9_COLUMNS = ("tags", "timeout_seconds", "concurrency_key", "rate_key", "paused_from")
+
+
+def undo_migration_9(conn: sa.Connection) -> None:
+    """Drop what migration 9 added: job control's columns and table."""
+    conn.exec_driver_sql("DROP TABLE sdj_queue_pauses")
+    for column in MIGRATION_9_COLUMNS:
+        conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 9")
+
+
+def undo_migration_8(conn: sa.Connection) -> None:
+    """Drop what migrations 8 and 9 added: the wake counters, job control."""
+    undo_migration_9(conn)
+    conn.exec_driver_sql("DROP TABLE sdj_wakes")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 8")
+
+
 def undo_migration_7(conn: sa.Connection) -> None:
-    """Drop what migration 7 added, as a database migrated to version 6 lacks it."""
+    """Drop what migrations 7 and 8 added, as a database migrated to version 6 lacks it."""
+    undo_migration_8(conn)
     for column in MIGRATION_7_COLUMNS:
         conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")
     conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 7")

@@ -461,6 +461,26 @@ def test_metrics_endpoint_after_a_known_workload(
     assert block_sum is not None and block_sum > 0
 
 
+def test_metrics_count_waiting_jobs_per_queue(
+    queue: jobs.Queue, metrics: tuple[PrometheusMetrics, int]
+) -> None:
+    _, port = metrics
+
+    @queue.job(queue="nightly")
+    def nap() -> None:
+        jobs.sleep(3600)
+
+    ids = [queue.enqueue(nap) for _ in range(3)]
+    assert sample(scrape(port), "sdj_jobs_waiting", queue="nightly") in (None, 0)
+    with queue.worker({"nightly": 3}, **FAST):
+        wait_for(lambda: all(queue.get_job(i).status is jobs.JobStatus.WAITING for i in ids))
+    scraped = scrape(port)
+    assert sample(scraped, "sdj_jobs_waiting", queue="nightly") == 3
+    assert sample(scraped, "sdj_queue_depth", queue="nightly") == 0
+    assert queue.storage.admin().delete(ids[0]) is not None
+    assert sample(scrape(port), "sdj_jobs_waiting", queue="nightly") == 2
+
+
 def test_metrics_close_stops_the_server(
     queue: jobs.Queue, metrics: tuple[PrometheusMetrics, int]
 ) -> None:

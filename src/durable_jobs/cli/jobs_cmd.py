@@ -61,17 +61,20 @@ def list_jobs(
 def show_job(
     job_id: JobId, database_url: DatabaseUrl = DEFAULT_URL, as_json: JsonFlag = False
 ) -> None:
-    """Show one job with its checkpoints (the saved results of its durable calls)."""
+    """Show one job with its checkpoints (the saved results of its durable calls) and
+    its children (the jobs it spawned or fanned out), counted live."""
     with open_storage(database_url) as storage:
         job = get_job(storage, job_id)
         checkpoints = storage.get_checkpoints(job_id)
+        children = storage.admin().children(job_id)
     if as_json:
         data = render.job_dict(job)
         data["checkpoints"] = [render.checkpoint_dict(cp) for cp in checkpoints]
+        data["children"] = render.children_dict(children)
         render.print_json(data)
         return
     out = render.console()
-    for table in render.job_detail(job, checkpoints):
+    for table in render.job_detail(job, checkpoints, children):
         out.print(table)
 
 

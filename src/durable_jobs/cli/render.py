@@ -15,10 +15,11 @@ from rich.table import Table
 
 from ..job import Checkpoint, Job, JobStatus, utcnow
 from ..storage import ScheduleState
-from ..storage.admin import QueueStats
+from ..storage.admin import Children, QueueStats
 
 __all__ = [
     "checkpoint_dict",
+    "children_dict",
     "console",
     "duration",
     "job_detail",
@@ -150,6 +151,31 @@ def checkpoint_dict(cp: Checkpoint) -> dict[str, Any]:
     }
 
 
+def children_dict(children: Children) -> dict[str, Any]:
+    """A job's children as JSON-ready data: counts by status and the first ones."""
+    return {
+        "total": children.total,
+        "finished": children.finished,
+        "by_status": {status.value: n for status, n in sorted(children.by_status.items())},
+        "first": [{"id": c.id, "type": c.type, "status": c.status.value} for c in children.first],
+    }
+
+
+def _children_table(children: Children) -> Table:
+    counts = ", ".join(f"{n} {status.value}" for status, n in sorted(children.by_status.items()))
+    title = f"children: {children.finished} of {children.total} finished ({counts})"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE)
+    for name in ("ID", "TYPE", "STATUS", "LAST ERROR"):
+        table.add_column(name, no_wrap=name == "ID")
+    for child in children.first:
+        table.add_row(
+            child.id, child.type, status_text(child.status), _first_line(child.last_error)
+        )
+    if len(children.first) < children.total:
+        table.caption = f"the first {len(children.first)} of {children.total}"
+    return table
+
+
 def jobs_table(jobs: Sequence[Job]) -> Table:
     """One row per job, in the order given; full ids, to copy into other commands."""
     table = Table(title=f"{len(jobs)} job(s)", title_justify="left", box=box.SIMPLE)
@@ -175,8 +201,10 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
     return table
 
 
-def job_detail(job: Job, checkpoints: Sequence[Checkpoint]) -> list[Table]:
-    """A job's fields, then its checkpoints (if any)."""
+def job_detail(
+    job: Job, checkpoints: Sequence[Checkpoint], children: Children | None = None
+) -> list[Table]:
+    """A job's fields, then its traceback, checkpoints and children (if any)."""
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold")
     fields.add_column()
@@ -212,6 +240,8 @@ def job_detail(job: Job, checkpoints: Sequence[Checkpoint]) -> list[Table]:
                 timestamp(cp.created_at),
             )
         tables.append(steps)
+    if children is not None and children.total:
+        tables.append(_children_table(children))
     return tables
 
 

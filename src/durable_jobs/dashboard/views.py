@@ -229,6 +229,7 @@ class Dashboard:
         return {
             "page": "jobs",
             "job": job,
+            "children": self.admin.children(job_id),
             "progress": None if job.progress is None else json.dumps(job.progress),
             "steps": steps,
             "timeline": _timeline(job, steps),

@@ -28,7 +28,16 @@ from .records import ScheduleState
 from .sql import _JOB as _JOB_FIELDS
 from .sql import SQLStorage
 
-__all__ = ["STATEMENTS", "Admin", "Cursor", "JobPage", "Minute", "QueueStats", "failure_rate"]
+__all__ = [
+    "STATEMENTS",
+    "Admin",
+    "Children",
+    "Cursor",
+    "JobPage",
+    "Minute",
+    "QueueStats",
+    "failure_rate",
+]
 
 STATEMENTS = (
     "jobs_page",
@@ -41,6 +50,8 @@ STATEMENTS = (
     "oldest_due",
     "running_jobs",
     "jobs_by_id",
+    "children_counts",
+    "children",
     "retry",
     "delete_job",
     "delete_checkpoints",
@@ -99,6 +110,25 @@ class JobPage:
     jobs: list[Job]
     older: Cursor | None  # pass as ``before`` for the next (older) page, if there is one
     newer: Cursor | None  # pass as ``after`` for the previous (newer) page, if there is one
+
+
+@dataclass(frozen=True, slots=True)
+class Children:
+    """A job's children: how many there are in each status, and the first ones made."""
+
+    by_status: dict[JobStatus, int]
+    first: list[Job]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def finished(self) -> int:
+        return sum(n for status, n in self.by_status.items() if status in _FINISHED)
+
+
+_FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +254,15 @@ class Admin:
         params = {"ids": self.storage.dialect.list_param(job_ids)}
         rows = self._rows("jobs_by_id", params, _JOB_FIELDS)
         return [self.storage._job(row) for row in rows]
+
+    def children(self, parent_id: str, limit: int = 20) -> Children:
+        """The children of ``parent_id`` counted by status (live, not as of its last
+        suspension), and the first ``limit`` of them in the order they were made."""
+        params = {"parent": parent_id}
+        counts = self._rows("children_counts", params, ("status", "jobs"))
+        rows = self._rows("children", {**params, "limit": limit}, _JOB_FIELDS)
+        by_status = {JobStatus(status): int(n) for status, n in counts}
+        return Children(by_status, [self.storage._job(row) for row in rows])
 
     # -- overview -----------------------------------------------------------------------
 

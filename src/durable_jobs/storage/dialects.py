@@ -54,11 +54,13 @@ JOB_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, last_error, run_at, "
     "started_at, completed_at, created_at, updated_at, result, backoff, locked_by, heartbeat_at, "
     "meta, fence, lock_expires_at, finished_at, finished_by, traceback, parent_id, progress, "
-    "wait_until, waiting_for, parent_group"
+    "wait_until, waiting_for, parent_group, unique_key, tags, timeout_seconds, concurrency_key, "
+    "rate_key, paused_from"
 )
 INSERT_COLUMNS = (
     "id, type, args, queue, priority, status, attempt, max_retries, run_at, created_at, "
-    "updated_at, backoff, meta, parent_id, parent_group"
+    "updated_at, backoff, meta, parent_id, parent_group, unique_key, tags, timeout_seconds, "
+    "concurrency_key, rate_key"
 )
 INSERT_WIDTH = len(INSERT_COLUMNS.split(","))
 CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
@@ -114,7 +116,10 @@ STATEMENTS = (
     "schema_versions",
     "record_version",
     "queue_depths",
+    "waiting_counts",
     "insert_unique_job",
+    "unique_holder",
+    "release_unique",
     "upsert_schedule",
     "list_schedules",
 )

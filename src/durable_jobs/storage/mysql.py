@@ -175,6 +175,27 @@ _MYSQL_MIGRATION_7 = (
     "ALTER TABLE sdj_jobs ADD COLUMN children_spare INTEGER",
 )
 
+# Wake counters per queue: see sqlite.py's migration 8.
+_MYSQL_MIGRATION_8 = (
+    f"""CREATE TABLE sdj_wakes (
+        queue VARCHAR(255) NOT NULL PRIMARY KEY,
+        seq BIGINT NOT NULL
+    ) {_TABLE}""",
+)
+
+# Job control: see sqlite.py's migration 9.
+_MYSQL_MIGRATION_9 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN tags LONGTEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN timeout_seconds DOUBLE",
+    "ALTER TABLE sdj_jobs ADD COLUMN concurrency_key VARCHAR(255)",
+    "ALTER TABLE sdj_jobs ADD COLUMN rate_key VARCHAR(255)",
+    "ALTER TABLE sdj_jobs ADD COLUMN paused_from VARCHAR(32)",
+    f"""CREATE TABLE sdj_queue_pauses (
+        queue VARCHAR(255) NOT NULL PRIMARY KEY,
+        paused_at DATETIME(6) NOT NULL
+    ) {_TABLE}""",
+)
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -199,6 +220,7 @@ def _claim_part(status: str) -> str:
             WHERE queue = %(queue)s AND status = '{status}'
               AND run_at <= %(now)s AND type NOT IN ({_in_list("skip")})
               AND max_retries >= %(min_retries)s
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
             ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
 
 
@@ -240,6 +262,8 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_5,
         _MYSQL_MIGRATION_6,
         _MYSQL_MIGRATION_7,
+        _MYSQL_MIGRATION_8,
+        _MYSQL_MIGRATION_9,
     )
     insert_chunk = 1000
 
@@ -255,13 +279,20 @@ class MySQLDialect(Dialect):
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
                 %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
-                %(now)s, %(now)s, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s)""",
+                %(now)s, %(now)s, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s,
+                %(unique_key)s, %(tags)s, %(timeout_seconds)s, %(concurrency_key)s,
+                %(rate_key)s)""",
+        # Unless its queue is paused: no row then, and the job is stored unclaimed.
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
                 heartbeat_at, started_at, fence, lock_expires_at)
-            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
+            SELECT %(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(parent_id)s, %(parent_group)s, %(worker)s, %(now)s, %(now)s, 1,
-                {_MYSQL_EXPIRY})""",
+                %(parent_id)s, %(parent_group)s,
+                %(unique_key)s, %(tags)s, %(timeout_seconds)s, %(concurrency_key)s, %(rate_key)s,
+                %(worker)s, %(now)s, %(now)s, 1,
+                {_MYSQL_EXPIRY} FROM DUAL
+            WHERE NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
+            {STEP}SELECT id FROM sdj_jobs WHERE id = %(id)s AND locked_by = %(worker)s""",
         # Three steps in the claim's transaction (``claim_rows``): lock the next due ids,
         # skipping rows other claimers hold; take them; read them back.
         # One ordered index scan per claimable status (an IN over both would sort, and
@@ -449,14 +480,24 @@ class MySQLDialect(Dialect):
         " VALUES (%(version)s, %(now)s)",
         "queue_depths": """SELECT queue, COUNT(*) AS due, MIN(run_at) AS oldest_run_at FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
+        # Served by the index of waiting jobs (sdj_jobs_waiting), not a scan of the table.
+        "waiting_counts": """SELECT queue, COUNT(*) AS waiting FROM sdj_jobs
+            WHERE status = 'waiting' GROUP BY queue""",
         # A conflict inserts nothing (the no-op update counts as matched, so the
         # read-back, by this job's id and key, tells whether this row was stored).
-        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS})
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(parent_id)s, %(parent_group)s, %(unique_key)s)
+                %(parent_id)s, %(parent_group)s,
+                %(unique_key)s, %(tags)s, %(timeout_seconds)s, %(concurrency_key)s, %(rate_key)s)
             ON DUPLICATE KEY UPDATE id = id
             {STEP}SELECT id FROM sdj_jobs WHERE id = %(id)s AND unique_key = %(unique_key)s""",
+        # The job holding a unique key, locked: a producer that finds it finished gives
+        # its key up (release_unique) before storing the new job.
+        "unique_holder": """SELECT id, status, created_at FROM sdj_jobs
+            WHERE unique_key = %(key)s FOR UPDATE""",
+        "release_unique": """UPDATE sdj_jobs SET unique_key = NULL
+            WHERE id = %(id)s AND unique_key = %(key)s""",
         # No WHERE on an upsert: each column keeps its value unless the row may move
         # (assignments run left to right and see the ones before, so next_fire_at and
         # spec, which the condition reads, come last; spec changes only when it differs).
@@ -498,6 +539,11 @@ class MySQLDialect(Dialect):
         "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
             ORDER BY started_at LIMIT %(limit)s""",
         "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id IN ({_in_list('ids')})",
+        # The parent's index (sdj_jobs_parent) serves both.
+        "children_counts": """SELECT status, COUNT(*) AS jobs FROM sdj_jobs
+            WHERE parent_id = %(parent)s GROUP BY status""",
+        "children": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE parent_id = %(parent)s
+            ORDER BY created_at, seq LIMIT %(limit)s""",
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
                 wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
                 updated_at = %(now)s
@@ -607,6 +653,11 @@ class MySQLDialect(Dialect):
     def listener(self, engine: sa.Engine) -> Listener | None:
         return MySQLWatcher(engine)
 
+    def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
+        # Committed with the wake-up it announces: the watchers read these counters.
+        for queue in sorted(set(queues)):
+            cur.execute(_WAKE, {"queue": queue})
+
     # -- values -------------------------------------------------------------------------
 
     def time_param(self, value: datetime | None) -> Any:
@@ -714,11 +765,16 @@ def _cursor_class() -> type[Any]:
 _TOP = """SELECT (SELECT COALESCE(MAX(seq), 0) FROM sdj_jobs),
     (SELECT COALESCE(MAX(seq), 0) FROM sdj_signals)"""
 # One probe of each seq index when nothing is new: the queues of new jobs (kind 0) and
-# of signalled jobs (kind 1: a signal may have made its job due).
+# of signalled jobs (kind 1: a signal may have made its job due), and the wake counters
+# (kind 2: one row per queue, for jobs woken from a wait).
 _NEW_JOBS = """SELECT queue, MAX(seq) AS top, 0 AS kind FROM sdj_jobs
     WHERE seq > %(after)s GROUP BY queue
     UNION ALL SELECT j.queue, MAX(s.seq), 1 FROM sdj_signals AS s
-    JOIN sdj_jobs AS j ON j.id = s.job_id WHERE s.seq > %(signalled)s GROUP BY j.queue"""
+    JOIN sdj_jobs AS j ON j.id = s.job_id WHERE s.seq > %(signalled)s GROUP BY j.queue
+    UNION ALL SELECT queue, seq, 2 FROM sdj_wakes"""
+_WAKES = "SELECT queue, seq FROM sdj_wakes"
+_WAKE = """INSERT INTO sdj_wakes (queue, seq) VALUES (%(queue)s, 1)
+    ON DUPLICATE KEY UPDATE seq = seq + 1"""
 
 
 class MySQLWatcher(ListenerThread):
@@ -726,7 +782,8 @@ class MySQLWatcher(ListenerThread):
 
     MySQL has no notifications: a cheap query (one probe of the ``seq`` index) asks for
     jobs numbered after the last one seen, and wakes workers for their queues (and
-    likewise for signals, which may have made their job due). A job whose insert commits
+    likewise for signals, which may have made their job due, and for the wake counters of
+    jobs woken from a wait). A job whose insert commits
     after a later-numbered one's was seen is left to the workers' polling.
     """
 
@@ -741,12 +798,18 @@ class MySQLWatcher(ListenerThread):
         cur = conn.cursor()
         cur.execute(_TOP, {})
         [(last, signalled)] = cur.fetchall()
+        cur.execute(_WAKES, {})
+        wakes = dict(cur.fetchall())
         on_reconnect()
         while not stop.wait(self._interval):
             cur.execute(_NEW_JOBS, {"after": last, "signalled": signalled})
             rows = cur.fetchall()
             for queue, top, kind in rows:
-                if kind:
+                if kind == 2:
+                    if wakes.get(queue) == top:
+                        continue
+                    wakes[queue] = top
+                elif kind:
                     signalled = max(signalled, top)
                 else:
                     last = max(last, top)

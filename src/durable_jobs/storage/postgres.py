@@ -153,6 +153,28 @@ _POSTGRES_MIGRATION_7 = (
     "ALTER TABLE sdj_jobs ADD COLUMN children_spare INTEGER",
 )
 
+# Wake counters per queue: see sqlite.py's migration 8. NOTIFY announces wake-ups here,
+# so the table stays empty; it is made for one schema on every backend.
+_POSTGRES_MIGRATION_8 = (
+    """CREATE TABLE sdj_wakes (
+        queue TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    )""",
+)
+
+# Job control: see sqlite.py's migration 9.
+_POSTGRES_MIGRATION_9 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN tags TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN timeout_seconds DOUBLE PRECISION",
+    "ALTER TABLE sdj_jobs ADD COLUMN concurrency_key TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN rate_key TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN paused_from TEXT",
+    """CREATE TABLE sdj_queue_pauses (
+        queue TEXT PRIMARY KEY,
+        paused_at TIMESTAMPTZ NOT NULL
+    )""",
+)
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
@@ -185,6 +207,8 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_5,
         _POSTGRES_MIGRATION_6,
         _POSTGRES_MIGRATION_7,
+        _POSTGRES_MIGRATION_8,
+        _POSTGRES_MIGRATION_9,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -199,7 +223,9 @@ class PostgresDialect(Dialect):
         "int4",
         "int4",
         *("timestamptz",) * 3,
-        *("text",) * 4,
+        *("text",) * 6,
+        "float8",
+        *("text",) * 2,
     )
 
     @staticmethod
@@ -223,19 +249,26 @@ class PostgresDialect(Dialect):
         # the notification only when the insert commits.
         "insert_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (%(id)s, %(type)s,
                 %(args)s, %(queue)s, %(priority)s, %(status)s, 0, %(max_retries)s, %(run_at)s,
-                %(now)s, %(now)s, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s)
+                %(now)s, %(now)s, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s,
+                %(unique_key)s, %(tags)s, %(timeout_seconds)s, %(concurrency_key)s, %(rate_key)s)
             RETURNING CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
+        # Unless its queue is paused: no row then, and the job is stored unclaimed.
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
                 heartbeat_at, started_at, fence, lock_expires_at)
-            VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
-                %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(parent_id)s, %(parent_group)s, %(worker)s, %(now)s, %(now)s, 1,
-                {_POSTGRES_EXPIRY})""",
+            SELECT %(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, 'running', 1,
+                %(max_retries)s, %(run_at)s::timestamptz, %(now)s::timestamptz,
+                %(now)s::timestamptz, %(backoff)s, %(meta)s, %(parent_id)s, %(parent_group)s,
+                %(unique_key)s, %(tags)s, %(timeout_seconds)s::float8, %(concurrency_key)s,
+                %(rate_key)s, %(worker)s, %(now)s::timestamptz, %(now)s::timestamptz, 1,
+                {_POSTGRES_EXPIRY}
+            WHERE NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
+            RETURNING id""",
         "claim": f"""WITH next AS (
                 SELECT id FROM sdj_jobs
                 WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
                   AND run_at <= %(now)s AND NOT (type = ANY(%(skip)s))
                   AND max_retries >= %(min_retries)s
+                  AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
                 ORDER BY priority DESC, run_at, seq
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)
@@ -415,15 +448,25 @@ class PostgresDialect(Dialect):
         " VALUES (%(version)s, %(now)s)",
         "queue_depths": """SELECT queue, COUNT(*) AS due, MIN(run_at) AS oldest_run_at FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= %(now)s GROUP BY queue""",
+        # Served by the index of waiting jobs (sdj_jobs_waiting), not a scan of the table.
+        "waiting_counts": """SELECT queue, COUNT(*) AS waiting FROM sdj_jobs
+            WHERE status = 'waiting' GROUP BY queue""",
         # Notifies like insert_job, and only when the row was inserted: a conflict
         # returns no row.
-        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS})
             VALUES (%(id)s, %(type)s, %(args)s, %(queue)s, %(priority)s, %(status)s, 0,
                 %(max_retries)s, %(run_at)s, %(now)s, %(now)s, %(backoff)s, %(meta)s,
-                %(parent_id)s, %(parent_group)s, %(unique_key)s)
+                %(parent_id)s, %(parent_group)s,
+                %(unique_key)s, %(tags)s, %(timeout_seconds)s, %(concurrency_key)s, %(rate_key)s)
             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
             RETURNING id,
                 CASE WHEN run_at <= %(now)s THEN pg_notify('sdj_jobs', queue)::text END""",
+        # The job holding a unique key, locked: a producer that finds it finished gives
+        # its key up (release_unique) before storing the new job.
+        "unique_holder": """SELECT id, status, created_at FROM sdj_jobs
+            WHERE unique_key = %(key)s FOR UPDATE""",
+        "release_unique": """UPDATE sdj_jobs SET unique_key = NULL
+            WHERE id = %(id)s AND unique_key = %(key)s""",
         "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
             VALUES (%(name)s, %(spec)s, %(queue)s, %(last_fire_at)s, %(next_fire_at)s, %(now)s)
             ON CONFLICT (name) DO UPDATE SET
@@ -460,6 +503,11 @@ class PostgresDialect(Dialect):
         "running_jobs": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE status = 'running'
             ORDER BY started_at LIMIT %(limit)s""",
         "jobs_by_id": f"SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])",
+        # The parent's index (sdj_jobs_parent) serves both.
+        "children_counts": """SELECT status, COUNT(*) AS jobs FROM sdj_jobs
+            WHERE parent_id = %(parent)s GROUP BY status""",
+        "children": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE parent_id = %(parent)s
+            ORDER BY created_at, seq LIMIT %(limit)s""",
         # Wakes listening workers at once rather than at their next poll.
         "retry": f"""WITH r AS (
                 UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,

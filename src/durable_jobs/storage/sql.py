@@ -51,7 +51,8 @@ log = logging.getLogger("durable_jobs")
 # The named parameters of the insert_job statements, in INSERT_COLUMNS order.
 _INSERT_PARAMS = (
     "id", "type", "args", "queue", "priority", "status", "attempt", "max_retries", "run_at",
-    "now", "updated_at", "backoff", "meta", "parent_id", "parent_group",
+    "now", "updated_at", "backoff", "meta", "parent_id", "parent_group", "unique_key", "tags",
+    "timeout_seconds", "concurrency_key", "rate_key",
 )  # fmt: skip
 _IDLE_CONNECTIONS = 16  # at most, kept out of the engine's pool for the storage's use
 #: The lock timeout (seconds) of callers that give none, as a worker's default.
@@ -68,7 +69,8 @@ _JOB = (
     "last_error", "run_at", "started_at", "completed_at", "created_at", "updated_at",
     "result", "backoff", "locked_by", "heartbeat_at", "meta", "fence", "lock_expires_at",
     "finished_at", "finished_by", "traceback", "parent_id", "progress", "wait_until",
-    "waiting_for", "parent_group",
+    "waiting_for", "parent_group", "unique_key", "tags", "timeout_seconds", "concurrency_key",
+    "rate_key", "paused_from",
 )  # fmt: skip
 _CLAIMED = (*_JOB, "dequeue_order")
 _CHECKPOINT = (
@@ -77,6 +79,7 @@ _CHECKPOINT = (
 _SCHEDULE = ("name", "spec", "queue", "last_fire_at", "next_fire_at", "updated_at")
 _WORKER = ("id", "host", "pid", "queues", "types", "started_at", "heartbeat_at")
 _DEPTH = ("queue", "due", "oldest_run_at")
+_WAITING = ("queue", "waiting")
 _SETTLED = ("id", "fence", "status")
 _DUE_WAIT = ("id", "queue")
 _NEXT_WAKE = ("queue", "wait_until")
@@ -87,6 +90,9 @@ _SETTLED_PARENT = (
 _DECIDED = ("id", "queue", "wait_group", "children_spare")
 _CHILD_OUTCOME = ("id", "type", "status", "result", "last_error", "finished_at", "parent_id")
 _COUNTED = ("ok", "failed")
+# Statuses of unfinished jobs, which hold their unique key.
+_UNFINISHED = frozenset({"pending", "retrying", "running", "waiting", "paused"})
+_UNIQUE_TRIES = 5  # rounds of insert, look and give-up under concurrent producers
 #: The error of a child cancelled because its fan-out failed (``fail_fast``).
 CANCELLED = "cancelled: a sibling failed"
 # Where the claim's sort keys sit in a claimed row read as _CLAIMED.
@@ -455,7 +461,8 @@ class SQLStorage:
             id_, type_, args, queue, priority, status, attempt, max_retries, last_error,
             run_at, started_at, completed_at, created_at, updated_at, result, backoff,
             locked_by, heartbeat_at, meta, fence, lock_expires_at, finished_at, finished_by,
-            traceback, parent_id, progress, wait_until, waiting_for, parent_group, *_,
+            traceback, parent_id, progress, wait_until, waiting_for, parent_group, unique_key,
+            tags, timeout_seconds, concurrency_key, rate_key, paused_from, *_,
         ) = values  # fmt: skip
         t = self.dialect.time_value
         created = t(created_at)
@@ -480,7 +487,7 @@ class SQLStorage:
             backoff=None if backoff is None else backoff.encode(),
             locked_by=locked_by,
             heartbeat_at=t(heartbeat_at),
-            meta=None if meta is None else json.loads(meta),
+            meta={} if meta is None else json.loads(meta),
             fence=fence,
             lock_expires_at=t(lock_expires_at),
             finished_at=t(finished_at),
@@ -491,6 +498,12 @@ class SQLStorage:
             wait_until=t(wait_until),
             waiting_for=waiting_for,
             parent_group=parent_group,
+            unique_key=unique_key,
+            tags=[] if tags is None else json.loads(tags),
+            timeout=None if timeout_seconds is None else timedelta(seconds=timeout_seconds),
+            concurrency_key=concurrency_key,
+            rate_key=rate_key,
+            paused_from=paused_from,
         )
 
     def _checkpoint(self, values: Sequence[Any]) -> Checkpoint:
@@ -524,9 +537,14 @@ class SQLStorage:
             now,
             now,
             None if job.backoff is None else job.backoff.decode(),
-            None if job.meta is None else json.dumps(job.meta),
+            json.dumps(job.meta) if job.meta else None,
             job.parent_id,
             job.parent_group,
+            job.unique_key,
+            json.dumps(job.tags) if job.tags else None,
+            None if job.timeout is None else job.timeout.total_seconds(),
+            job.concurrency_key,
+            job.rate_key,
         )
 
     def _insert_params(self, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -536,9 +554,13 @@ class SQLStorage:
     # -- enqueue ------------------------------------------------------------------------
 
     def enqueue(self, job: Job, *, connection: sa.Connection | None = None) -> str:
-        """Store a new job (in ``connection``'s transaction when given); returns its id."""
+        """Store a new job (in ``connection``'s transaction when given); returns its id,
+        or for a job with a ``unique_key`` held by another job, that job's id (and
+        stores nothing)."""
         if connection is not None:
             return self.enqueue_many([job], connection=connection)[0]
+        if job.unique_key is not None:
+            return self._enqueue_deduplicated([job], None)[0]
         [row] = self._stamp([job], utcnow())
         self._run_grouped("insert_job", self._insert_params(row))
         return job.id
@@ -550,8 +572,12 @@ class SQLStorage:
 
         ``jobs`` may be a lazy iterable, drawn a chunk at a time inside the transaction:
         on PostgreSQL the server stores one chunk while the next is built. An error
-        raised while drawing it stores nothing.
+        raised while drawing it stores nothing. Jobs with a ``unique_key`` come in a
+        sequence (a list): they are deduplicated, and a duplicate's place in the
+        returned ids holds the id of the job that holds its key.
         """
+        if isinstance(jobs, Sequence) and any(job.unique_key is not None for job in jobs):
+            return self._enqueue_deduplicated(list(jobs), connection)
         now = utcnow()
         chunks = _chunks(jobs, self.dialect.insert_chunk)
         first = next(chunks, [])
@@ -565,16 +591,97 @@ class SQLStorage:
             return [self.enqueue(job) for job in first]
         return self.dialect.insert_many(self, itertools.chain([first], chunks), now)
 
+    def _enqueue_deduplicated(self, jobs: list[Job], connection: sa.Connection | None) -> list[str]:
+        """``enqueue_many`` of jobs some of which have a ``unique_key``, all-or-nothing in
+        one transaction: a job whose key another job holds (stored before, or earlier in
+        ``jobs``) is not stored, and its place in the returned ids holds that job's id.
+
+        A job holds its key while unfinished, and with ``unique_for`` also while it was
+        created less than that long ago. A finished job past its window gives the key up
+        to the next job that asks for it; the database's unique index on the key decides
+        between concurrent producers.
+        """
+        now = utcnow()
+        rows = self._stamp(jobs, now)
+        if connection is not None:
+            return self._store_deduplicated(jobs, rows, now, connection)
+        # Concurrent producers of one key may deadlock on its index entry (InnoDB): the
+        # transaction that loses is rolled back whole, and is run again.
+        tries = 1
+        while True:
+            try:
+                return self._store_deduplicated(jobs, rows, now, None)
+            except StorageError as exc:
+                if not exc.transient or tries == _UNIQUE_TRIES:
+                    raise
+                tries += 1
+
+    def _store_deduplicated(
+        self,
+        jobs: list[Job],
+        rows: list[tuple[Any, ...]],
+        now: datetime,
+        connection: sa.Connection | None,
+    ) -> list[str]:
+        held: dict[str, str] = {}
+        ids: list[str] = []
+        with self._job_cursor(connection) as cur:
+            for job, row in zip(jobs, rows, strict=True):
+                params = self._insert_params(row)
+                key = job.unique_key
+                if key is None:
+                    cur.execute(self._sql["insert_job"], params)
+                    ids.append(job.id)
+                elif key in held:
+                    ids.append(held[key])
+                else:
+                    held[key] = self._insert_unique(cur, job, params, now)
+                    ids.append(held[key])
+        return ids
+
+    @contextlib.contextmanager
+    def _job_cursor(self, connection: sa.Connection | None) -> Iterator[Any]:
+        """A cursor in a transaction of ours, or in ``connection``'s (the caller's)."""
+        if connection is None:
+            with self._cursor(write=True, atomic=True) as cur:
+                yield cur
+            return
+        if connection.engine.dialect.name != self.engine.dialect.name:
+            raise ValueError("connection belongs to a different kind of database than storage")
+        yield self.dialect.cursor(connection.connection)
+
+    def _insert_unique(self, cur: Any, job: Job, params: dict[str, Any], now: datetime) -> str:
+        """Store ``job`` unless another job holds its key; the id of the job that holds it."""
+        key = job.unique_key
+        for _ in range(_UNIQUE_TRIES):
+            cur.execute(self._sql["insert_unique_job"], params)
+            if self._has_rows(cur) and cur.fetchall():
+                return job.id
+            cur.execute(self._sql["unique_holder"], {"key": key})
+            found = cur.fetchall() if self._has_rows(cur) else []
+            if not found:
+                continue  # given up meanwhile: ask again
+            holder, status, created_at = found[0]
+            created = self.dialect.time_value(created_at)
+            window = job.unique_for
+            if status in _UNFINISHED or (window and created and created > now - window):
+                return str(holder)
+            cur.execute(self._sql["release_unique"], {"id": holder, "key": key})
+        raise StorageError(f"unique key {key!r}: no job could be stored nor found holding it")
+
     def enqueue_claimed(
         self,
         job: Job,
         worker_id: str,
         *,
         lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
-    ) -> str:
+    ) -> bool:
         """Store a new, due job already claimed by ``worker_id``, its first run starting
         now: a worker in the enqueuing process with a free slot runs it without a claim.
         Its lock expires after ``lock_timeout`` (the worker's) unless heartbeated.
+
+        Returns False when the job's queue is paused: the job is then stored unclaimed,
+        for the claims once the queue is resumed.
         """
         now = utcnow()
         [row] = self._stamp([job], now)
@@ -583,11 +690,13 @@ class SQLStorage:
             "worker": worker_id,
             "lock_timeout": _seconds(lock_timeout),
         }
-        self._run_grouped("insert_claimed_job", params)
+        if not self._run_grouped("insert_claimed_job", params):
+            self._run_grouped("insert_job", self._insert_params(row))
+            return False
         job.status, job.attempt, job.locked_by = JobStatus.RUNNING, 1, worker_id
         job.fence = 1
         job.started_at = job.heartbeat_at = now
-        return job.id
+        return True
 
     def enqueue_unique(self, job: Job, unique_key: str) -> bool:
         """Store ``job`` unless a job with ``unique_key`` exists; True if it was stored.
@@ -1416,6 +1525,10 @@ class SQLStorage:
         params = {"now": self.dialect.time_param(utcnow())}
         rows = self._read("queue_depths", params, _DEPTH)
         return [QueueDepth(queue, due, t(oldest)) for queue, due, oldest in rows]
+
+    def waiting_counts(self) -> dict[str, int]:
+        """Per queue with waiting jobs: how many wait (for a deadline, children or a signal)."""
+        return {queue: int(n) for queue, n in self._read("waiting_counts", {}, _WAITING)}
 
     # -- schedules ----------------------------------------------------------------------
 

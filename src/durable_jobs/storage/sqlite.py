@@ -218,6 +218,31 @@ _SQLITE_MIGRATION_7 = (
     "ALTER TABLE sdj_jobs ADD COLUMN children_spare INTEGER",
 )
 
+# Wake-ups of jobs due without an insert (a parent its children's outcome resumed):
+# one row per queue whose counter each such transaction bumps, so that other processes'
+# watchers see which queues to look at. The table never grows past the queues.
+_SQLITE_MIGRATION_8 = (
+    """CREATE TABLE sdj_wakes (
+        queue TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+# Job control: a job's tags, run timeout and the keys its concurrency cap and rate limit
+# count it under; ``paused_from``, set while a pause of the job is asked for, is the
+# status a resume gives back. Paused queues are rows, read by the claim itself.
+_SQLITE_MIGRATION_9 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN tags TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN timeout_seconds REAL",
+    "ALTER TABLE sdj_jobs ADD COLUMN concurrency_key TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN rate_key TEXT",
+    "ALTER TABLE sdj_jobs ADD COLUMN paused_from TEXT",
+    """CREATE TABLE sdj_queue_pauses (
+        queue TEXT PRIMARY KEY,
+        paused_at TEXT NOT NULL
+    ) WITHOUT ROWID""",
+)
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -277,6 +302,8 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_5,
         _SQLITE_MIGRATION_6,
         _SQLITE_MIGRATION_7,
+        _SQLITE_MIGRATION_8,
+        _SQLITE_MIGRATION_9,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -301,13 +328,18 @@ class SQLiteDialect(Dialect):
     sql: ClassVar[dict[str, str]] = {
         "insert_job": f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES (:id, :type, :args,"
         " :queue, :priority, :status, 0, :max_retries, :run_at, :now, :now, :backoff, :meta,"
-        " :parent_id, :parent_group)",
+        " :parent_id, :parent_group, :unique_key, :tags, :timeout_seconds, :concurrency_key,"
+        " :rate_key)",
         # A job enqueued in a process whose worker has a free slot starts out claimed.
+        # Unless its queue is paused: no row then, and the job is stored unclaimed.
         "insert_claimed_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, locked_by,
                 heartbeat_at, started_at, fence, lock_expires_at)
-            VALUES (:id, :type, :args, :queue, :priority, 'running', 1, :max_retries, :run_at,
-                :now, :now, :backoff, :meta, :parent_id, :parent_group, :worker, :now, :now, 1,
-                {_SQLITE_EXPIRY})""",
+            SELECT :id, :type, :args, :queue, :priority, 'running', 1, :max_retries, :run_at,
+                :now, :now, :backoff, :meta, :parent_id, :parent_group, :unique_key, :tags,
+                :timeout_seconds, :concurrency_key, :rate_key, :worker, :now, :now, 1,
+                {_SQLITE_EXPIRY}
+            WHERE NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = :queue)
+            RETURNING id""",
         # SQLite has no SKIP LOCKED; the IMMEDIATE transaction around this makes the
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
@@ -321,6 +353,7 @@ class SQLiteDialect(Dialect):
                 WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
                   AND type NOT IN (SELECT value FROM json_each(:skip))
                   AND max_retries >= :min_retries
+                  AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = :queue)
                 ORDER BY priority DESC, run_at, rowid
                 LIMIT :limit)
             RETURNING {JOB_COLUMNS}, rowid AS dequeue_order""",
@@ -494,12 +527,22 @@ class SQLiteDialect(Dialect):
         # For metrics: served by the dequeue index, which holds only waiting jobs.
         "queue_depths": """SELECT queue, COUNT(*) AS due, MIN(run_at) AS oldest_run_at FROM sdj_jobs
             WHERE status IN ('pending', 'retrying') AND run_at <= :now GROUP BY queue""",
+        # Served by the index of waiting jobs (sdj_jobs_waiting), not a scan of the table.
+        "waiting_counts": """SELECT queue, COUNT(*) AS waiting FROM sdj_jobs
+            WHERE status = 'waiting' GROUP BY queue""",
         # The WHERE names the partial unique index as the conflict target.
-        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS}, unique_key)
+        "insert_unique_job": f"""INSERT INTO sdj_jobs ({INSERT_COLUMNS})
             VALUES (:id, :type, :args, :queue, :priority, :status, 0, :max_retries, :run_at,
-                :now, :now, :backoff, :meta, :parent_id, :parent_group, :unique_key)
+                :now, :now, :backoff, :meta, :parent_id, :parent_group, :unique_key, :tags,
+                :timeout_seconds, :concurrency_key, :rate_key)
             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
             RETURNING id""",
+        # The job holding a unique key (the write transaction keeps it as read): a
+        # producer that finds it finished gives its key up before storing the new job.
+        "unique_holder": """SELECT id, status, created_at FROM sdj_jobs
+            WHERE unique_key = :key""",
+        "release_unique": """UPDATE sdj_jobs SET unique_key = NULL
+            WHERE id = :id AND unique_key = :key""",
         # The row only moves forward, so a slow scheduler cannot set it back; a changed
         # spec starts the schedule afresh.
         "upsert_schedule": f"""INSERT INTO sdj_schedules ({SCHEDULE_COLUMNS})
@@ -542,6 +585,11 @@ class SQLiteDialect(Dialect):
         # :ids is a JSON array (one parameter however many ids).
         "jobs_by_id": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE id IN (SELECT value FROM json_each(:ids))""",
+        # The parent's index (sdj_jobs_parent) serves both.
+        "children_counts": """SELECT status, COUNT(*) AS jobs FROM sdj_jobs
+            WHERE parent_id = :parent GROUP BY status""",
+        "children": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE parent_id = :parent
+            ORDER BY created_at, rowid LIMIT :limit""",
         # A fresh start: full retry budget; checkpoints stay, so a workflow resumes. The
         # fence stays: the next claim takes a new one, so a stale run's writes stay rejected.
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
@@ -644,6 +692,10 @@ class SQLiteDialect(Dialect):
         if self.in_memory(engine.url):
             return None  # one process: in-process wake-ups reach every worker
         return SQLiteWatcher(engine)
+
+    def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
+        # Committed with the wake-up it announces: the watchers read these counters.
+        cur.executemany(_WAKE, [{"queue": queue} for queue in sorted(set(queues))])
 
     # -- values -------------------------------------------------------------------------
 
@@ -753,6 +805,10 @@ _SIGNALLED = """SELECT max(s.seq), json_group_array(DISTINCT j.queue)
     FROM sdj_signals AS s JOIN sdj_jobs AS j ON j.id = s.job_id WHERE s.seq > ?"""
 
 
+_WAKE = """INSERT INTO sdj_wakes (queue, seq) VALUES (:queue, 1)
+    ON CONFLICT (queue) DO UPDATE SET seq = seq + 1"""
+
+
 class SQLiteWatcher(ListenerThread):
     """Notices jobs inserted by other processes into a SQLite file, within milliseconds.
 
@@ -761,7 +817,7 @@ class SQLiteWatcher(ListenerThread):
     it changes, the highest job rowid tells whether jobs were inserted (rather than
     updated by heartbeats and completions), and only then are workers woken; likewise
     the highest signal number, for the queues of signalled jobs (a signal may have made
-    its job due).
+    its job due), and the wake counters, for queues of jobs woken from a wait.
     """
 
     def __init__(self, engine: sa.Engine, interval: float = 0.002) -> None:
@@ -774,6 +830,7 @@ class SQLiteWatcher(ListenerThread):
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         last = conn.execute("SELECT coalesce(max(rowid), 0) FROM sdj_jobs").fetchone()[0]
         signalled = conn.execute("SELECT coalesce(max(seq), 0) FROM sdj_signals").fetchone()[0]
+        wakes = dict(conn.execute("SELECT queue, seq FROM sdj_wakes").fetchall())
         on_reconnect()
         while not stop.wait(self._interval):
             now = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -793,4 +850,8 @@ class SQLiteWatcher(ListenerThread):
             if top is not None:
                 signalled = top
                 for queue in json.loads(queues):
+                    on_notify(queue)
+            for queue, seq in conn.execute("SELECT queue, seq FROM sdj_wakes").fetchall():
+                if wakes.get(queue) != seq:
+                    wakes[queue] = seq
                     on_notify(queue)
