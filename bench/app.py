@@ -33,3 +33,13 @@ def probe(reply: dict[str, int]) -> None:
     """
     started = time.perf_counter()
     _reports.sendto(PROBE_REPORT.pack(reply["seq"], started), ("127.0.0.1", reply["port"]))
+
+
+@queue.job()
+def waiter(reply: dict[str, int]) -> None:
+    """Waits for the signal ``"go"``; the run that the signal resumes sends its start
+    time as ``probe`` does, before it reads the signal."""
+    started = time.perf_counter()
+    if jobs.current_job().wait_until is not None:  # a resumed run
+        _reports.sendto(PROBE_REPORT.pack(reply["seq"], started), ("127.0.0.1", reply["port"]))
+    jobs.wait_for_signal("go")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import durable_jobs as jobs
 
@@ -20,14 +22,22 @@ from .report import Figure, Result, latency_figures
 from .sizes import CONCURRENCY, Sizes, count, drain_timeout
 from .workloads import IDLE_GAP, LATENCY_WARM_UP
 
-__all__ = ["drain_processes", "latency_other_process", "worker_memory"]
+__all__ = [
+    "drain_processes",
+    "latency_other_process",
+    "probe_socket",
+    "probe_waits",
+    "receive",
+    "warm_up",
+    "worker_memory",
+]
 
 # How long a fresh worker process rests before its memory counts as "at rest".
 REST = 2.0
 PROBE_TIMEOUT = 10.0
 
 
-def _warm_up(queue: jobs.Queue, left: Outstanding, n: int = 20) -> None:
+def warm_up(queue: jobs.Queue, left: Outstanding, n: int = 20) -> None:
     """A few jobs through fresh workers: connections open, listeners listening."""
     queue.enqueue_many([("noop", None)] * n)
     left.wait_for_zero(30)
@@ -43,7 +53,7 @@ def _drain(url: str, processes: int, n: int) -> float:
         outstanding(url) as left,
         queue_on(url) as queue,
     ):
-        _warm_up(queue, left)
+        warm_up(queue, left)
         queue.enqueue_many([("noop", None)] * n)
         start = time.perf_counter()
         left.wait_for_zero(drain_timeout(n))
@@ -68,7 +78,7 @@ def drain_processes(backend: str, sizes: Sizes) -> Result:
     return Result(backend, "drain-processes", figures)
 
 
-def _receive(sock: socket.socket, seq: int) -> float:
+def receive(sock: socket.socket, seq: int) -> float:
     """The start time the probe numbered ``seq`` reports (reports of earlier ones skipped)."""
     while True:
         try:
@@ -85,28 +95,42 @@ def latency_other_process(backend: str, sizes: Sizes) -> Result:
 
     The probe handler sends its ``perf_counter()`` start time back over UDP.
     """
-    waits = []
     with (
         database(backend) as url,
         WorkerProcesses(url, 1, CONCURRENCY),
         outstanding(url) as left,
         queue_on(url) as queue,
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+        probe_socket() as sock,
     ):
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(PROBE_TIMEOUT)
-        port = sock.getsockname()[1]
-        _warm_up(queue, left)
-        for seq in range(LATENCY_WARM_UP + sizes.latency_samples):
-            time.sleep(IDLE_GAP)
-            sent = time.perf_counter()
-            queue.enqueue("probe", {"port": port, "seq": seq})
-            started = _receive(sock, seq)
-            if seq >= LATENCY_WARM_UP:
-                waits.append((started - sent) * 1000)
+        warm_up(queue, left)
+        waits = probe_waits(queue, sock, sizes.latency_samples)
         floor = idle_commit_ms(url, backend, sizes.latency_samples, IDLE_GAP)
     figures = latency_figures("latency.other", "other process", waits, floor)
     return Result(backend, "latency-other-process", figures)
+
+
+@contextmanager
+def probe_socket() -> Iterator[socket.socket]:
+    """A UDP socket on 127.0.0.1 for the probes' reports (``PROBE_REPORT``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(PROBE_TIMEOUT)
+        yield sock
+
+
+def probe_waits(queue: jobs.Queue, sock: socket.socket, samples: int) -> list[float]:
+    """ms from each ``enqueue`` of a probe to its start in a worker process (which
+    reports it to ``sock``), after ``IDLE_GAP`` of idleness; warm-up samples left out."""
+    port = sock.getsockname()[1]
+    waits = []
+    for seq in range(LATENCY_WARM_UP + samples):
+        time.sleep(IDLE_GAP)
+        sent = time.perf_counter()
+        queue.enqueue("probe", {"port": port, "seq": seq})
+        started = receive(sock, seq)
+        if seq >= LATENCY_WARM_UP:
+            waits.append((started - sent) * 1000)
+    return waits
 
 
 def _feed(queue: jobs.Queue, left: Outstanding, n: int, batch: int) -> float:

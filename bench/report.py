@@ -60,6 +60,13 @@ CEILING_NAMES = {
     "ref.bulk": "bare bulk",
     "ref.idle.latency.same": "idle commit",
     "ref.idle.latency.other": "idle commit",
+    "ref.fanout.drain": "plain drain",
+    "ref.limits.work": "plain drain",
+    "ref.limits.noop": "plain drain",
+    "ref.enqueue": "plain enqueue",
+    "ref.latency.sleep": "enqueue-to-start",
+    "ref.latency.signal": "enqueue-to-start",
+    "ref.latency.signal.other": "enqueue-to-start",
 }
 
 HEADER = (

@@ -25,6 +25,14 @@ class Sizes:
     memory_jobs: int = 200_000
     memory_baseline: int = 20_000
     claim_ceiling: int = 5_000
+    #: Children of the one parent of the fan-out (and jobs of its reference drain).
+    fan_out: int = 10_000
+    #: Sleeps of the sleep-lateness workload, one at a time.
+    sleepers: int = 100
+    #: Signals of the signal-latency workload, one at a time.
+    signal_samples: int = 200
+    #: Jobs of each drain of the limits-drain workload (capped, rate-limited, plain).
+    limits_drain: int = 10_000
 
 
 FULL = Sizes()
@@ -38,6 +46,10 @@ QUICK = Sizes(
     memory_jobs=20_000,
     memory_baseline=2_000,
     claim_ceiling=2_000,
+    fan_out=2_000,
+    sleepers=30,
+    signal_samples=50,
+    limits_drain=2_000,
 )
 
 

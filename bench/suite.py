@@ -8,7 +8,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import control_workloads as cw
+from . import limits_workloads as lw
 from . import process_workloads as pw
+from . import waiting_workloads as ww
 from . import workloads as w
 from .report import Result, number
 from .sizes import Sizes
@@ -44,6 +47,15 @@ WORKLOADS = (
         ("claim-ceiling", "drain"),
     ),
     Workload("workflows", w.workflows, "workflows of 5 durable calls"),
+    Workload("fan-out", ww.fan_out, "one parent fans out 10k no-op children, and the drain"),
+    Workload("sleep-lateness", ww.sleep_lateness, "how late jobs.sleep(0.05) resumes"),
+    Workload("signal-latency", ww.signal_latency, "signal to the start of the run it resumes"),
+    Workload("unique-enqueue", cw.unique_enqueue, "enqueue with a unique key, and a plain one"),
+    Workload(
+        "limits-drain",
+        lw.limits_drain,
+        "drains of a capped and of a rate-limited type against the plain drain",
+    ),
     Workload("latency-same-process", w.latency_same_process, "idle latency, in-process worker"),
     Workload("latency-other-process", pw.latency_other_process, "idle latency, worker process"),
     Workload("memory", pw.worker_memory, "worker process RSS at rest and its growth"),

@@ -61,6 +61,15 @@ TARGETS: dict[str, dict[str, Target]] = {
         "postgresql": Target(4, at_most=True),
         "sqlite": Target(10, at_most=True),
     },
+    "fanout": _both(Target(0.7, of=CEILING, of_name="drain")),
+    "sleep.late.p50": _both(Target(5, at_most=True)),
+    "sleep.late.p99": _both(Target(20, at_most=True)),
+    "signal.p50": _both(Target(1.5, at_most=True, of=CEILING, of_name="enqueue-to-start")),
+    "signal.other.p50": _both(Target(1.5, at_most=True, of=CEILING, of_name="enqueue-to-start")),
+    # A unique-key enqueue costs at most 1.3x a plain one: its rate is at least 1/1.3 of it.
+    "unique_enqueue": _both(Target(0.77, of=CEILING, of_name="plain enqueue")),
+    "limits.capped": _both(Target(0.8, of=CEILING, of_name="plain drain")),
+    "limits.rated": _both(Target(0.8, of=CEILING, of_name="plain drain")),
     "rss.rest": _both(Target(80, at_most=True)),
     "rss.growth": _both(Target(10, at_most=True)),
 }

@@ -99,7 +99,7 @@ def _reset_postgres(url: str) -> None:
         storage.migrate()
         with storage.engine.begin() as conn:  # commits: the engine is transactional
             conn.exec_driver_sql("TRUNCATE sdj_jobs, sdj_checkpoints, sdj_workers")
-            for extra in ("sdj_schedules", "sdj_signals"):
+            for extra in ("sdj_schedules", "sdj_signals", "sdj_limits"):
                 exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (extra,)).scalar()
                 if exists:
                     conn.exec_driver_sql(f"TRUNCATE {extra}")
@@ -119,6 +119,7 @@ def _reset_mysql(url: str) -> None:
                 "sdj_workers",
                 "sdj_schedules",
                 "sdj_signals",
+                "sdj_limits",
             ):
                 if table in tables:
                     conn.exec_driver_sql(f"TRUNCATE {table}")

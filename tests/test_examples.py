@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-TESTED = {"quickstart.py", "order_workflow.py", "waiting_order.py"}
+TESTED = {"quickstart.py", "order_workflow.py", "waiting_order.py", "job_control.py"}
 #: Every example finishes in a few seconds; this only bounds a hang.
 TIMEOUT = 60
 FAILURE = "SMTP server refused the connection"
@@ -151,3 +151,14 @@ def test_waiting_order_waits_for_payment_fans_out_and_sleeps(tmp_path: Path) -> 
         output
     )
     assert time.monotonic() - started < TIMEOUT
+
+
+def test_job_control_dedupes_pauses_cancels_and_times_out(tmp_path: Path) -> None:
+    lines = run_example("job_control.py", tmp_path).splitlines()
+    assert "one job for sync:7: True -> user 7 synced" in lines
+    assert "newsletter while its queue is paused: pending" in lines
+    assert "after resume_queue: issue 12 sent" in lines
+    assert any(line.endswith("(export) was cancelled") for line in lines)
+    assert (
+        "slow report: JobTimeout: the run of 'slow_report' exceeded its timeout of 0.5 s" in lines
+    )

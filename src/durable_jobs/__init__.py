@@ -24,14 +24,16 @@ from .children import (
     wait_for,
     wait_for_async,
 )
-from .context import current_job
+from .context import current_job, should_stop
 from .durable import call, call_async
 from .errors import (
+    Cancelled,
     ChildFailed,
     DatabaseUnavailable,
     DurableJobsError,
     FailedRun,
     JobNotFound,
+    JobTimeout,
     NondeterminismError,
     NoRetry,
     NotADatabase,
@@ -47,9 +49,11 @@ from .events import (
     CheckpointSaved,
     Event,
     EventStream,
+    JobCancelled,
     JobCompleted,
     JobEnqueued,
     JobFailed,
+    JobPaused,
     JobResumed,
     JobRetrying,
     JobStarted,
@@ -83,6 +87,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 
 __all__ = [
     "Backoff",
+    "Cancelled",
     "Checkpoint",
     "CheckpointSaved",
     "ChildFailed",
@@ -92,14 +97,17 @@ __all__ = [
     "EventStream",
     "FailedRun",
     "Job",
+    "JobCancelled",
     "JobCompleted",
     "JobEnqueued",
     "JobFailed",
     "JobNotFound",
+    "JobPaused",
     "JobResumed",
     "JobRetrying",
     "JobStarted",
     "JobStatus",
+    "JobTimeout",
     "JobWaiting",
     "NoRetry",
     "NondeterminismError",
@@ -135,6 +143,7 @@ __all__ = [
     "peek_signal_async",
     "set_progress",
     "set_progress_async",
+    "should_stop",
     "sleep",
     "sleep_async",
     "sleep_until",

@@ -8,10 +8,12 @@ it.
 
 Waiting for children is a suspension like a sleep's: the parent reads its children's
 outcomes and, if they do not decide its wait yet, suspends (``Suspend`` with a
-``ChildrenWait``). The database then decides: the parent's row counts down what is left
-of its wait, and the child outcome that decides it resumes the parent in the same
-transaction (``SQLStorage._settle``); workers resume a decided parent whose wake-up was
-lost (``SQLStorage.wake_decided``). The resumed run reads the children's stored outcomes
+``ChildrenWait``); the run that has just stored a fan-out's children suspends without
+that read, since the suspension counts the children finished so far anyway. The
+database then decides: the parent's row counts down what is left of its wait, and the
+child outcome that decides it resumes the parent in the same transaction
+(``SQLStorage._settle``); workers resume a decided parent whose wake-up was lost
+(``SQLStorage.wake_decided``). The resumed run reads the children's stored outcomes
 again: the outcomes themselves are never copied into the parent's checkpoints.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 
 from . import codec, context, durable
 from .durable import InvalidCallArguments
-from .errors import ChildFailed, NondeterminismError, StaleJobError, Suspend
+from .errors import ChildFailed, NondeterminismError, Suspend
 from .job import Checkpoint, Job, JobStatus, children_wait, new_ids, utcnow
 from .storage import ChildrenWait, retry_transient
 from .storage.records import decided
@@ -140,20 +142,20 @@ def fan_out(
     enqueues nothing twice. The job suspends (``waiting``, its slot free) while the
     outcome is undecided; the child outcome that decides it resumes the job.
     """
-    ctx = context.current_context()
+    context.current_context()
     rule = _rule(on_failure, threshold)
-    jobs = _children(ctx, subs)
-    return _fan_out(durable.take_position(), jobs, rule)
+    described = _subs(subs)
+    return _fan_out(durable.take_position(), described, rule)
 
 
 def fan_out_async(
     subs: Iterable[Sub], on_failure: str = FAIL_FAST, threshold: float | None = None
 ) -> Coroutine[Any, Any, list[Result]]:
     """``fan_out`` for async handlers (its call index is taken when called)."""
-    ctx = context.current_context()
+    context.current_context()
     rule = _rule(on_failure, threshold)
-    jobs = _children(ctx, subs)
-    return asyncio.to_thread(_fan_out, durable.take_position(), jobs, rule)
+    described = _subs(subs)
+    return asyncio.to_thread(_fan_out, durable.take_position(), described, rule)
 
 
 def _rule(on_failure: str, threshold: float | None) -> dict[str, Any]:
@@ -180,20 +182,28 @@ def _wait_of(group: str, total: int, rule: dict[str, Any]) -> ChildrenWait:
     return ChildrenWait(group, total, total, tolerated)
 
 
-def _fan_out(pos: durable.Position, jobs: list[Job], rule: dict[str, Any]) -> list[Result]:
+def _fan_out(pos: durable.Position, described: list[Sub], rule: dict[str, Any]) -> list[Result]:
     cp = durable.checkpoint_at(pos)
+    fresh = cp is None
     if cp is None:
+        # Built (and checked) only by the run that stores them: a replay has their ids.
+        jobs = [_child(pos.ctx, s, "jobs.fan_out") for s in described]
         wait = _wait_of(pos.path, len(jobs), rule)
         cp = _store_children(pos, jobs, FAN_OUT, rule, wait)
     ids = _stored_ids(pos, cp, FAN_OUT, "a fan-out")
-    if len(ids) != len(jobs):
+    if len(ids) != len(described):
         raise NondeterminismError(
-            f"durable call {pos.path} of job {pos.ctx.job.id} fans out {len(jobs)} children"
-            f" on this run but fanned out {len(ids)} when it was checkpointed; the workflow's"
-            " calls must happen in the same order on every run"
+            f"durable call {pos.path} of job {pos.ctx.job.id} fans out {len(described)}"
+            f" children on this run but fanned out {len(ids)} when it was checkpointed; the"
+            " workflow's calls must happen in the same order on every run"
         )
     stored = codec.loads(cp.result or b"{}")
     wait = _wait_of(pos.path, len(ids), stored)  # the first run's rule stands
+    if fresh and not decided(*wait.counters(0, 0)):
+        # Children stored a moment ago have hardly run: reading every outcome (all of
+        # them, results included) would only confirm it. The suspension counts those
+        # that did finish, and one that finds the wait decided resumes the job at once.
+        raise Suspend(None, children_wait(0, len(ids)), children=wait)
     return _await(pos, ids, wait, foreign=False, fails=True)
 
 
@@ -266,7 +276,7 @@ def _await(
         what=f"reading the children of job {ctx.job.id}",
     )
     ok = sum(1 for i in ids if i in found and found[i].status is JobStatus.COMPLETED)
-    failed = sum(1 for i in ids if i not in found or found[i].status is JobStatus.FAILED)
+    failed = sum(1 for i in ids if i not in found or found[i].status in _FAILED)
     left, need, spare = wait.counters(ok, failed)
     if not decided(left, need, spare):
         waiting_for = children_wait(ok + failed, wait.total)
@@ -274,7 +284,8 @@ def _await(
         if foreign and not mine:
             raise Suspend(utcnow() + FOREIGN_POLL, waiting_for)
         raise Suspend(None, waiting_for, children=wait)
-    results = [_result(ctx, index, id_, found.get(id_)) for index, id_ in enumerate(ids)]
+    decoders: dict[str, Callable[[bytes], Any]] = {}
+    results = [_result(ctx, decoders, index, id_, found.get(id_)) for index, id_ in enumerate(ids)]
     if fails and spare < 0:
         retry_transient(
             lambda: storage.cancel_children(ctx.job.id, wait.group),
@@ -285,17 +296,33 @@ def _await(
     return results
 
 
-def _result(ctx: context.JobContext, index: int, job_id: str, job: Job | None) -> Result:
+def _result(
+    ctx: context.JobContext,
+    decoders: dict[str, Callable[[bytes], Any]],
+    index: int,
+    job_id: str,
+    job: Job | None,
+) -> Result:
+    """The ``Result`` of one child; ``decoders`` caches each job type's result decoder."""
     if job is None:
         return Result(index, job_id, False, None, f"JobNotFound: no job with id {job_id!r}")
     if job.status is JobStatus.COMPLETED:
-        handler = ctx.queue.handler(job.type)
-        encoded = job.result or b"null"
-        value = codec.loads(encoded) if handler is None else handler.decode_result(encoded)
+        decode = decoders.get(job.type)
+        if decode is None:
+            handler = ctx.queue.handler(job.type)
+            decode = codec.loads if handler is None else handler.decode_result
+            decoders[job.type] = decode
+        if job.result is None and decode is codec.loads:
+            value = None  # a handler that returned None (plain JSON): nothing to decode
+        else:
+            value = decode(job.result or b"null")
         return Result(index, job_id, True, value, None)
-    if job.status is JobStatus.FAILED:
-        return Result(index, job_id, False, None, job.last_error or "failed")
+    if job.status in _FAILED:  # a cancelled child counts as failed
+        return Result(index, job_id, False, None, job.last_error or job.status.value)
     return Result(index, job_id, False, None, None)
+
+
+_FAILED = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def _child_failed(
@@ -323,10 +350,17 @@ def _child_failed(
 # -- storing children ---------------------------------------------------------------------
 
 
-def _children(ctx: context.JobContext, subs: Iterable[Sub]) -> list[Job]:
+def _subs(subs: Iterable[Sub]) -> list[Sub]:
+    """The children a fan-out describes, each a ``Sub`` (``InvalidCallArguments``
+    otherwise, before the call takes an index); built into jobs (and checked further)
+    only by the run that stores them (``_child``)."""
     if isinstance(subs, Sub):
         raise InvalidCallArguments("jobs.fan_out: expected a list of jobs.sub(...), got one")
-    return [_child(ctx, s, "jobs.fan_out") for s in subs]
+    described = list(subs)
+    for s in described:
+        if not isinstance(s, Sub):
+            raise InvalidCallArguments(f"jobs.fan_out: expected jobs.sub(...), got {s!r}")
+    return described
 
 
 def _child(ctx: context.JobContext, described: Any, where: str) -> Job:
@@ -382,7 +416,9 @@ def _store_children(
         attempt, within=ctx.lock_timeout, what=f"storing the children of job {parent.id}"
     )
     if not held:
-        raise StaleJobError(f"job {parent.id} lost its lock; step {pos.path} was not recorded")
+        raise context.fenced_out(
+            ctx, f"job {parent.id} lost its lock; step {pos.path} was not recorded"
+        )
     stored = (_stored_at(pos) if tries > 1 else None) or cp
     durable.remember(pos, stored)
     if stored.id == cp.id:

@@ -122,6 +122,7 @@ class Completer:
         if rejected:
             accepted |= self._committed_anyway(rejected)
         self.dispatcher.forget(batch)
+        self.dispatcher.stored(batch)
         # Accepted is by job: of two runs of one job in a batch (a thawed worker's stale
         # run and its own later claim of the job), only the newest can have been stored.
         newest = {o.job.id: o.job.fence for o in sorted(batch, key=lambda o: o.job.fence)}
@@ -141,14 +142,19 @@ class Completer:
             "reading stored outcomes", lambda: storage.settled(self.worker_id, runs)
         )
         found = found or {}
-        return {o.job.id for o in rejected if found.get(o.job.id) == _SETTLED_AS[o.kind]}
+        for o in rejected:
+            if found.get(o.job.id) is JobStatus.CANCELLED:
+                o.kind = "cancelled"  # cancelled while it ran: its outcome is void
+        return {o.job.id for o in rejected if found.get(o.job.id) == _SETTLED_AS.get(o.kind)}
 
     def _complete_and_claim(self, completions: list[RunOutcome]) -> set[str]:
         """Store completions, claiming the next jobs in the same transaction."""
         storage = self.queue.storage
         dispatcher = self.dispatcher
         outcomes = [Outcome(o.job.id, o.job.fence, o.result, o.job.parent_id) for o in completions]
-        requests = dispatcher.reserve()
+        # The types capped fleet-wide whose runs just ended here are claimed in the
+        # transaction that stores those runs' ends: there, their slots are free.
+        requests = dispatcher.reserve(completing=True)
         claims = [r.claim for r in requests]
         try:
             stored = self._retrying(

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from .backoff_loop import keep_trying
 from .executor import Executor, RunOutcome
 from .job import Job, utcnow
-from .storage import Claim
+from .storage import Claim, ClaimedJobs, TypeLimits
+from .storage.limits import type_limits
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -68,6 +69,26 @@ class QueueState:
     #: The earliest ``time.monotonic()`` at which a job this worker knows of becomes due
     #: (a retry it stored, a delayed job enqueued in this process); inf: none known.
     due_at: float = float("inf")
+    #: Job types with fleet-wide limits held back by them: not claimed here before this
+    #: ``time.monotonic()`` (a token's return; inf: until a run of the type ends here,
+    #: or the next poll).
+    held: dict[str, float] = field(default_factory=dict)
+    #: Job types with fleet-wide limits of which a claim found no more due jobs here:
+    #: not claimed until a wake-up.
+    drained: set[str] = field(default_factory=set)
+    #: Counts releases of ``held``, so a claim that began before one holds nothing back.
+    releases: int = 0
+
+    def limited_to_claim(
+        self, limited: dict[str, TypeLimits], now: float, ending: set[str]
+    ) -> tuple[TypeLimits, ...]:
+        """The types of ``limited`` (by name) that a claim in this queue may look for,
+        but for those in ``ending``."""
+        return tuple(
+            limits
+            for name, limits in sorted(limited.items())
+            if name not in self.drained and self.held.get(name, 0.0) <= now and name not in ending
+        )
 
     def capacity(self) -> int:
         """How many jobs this queue may hold claimed, by how long its jobs run."""
@@ -97,6 +118,8 @@ class ClaimRequest:
 
     claim: Claim
     generation: int
+    #: The queue's ``releases`` when the claim was reserved.
+    releases: int = 0
 
     @property
     def ahead(self) -> bool:
@@ -149,6 +172,14 @@ class Dispatcher:
         #: lost (their children's outcomes decided their wait): every half lock timeout.
         self._next_recovery = 0.0
         self._recover = True
+        #: The job types with fleet-wide limits among the queue's handlers, and how many
+        #: handlers there were when they were listed.
+        self._limited: tuple[int, dict[str, TypeLimits]] = (-1, {})
+        #: Runs (job id, fence) of types capped fleet-wide that ended here and whose
+        #: outcome the completer has not stored yet, with their type: they count
+        #: against their caps until it has, so only the completer's claims (in the
+        #: transaction that stores them) look for their types meanwhile.
+        self._ending: dict[tuple[str, int], str] = {}
 
     # -- wake-ups -----------------------------------------------------------------------
 
@@ -161,6 +192,7 @@ class Dispatcher:
                 if state is not None:
                     state.maybe_work = True
                     state.generation += 1
+                    state.drained.clear()
                     touched = True
         if touched:
             self.wakeup.set()
@@ -216,7 +248,9 @@ class Dispatcher:
                 or state is None
                 or state.running + len(state.ready) >= state.concurrency
                 or state.claimed >= state.capacity()
-                or self.queue.handler(job.type) is None
+                or (handler := self.queue.handler(job.type)) is None
+                # Only a claim may start a job of a type with fleet-wide limits.
+                or handler.limits is not None
             ):
                 return False
             state.claimed += 1
@@ -247,14 +281,16 @@ class Dispatcher:
                 self._claim_round, warn=self._claim_failed, pause=self._after_failed_round
             )
             if claimed is False:  # None: stopping
-                until = min(self._next_poll, self._next_due, self._next_recovery)
+                until = min(self._next_poll, self._next_due, self._next_recovery, self._next_held())
                 self.wakeup.wait(max(0.0, until - time.monotonic()))
 
     def _begin_round(self) -> None:
         now = time.monotonic()
         if now >= self._next_poll:
             # Delayed and retrying jobs become due without any notification, and waits
-            # stored by other processes end without one.
+            # stored by other processes end without one; nor do other processes' runs of
+            # a type with limits.
+            self.release_held(None)
             self.wake_all()
             self._check_waiting = True
             self._next_poll = now + self.poll_interval
@@ -336,33 +372,109 @@ class Dispatcher:
         if woken:
             self.wake(woken)
 
-    def reserve(self) -> list[ClaimRequest]:
+    def reserve(self, *, completing: bool = False) -> list[ClaimRequest]:
         """Claims worth making now, their room already counted as claimed.
 
         Counting the room before the claim returns lets the dispatcher and the completer
         (which claims along with its completions) claim at the same time without taking
-        more than a queue's capacity between them.
+        more than a queue's capacity between them. ``completing``: for the completer,
+        whose claims follow the outcomes it stores, in one transaction.
         """
         requests = []
         skip = self.skip_types()
+        limited = self.limited_types()
+        if limited:  # never claimed as plain jobs, held back or not
+            skip = sorted({*skip, *limited})
+        moment = time.monotonic()
         with self.lock:
             if self.stopping.is_set():
                 return []
+            ending = set() if completing else set(self._ending.values())
             for name, state in self.queues.items():
                 capacity = state.capacity()
                 want = capacity - state.claimed
                 # With a prefetch buffer, refill once it is half empty: claims in batches.
-                if want < state.refill_at(capacity) or not state.maybe_work:
+                if want < state.refill_at(capacity):
                     continue
-                state.claimed += want
+                tried = state.limited_to_claim(limited, moment, ending) if limited else ()
+                plain = state.maybe_work
                 free = max(0, state.concurrency - state.running - len(state.ready))
                 now, ahead = min(want, free), want - min(want, free)
+                # A capped job claimed ahead would hold a slot of its cap while it waits
+                # in the buffer, which another worker could run it in: capped types are
+                # claimed for free slots only.
+                tried_ahead = tuple(t for t in tried if t.concurrency is None)
+                if not (plain or tried):
+                    now = 0
+                if not (plain or tried_ahead):
+                    ahead = 0
+                state.claimed += now + ahead
                 if now:
-                    requests.append(ClaimRequest(Claim(name, now, skip), state.generation))
+                    claim = Claim(name, now, skip, 0, tried, plain)
+                    requests.append(ClaimRequest(claim, state.generation, state.releases))
                 if ahead:
-                    claim = Claim(name, ahead, skip, min_retries=1)
-                    requests.append(ClaimRequest(claim, state.generation))
+                    claim = Claim(name, ahead, skip, 1, tried_ahead, plain)
+                    requests.append(ClaimRequest(claim, state.generation, state.releases))
         return requests
+
+    def limited_types(self) -> dict[str, TypeLimits]:
+        """The job types with fleet-wide limits (``concurrency``, ``rate_limit``) among
+        the queue's handlers, as registered in this process, by name."""
+        names = self.queue.job_types
+        count, known = self._limited
+        if count != len(names):  # handlers are only ever added
+            known = {}
+            for name in names:
+                handler = self.queue.handler(name)
+                limits = None if handler is None else handler.limits
+                if limits is not None and (limits.concurrency or limits.rate_limit):
+                    known[name] = type_limits(name, limits)
+            self._limited = (len(names), known)
+        return known
+
+    def release_held(self, job_types: set[str] | None) -> None:
+        """Claim jobs of ``job_types`` (None: every type) held back by their limits again:
+        a run of theirs ended here, or a poll came."""
+        with self.lock:
+            self._release_held(job_types)
+
+    def _release_held(self, job_types: set[str] | None) -> None:
+        for state in self.queues.values():
+            if job_types is None:
+                state.held.clear()
+            else:
+                for name in job_types:
+                    state.held.pop(name, None)
+            # A claim already under way must not hold them back again.
+            state.releases += 1
+
+    def stored(self, outcomes: Sequence[RunOutcome]) -> None:
+        """The completer stored ``outcomes`` (or gave up on them): their runs no longer
+        count against their types' caps. A completion's type was looked for in the
+        transaction that stored it; the others' types are looked for again now."""
+        limited = self.limited_types()
+        if not limited:
+            return
+        with self.lock:
+            released = set()
+            for o in outcomes:
+                if o.job.type not in limited:
+                    continue
+                self._ending.pop((o.job.id, o.job.fence), None)
+                if o.kind != "completed":
+                    released.add(o.job.type)
+            if released:
+                self._release_held(released)
+
+    def _next_held(self) -> float:
+        """When the next hold of a type by a rate limit ends (inf: none). Holds that
+        ended already are passed over: a queue without room for them waits for room."""
+        now = time.monotonic()
+        with self.lock:
+            return min(
+                (t for state in self.queues.values() for t in state.held.values() if t > now),
+                default=float("inf"),
+            )
 
     def unreserve(self, requests: list[ClaimRequest]) -> None:
         """Give back the room of claims that were never made."""
@@ -379,8 +491,19 @@ class Dispatcher:
             # Only a claim for free slots tells the queue is empty: one that claims ahead
             # leaves out the jobs that allow a single run.
             short = len(jobs) < want and not request.ahead
-            if short and state.generation == request.generation:
+            current = state.generation == request.generation
+            if isinstance(jobs, ClaimedJobs):  # other types' jobs may have run out alone
+                short = jobs.plain_drained and not request.ahead
+            if short and current and request.claim.plain:
                 state.maybe_work = False
+            if isinstance(jobs, ClaimedJobs):
+                if state.releases == request.releases:
+                    moment = time.monotonic()
+                    for name, seconds in jobs.held.items():
+                        state.held[name] = moment + seconds
+                # A claim ahead leaves out the jobs that allow a single run.
+                if current and not request.ahead:
+                    state.drained |= jobs.drained
             for job in jobs:
                 self.active[(job.id, job.fence)] = job
             if self.stopping.is_set():
@@ -404,6 +527,8 @@ class Dispatcher:
             skip_types=claim.skip_types,
             min_retries=claim.min_retries,
             lock_timeout=self.lock_timeout,
+            limited=claim.limited,
+            plain=claim.plain,
         )
 
     def skip_types(self) -> list[str]:
@@ -449,7 +574,13 @@ class Dispatcher:
         if self.abandoned.is_set() and outcome.kind != "release":
             # Released when stopping gave up on it: another worker's to run now.
             outcome = RunOutcome(outcome.job, "release")
+        limits = self.limited_types().get(outcome.job.type)
         with self.lock:
+            if limits is not None and limits.concurrency is not None:
+                # Its slot is free once the completer stores its outcome (and claims the
+                # type again in that transaction): not before, so not here meanwhile.
+                self._ending[(outcome.job.id, outcome.job.fence)] = outcome.job.type
+                self._release_held({outcome.job.type})
             state = self.queues[outcome.job.queue]
             state.running -= 1
             state.claimed -= 1

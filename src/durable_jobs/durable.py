@@ -145,9 +145,10 @@ def _replay_of(ctx: context.JobContext) -> _Replay:
 def _prepare(target: str | Callable[..., Any], args: Any, options: dict[str, Any]) -> _Step:
     """Check a call and take its index, at once and without I/O (see ``_Replay``).
 
-    What cannot run as written raises ``InvalidCall`` before the call takes an index.
+    What cannot run as written raises ``InvalidCall`` before the call takes an index; a
+    run told to stop raises ``Cancelled`` instead of calling.
     """
-    ctx = context.current_context()
+    ctx = context.active_context()
     handler = _handler_for(ctx, target)
     where = f"durable call of {handler.name!r}"
     try:
@@ -238,7 +239,9 @@ def _store(pos: Position, call_type: str, result: bytes | None, error: str | Non
         what=f"saving checkpoint {pos.path} of job {job.id}",
     )
     if not stored:
-        raise StaleJobError(f"job {job.id} lost its lock; step {pos.path} was not recorded")
+        raise context.fenced_out(
+            pos.ctx, f"job {job.id} lost its lock; step {pos.path} was not recorded"
+        )
     remember(pos, cp)
 
 
@@ -270,8 +273,9 @@ class Position:
 
 def take_position() -> Position:
     """The next call index of the running job's current scope (``NotInJobError`` outside
-    a job): a waiting function takes its number as ``call()`` does."""
-    ctx = context.current_context()
+    a job; ``Cancelled`` once the run is told to stop): a waiting function takes its
+    number as ``call()`` does."""
+    ctx = context.active_context()
     replay = _replay_of(ctx)
     scope = _scope.get()
     return Position(ctx, replay, scope, replay.next_index(scope))

@@ -11,12 +11,14 @@ if TYPE_CHECKING:
     from .storage.records import ChildrenWait
 
 __all__ = [
+    "Cancelled",
     "CheckpointConflict",
     "ChildFailed",
     "DatabaseUnavailable",
     "DurableJobsError",
     "FailedRun",
     "JobNotFound",
+    "JobTimeout",
     "NoRetry",
     "NondeterminismError",
     "NotADatabase",
@@ -112,6 +114,23 @@ class Suspend(BaseException):
     def __str__(self) -> str:
         at = "" if self.until is None else f" until {self.until.isoformat()}"
         return f"suspended: {self.waiting_for}{at}"
+
+
+class Cancelled(BaseException):
+    """Raised inside a running handler to stop it: its job was cancelled, or its run
+    exceeded its ``timeout``.
+
+    A sync handler gets it at its next ``call``, ``sleep``, ``spawn``, ``fan_out``,
+    signal function or ``set_progress``; an async handler has its task cancelled
+    instead. A ``BaseException`` (like ``asyncio.CancelledError``), so that ``except
+    Exception`` in user code lets it pass. Whatever the run does after, a cancelled job
+    stays cancelled, and a timed-out run fails with ``JobTimeout``.
+    """
+
+
+class JobTimeout(TimeoutError):
+    """A run took longer than its job's ``timeout``: the run fails with this error,
+    and the job is retried per its policy."""
 
 
 class SignalTimeout(NoRetry, TimeoutError):

@@ -30,10 +30,12 @@ __all__ = [
     "EventBus",
     "EventStream",
     "Hooks",
+    "JobCancelled",
     "JobCompleted",
     "JobEnqueued",
     "JobFailed",
     "JobHook",
+    "JobPaused",
     "JobResumed",
     "JobRetrying",
     "JobStarted",
@@ -113,6 +115,23 @@ class JobFailed(Event, Exception):
         return f"job {self.job.id} ({self.job.type}) failed: {self.error}"
 
 
+@dataclass(frozen=True)
+class JobCancelled(Event, Exception):
+    """The job was cancelled (``queue.cancel``, or a ``fail_fast`` fan-out that failed):
+    it never runs again; a run in progress is told to stop.
+
+    Also the exception ``Queue.result`` raises for a cancelled job.
+    """
+
+    def __str__(self) -> str:
+        return f"job {self.job.id} ({self.job.type}) was cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class JobPaused(Event):
+    """``queue.pause`` held the job: no worker claims it until ``queue.resume``."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobRetrying(Event):
     """Run number ``attempt`` failed with ``error``; the job runs again at ``next_run_at``."""
@@ -152,6 +171,7 @@ class Hooks:
         self._fail: tuple[ErrorHook, ...] = ()
         self._retry: tuple[ErrorHook, ...] = ()
         self._enqueued: tuple[Callable[[Sequence[Job]], None], ...] = ()
+        self._cancel: tuple[JobHook, ...] = ()
         self._lock = threading.Lock()
         self._runner: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
@@ -177,6 +197,13 @@ class Hooks:
         """Register ``fn(job, error)``, run when a failed job will be retried."""
         with self._lock:
             self._retry = (*self._retry, fn)
+        return fn
+
+    def on_cancel(self, fn: _JobHookT) -> _JobHookT:
+        """Register ``fn(job)``, run in the process that cancels a job, once for it and
+        once for each of its descendants cancelled with it. Usable as a decorator."""
+        with self._lock:
+            self._cancel = (*self._cancel, fn)
         return fn
 
     def on_enqueued(self, fn: Callable[[Sequence[Job]], None]) -> None:
@@ -212,6 +239,11 @@ class Hooks:
         """Run the retry hooks for ``job``."""
         if self._retry:
             self._run("retry", self._retry, job, error)
+
+    def fire_cancel(self, job: Job) -> None:
+        """Run the cancel hooks for ``job``."""
+        if self._cancel:
+            self._run("cancel", self._cancel, job)
 
     def close(self) -> None:
         """Stop the async-hook thread, if started. Idempotent; a later async hook restarts it."""

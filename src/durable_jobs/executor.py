@@ -6,6 +6,7 @@ completer stores, so storage writes can be batched and retried.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -16,7 +17,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import codec, context
+from .context import RunControl
 from .errors import (
+    JobTimeout,
     NondeterminismError,
     NoRetry,
     ResultTooLarge,
@@ -62,8 +65,9 @@ class RunOutcome:
 
     ``kind`` is ``"completed"``, ``"retry"`` (wait until ``run_at``), ``"failed"``
     (permanently), ``"waiting"`` (suspended by a waiting function until ``run_at``, None
-    for no deadline, for ``waiting_for``) or ``"unknown"`` (no handler for the job type
-    in this worker).
+    for no deadline, for ``waiting_for``), ``"cancelled"`` (the job was cancelled while
+    it ran: nothing to store) or ``"unknown"`` (no handler for the job type in this
+    worker).
     ``traceback`` is the error's formatted traceback (``format_traceback``), stored
     with the job; it is filled in from ``error`` when not given.
     """
@@ -142,6 +146,8 @@ class Executor:
         self.queue = queue
         self.worker_id = worker_id
         self.lock_timeout = lock_timeout
+        #: The runs in progress, by (job id, fence), and how each is told to stop.
+        self.controls: dict[tuple[str, int], RunControl] = {}
 
     def prepare(self, job: Job) -> tuple[Handler, Callable[[], Any]] | RunOutcome:
         """The handler and a zero-argument call of it, or the outcome when it cannot run."""
@@ -183,6 +189,10 @@ class Executor:
             call = next(steps)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        control = self.controls.get((job.id, job.fence))
+        task = asyncio.current_task()
+        if control is not None and task is not None:
+            control.attach(task)
         try:
             value = await call()
         except BaseException as exc:
@@ -199,13 +209,21 @@ class Executor:
         if isinstance(prepared, RunOutcome):
             return prepared
         handler, call = prepared
-        token = self._begin(job)
+        # The enqueue's timeout, else the registration's (a producer without the handler
+        # stores none).
+        timeout = job.timeout or handler.defaults.get("timeout")
+        control = RunControl(None if timeout is None else timeout.total_seconds())
+        run = (job.id, job.fence)
+        self.controls[run] = control
+        token = self._begin(job, control)
         started = time.monotonic()
         wrappers = self.queue.instruments.job_run
         try:
             with wrapped(wrappers, job) if wrappers else contextlib.nullcontext():
                 value = yield call
         except Suspend as suspend:
+            if (stopped := self._stopped(job, handler, control, started)) is not None:
+                return stopped
             # Not an error: the job waits, its slot free; a resume is not a retry.
             duration = timedelta(seconds=time.monotonic() - started)
             return RunOutcome(
@@ -218,13 +236,49 @@ class Executor:
                 children=suspend.children,
             )
         except BaseException as exc:
+            if (stopped := self._stopped(job, handler, control, started)) is not None:
+                return stopped
             return self.classify(job, handler, exc, started)
         finally:
             context.leave(token)
+            self.controls.pop(run, None)
+        if (stopped := self._stopped(job, handler, control, started)) is not None:
+            return stopped
         return self._success(job, handler, value, started)
 
-    def _begin(self, job: Job) -> Any:
+    def _stopped(
+        self, job: Job, handler: Handler, control: RunControl, started: float
+    ) -> RunOutcome | None:
+        """The outcome of a run told to stop, whatever the handler did after: nothing to
+        store for a cancelled job, a ``JobTimeout`` failure for a run out of time."""
+        control.overdue()
+        if control.reason == "cancelled":
+            duration = timedelta(seconds=time.monotonic() - started)
+            return RunOutcome(job, "cancelled", duration=duration)
+        if control.reason == "timeout":
+            error = JobTimeout(
+                f"the run of {job.type!r} exceeded its timeout of {control.timeout:g} s"
+            )
+            return self.classify(job, handler, error, started)
+        return None
+
+    def stop_runs(self, job_ids: set[str] | None, reason: str) -> None:
+        """Tell the runs of ``job_ids`` (every run, when None) to stop for ``reason``."""
+        for (job_id, _fence), control in list(self.controls.items()):
+            if job_ids is None or job_id in job_ids:
+                control.stop(reason)
+
+    def police(self) -> list[str]:
+        """Stop the runs past their deadline; the job ids of the runs in progress."""
+        running = []
+        for (job_id, _fence), control in list(self.controls.items()):
+            control.overdue()
+            running.append(job_id)
+        return running
+
+    def _begin(self, job: Job, control: RunControl) -> Any:
         ctx = context.JobContext(job, self.queue, self.worker_id, self.lock_timeout)
+        ctx.control = control
         token = context.enter(ctx)
         self.queue.hooks.fire_start(job)
         if self.queue.bus.has_subscribers:

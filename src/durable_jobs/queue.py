@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from . import codec, results
 from .errors import JobNotFound
-from .events import EventBus, EventStream, Hooks, JobEnqueued
+from .events import EventBus, EventStream, Hooks, JobCancelled, JobEnqueued, JobPaused
 from .handler import Handler, inspect_handler
 from .instrument import Instruments, wrapped
 from .job import Job, JobStatus, utcnow
@@ -24,6 +24,7 @@ from .options import (
     Limits,
     check_job_name,
     check_options,
+    check_queue_name,
     limit_key,
     not_a_schedule,
 )
@@ -78,6 +79,10 @@ class LocalWorker(Protocol):
 
     def take_enqueued(self, job: Job) -> bool:
         """Reserve a free slot for ``job``; True if it is to be stored claimed by this one."""
+        ...
+
+    def cancel_runs(self, job_ids: set[str]) -> None:
+        """Tell its runs of ``job_ids``, just cancelled, to stop."""
         ...
 
     def give_back_enqueued(self, job: Job) -> None:
@@ -436,6 +441,80 @@ class Queue:
             return storage.enqueue_many(jobs, connection=connection), False
         return [storage.enqueue(job) for job in jobs], False
 
+    # -- job control --------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job with all its unfinished descendants, in one transaction.
+
+        True if the job became ``cancelled``; False if it had finished already (its
+        unfinished descendants are cancelled all the same). A running handler is told
+        to stop (see ``jobs.Cancelled``); whatever its run returns after, the job stays
+        cancelled. Raises ``JobNotFound`` (a ``LookupError``) for an unknown id.
+        """
+        cancelled = self._control(lambda: self.storage.cancel(job_id))
+        if cancelled is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        running = {job.id for job in cancelled if job.status is JobStatus.RUNNING}
+        if running:
+            for worker in list(self._workers):
+                worker.cancel_runs(running)
+        now = utcnow()
+        for job in cancelled:
+            job.status, job.finished_at, job.last_error = JobStatus.CANCELLED, now, "cancelled"
+            job.locked_by = job.paused_from = job.wait_until = job.waiting_for = None
+            self.hooks.fire_cancel(job)
+            if self.bus.has_subscribers:
+                self.bus.publish(JobCancelled(job))
+        return any(job.id == job_id for job in cancelled)
+
+    def pause(self, job_id: str) -> bool:
+        """Hold a job: one that is not running is not claimed until ``resume``; a running
+        or waiting one becomes ``paused`` instead of running again (a retry, a wake-up).
+
+        True if the job is paused from now on; False if it was paused already or has
+        finished. ``JobNotFound`` for an unknown id. Lasts across restarts (it is stored).
+        """
+        if self._control(lambda: self.storage.pause(job_id)):
+            if self.bus.has_subscribers and (job := self.get_job(job_id)) is not None:
+                self.bus.publish(JobPaused(job))
+            return True
+        self._require_job(job_id)
+        return False
+
+    def resume(self, job_id: str) -> bool:
+        """Withdraw ``pause``: the job gets back the status it had (and is claimed at once
+        if due). False if it was not paused; ``JobNotFound`` for an unknown id."""
+        if self._control(lambda: self.storage.resume(job_id)):
+            return True
+        self._require_job(job_id)
+        return False
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop every worker of every process from claiming jobs of ``queue``; running
+        jobs finish. Stored, so it lasts until ``resume_queue``, across restarts."""
+        name = check_queue_name(queue)
+        self._control(lambda: self.storage.pause_queue(name))
+
+    def resume_queue(self, queue: str) -> None:
+        """Let workers claim from ``queue`` again (those idle start at once)."""
+        name = check_queue_name(queue)
+        self._control(lambda: self.storage.resume_queue(name))
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queues, with when each was paused (UTC)."""
+        return self._control(self.storage.paused_queues)
+
+    def _control(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            self._explain(exc)
+            raise
+
+    def _require_job(self, job_id: str) -> None:
+        if self.get_job(job_id) is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+
     # -- signals ------------------------------------------------------------------------
 
     def signal(self, job_id: str, name: str, payload: Any = None) -> None:
@@ -482,8 +561,9 @@ class Queue:
         otherwise).
 
         Raises ``JobFailed`` (``.error`` holds the stored error and traceback) if it
-        failed, ``TimeoutError`` if it has no outcome after ``timeout`` seconds (None:
-        wait for ever), ``JobNotFound`` for an unknown id. Outcomes stored by this
+        failed, ``JobCancelled`` if it was cancelled, ``TimeoutError`` if it has no
+        outcome after ``timeout`` seconds (None: wait for ever), ``JobNotFound`` for an
+        unknown id. Outcomes stored by this
         queue's workers wake the waiter at once; others are read within 0.1 s.
         """
         limit = results.check_timeout(timeout)
@@ -582,6 +662,11 @@ class Queue:
     def on_retry(self, fn: F) -> F:
         """Call ``fn(job, error)`` after a failed run was scheduled to retry."""
         self.hooks.on_retry(fn)
+        return fn
+
+    def on_cancel(self, fn: F) -> F:
+        """Call ``fn(job)`` for each job ``cancel`` cancels (in the cancelling process)."""
+        self.hooks.on_cancel(fn)
         return fn
 
     def instrument(self, instrument: T) -> T:

@@ -123,6 +123,13 @@ class Reporter:
             for outcome, accepted in batch:
                 if accepted:
                     self._report(outcome)
+                elif outcome.kind == "cancelled":
+                    log.info(
+                        "job %s (%s) was cancelled while it ran: its run's outcome is void",
+                        outcome.job.id,
+                        outcome.job.type,
+                        extra={"job_id": outcome.job.id, "worker_id": self.worker_id},
+                    )
                 elif outcome.kind in ("completed", "retry", "failed", "waiting"):
                     log.warning(
                         "outcome of job %s rejected: the worker lost its lock",

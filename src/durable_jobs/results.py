@@ -15,7 +15,7 @@ from typing import Any
 
 from .codec import loads
 from .errors import FailedRun, JobNotFound
-from .events import EventStream, JobFailed
+from .events import EventStream, JobCancelled, JobFailed
 from .job import Job, JobStatus
 
 __all__ = ["MAX_INTERVAL", "check_timeout", "outcome", "wait_async", "wait_sync"]
@@ -42,19 +42,22 @@ Decoder = Callable[[Job], Callable[[bytes], Any] | None]
 def outcome(job: Job, decoder: Decoder) -> tuple[bool, Any]:
     """``(True, value)`` for a completed job (its result decoded with ``decoder(job)``,
     plain JSON when that is None); ``(False, None)`` while unfinished; raises
-    ``JobFailed`` for a failed job."""
+    ``JobFailed`` for a failed job and ``JobCancelled`` for a cancelled one."""
     if job.status is JobStatus.COMPLETED:
         if job.result is None:
             return True, None
         return True, (decoder(job) or loads)(job.result)
     if job.status is JobStatus.FAILED:
         raise JobFailed(job, FailedRun(job.last_error or "failed", job.traceback))
+    if job.status is JobStatus.CANCELLED:
+        raise JobCancelled(job)
     return False, None
 
 
 class _Wait:
     """One waiter's reads and pauses, shared by the sync and async loops: each read
-    either ends the wait (a value, ``JobFailed``, ``JobNotFound``, ``TimeoutError``) or
+    either ends the wait (a value, ``JobFailed``, ``JobCancelled``, ``JobNotFound``,
+    ``TimeoutError``) or
     says how long to pause before the next."""
 
     def __init__(self, job_id: str, timeout: float | None, decoder: Decoder) -> None:

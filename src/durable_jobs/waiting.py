@@ -29,7 +29,7 @@ from typing import Any
 
 from . import codec, context, durable
 from .durable import InvalidCallArguments
-from .errors import NondeterminismError, SignalTimeout, StaleJobError, Suspend
+from .errors import NondeterminismError, SignalTimeout, Suspend
 from .job import Checkpoint, signal_wait, utcnow
 from .storage import retry_transient
 
@@ -384,7 +384,9 @@ def _observe(
         attempt, within=ctx.lock_timeout, what=f"reading the signals of job {job.id}"
     )
     if not held:
-        raise StaleJobError(f"job {job.id} lost its lock; step {pos.path} was not recorded")
+        raise context.fenced_out(
+            ctx, f"job {job.id} lost its lock; step {pos.path} was not recorded"
+        )
     stored = _stored_at(pos) if tries > 1 else None
     if stored is not None:
         durable.remember(pos, stored)
@@ -438,15 +440,15 @@ def set_progress(value: Any) -> None:
 
     Fenced to the running run: a run that lost its lock gets ``StaleJobError``. A value
     JSON cannot carry raises ``TypeError``; one bigger than the queue's ``max_payload``,
-    ``ValueError``.
+    ``ValueError``. A run told to stop gets ``Cancelled``.
     """
-    ctx = context.current_context()
+    ctx = context.active_context()
     _store_progress(ctx, _encode_progress(ctx, value))
 
 
 def set_progress_async(value: Any) -> Coroutine[Any, Any, None]:
     """``set_progress`` for async handlers: the write runs in a thread."""
-    ctx = context.current_context()
+    ctx = context.active_context()
     return asyncio.to_thread(_store_progress, ctx, _encode_progress(ctx, value))
 
 
@@ -476,5 +478,5 @@ def _store_progress(ctx: context.JobContext, encoded: bytes | None) -> None:
         what=f"saving the progress of job {job.id}",
     )
     if not stored:
-        raise StaleJobError(f"job {job.id} lost its lock; its progress was not recorded")
+        raise context.fenced_out(ctx, f"job {job.id} lost its lock; its progress was not recorded")
     job.progress = codec.loads(encoded) if encoded is not None else None

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,10 @@ log = logging.getLogger("durable_jobs")
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 # After stopping gave up on running jobs, how long writes releasing them may keep failing.
 _RELEASE_GRACE = 2.0
+# Runs are checked against their timeouts this often (seconds), and against cancels by
+# other processes this often while any runs: a cancel is noticed within a second.
+_POLICE_EVERY = 0.05
+_CANCEL_LOOK_EVERY = 0.5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -201,6 +206,7 @@ class Worker:
         self._completer_thread = self._spawn("completer", self._completer.run, [])
         self._reporter_thread = self._spawn("reporter", self._reporter.run, [])
         self._spawn("maintenance", self._maintenance_loop, self._services)
+        self._spawn("control", self._control_loop, self._services)
         self._start_listener()
         self.queue.attach(self)
         self._dispatcher_thread = self._spawn("dispatcher", self._dispatcher.run, [])
@@ -304,6 +310,7 @@ class Worker:
 
     def _request_stop(self) -> None:
         self._stop_requested.set()
+        self._dispatcher.executor.stop_runs(None, "stopping")  # should_stop() turns true
         for callback in list(self._stop_callbacks):
             callback()
 
@@ -490,6 +497,25 @@ class Worker:
                 if self._run_service("scheduler", self._scheduler.run_once):
                     self.wake_all()
                 next_fire = time.monotonic() + self._scheduler.seconds_until_due()
+
+    def _control_loop(self) -> None:
+        """Stop the runs that passed their timeout, and those whose job was cancelled
+        (by another process: this one's cancels reach its runs at once)."""
+        executor = self._dispatcher.executor
+        storage = self.queue.storage
+        next_look = time.monotonic()
+        while not self._service_stop.wait(_POLICE_EVERY):
+            running = executor.police()
+            if running and time.monotonic() >= next_look:
+                look = partial(storage.cancelled_among, running)
+                found = self._run_service("cancel watch", look)
+                if found:
+                    executor.stop_runs(found, "cancelled")
+                next_look = time.monotonic() + _CANCEL_LOOK_EVERY
+
+    def cancel_runs(self, job_ids: set[str]) -> None:
+        """Tell this worker's runs of ``job_ids`` (just cancelled) to stop."""
+        self._dispatcher.executor.stop_runs(job_ids, "cancelled")
 
     def _run_service(self, name: str, fn: Callable[[], Any]) -> Any:
         try:

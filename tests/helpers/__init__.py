@@ -36,8 +36,17 @@ MIGRATION_7_COLUMNS = (
 MIGRATION_9_COLUMNS = ("tags", "timeout_seconds", "concurrency_key", "rate_key", "paused_from")
 
 
+def undo_migration_10(conn: sa.Connection) -> None:
+    """Drop what migration 10 added: the limits' table and the running index."""
+    on = " ON sdj_jobs" if conn.engine.dialect.name == "mysql" else ""
+    conn.exec_driver_sql("DROP TABLE sdj_limits")
+    conn.exec_driver_sql(f"DROP INDEX sdj_jobs_type_running{on}")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 10")
+
+
 def undo_migration_9(conn: sa.Connection) -> None:
-    """Drop what migration 9 added: job control's columns and table."""
+    """Drop what migrations 9 and 10 added: job control's columns and tables."""
+    undo_migration_10(conn)
     conn.exec_driver_sql("DROP TABLE sdj_queue_pauses")
     for column in MIGRATION_9_COLUMNS:
         conn.exec_driver_sql(f"ALTER TABLE sdj_jobs DROP COLUMN {column}")

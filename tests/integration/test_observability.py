@@ -190,13 +190,13 @@ def test_meta_round_trips_and_migration_3_adds_it_to_older_databases(
     storage.migrate()
     assert storage.schema_version() == len(storage.dialect.migrations)
     old = storage.get_job("old")
-    assert old is not None and old.meta is None
+    assert old is not None and old.meta == {}
     meta = {"trace": {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, "n": [1, 2]}
     one = storage.enqueue(jobs.Job(type="t", meta=meta))
     many = storage.enqueue_many([jobs.Job(type="t", meta=meta), jobs.Job(type="t")])  # COPY
-    assert [j.meta for j in map(storage.get_job, [one, *many]) if j] == [meta, meta, None]
+    assert [j.meta for j in map(storage.get_job, [one, *many]) if j] == [meta, meta, {}]
     [claimed, *_] = storage.claim("default", "w", 1)
-    assert claimed.id == "old" and claimed.meta is None
+    assert claimed.id == "old" and claimed.meta == {}
     assert [j.meta for j in storage.claim("default", "w", 2)] == [meta, meta]
 
 

@@ -57,8 +57,9 @@ def test_unique_for_keeps_a_finished_job_holding_its_key_for_the_window(
     assert again == first and _count(queue, "charge") == 1
     # A window that has passed since the job was created: the key is free again.
     later = wait_for(
-        lambda: (j := queue.enqueue("charge", 1, unique_key="charge:1", unique_for=0.2)) != first
-        and j
+        lambda: (
+            (j := queue.enqueue("charge", 1, unique_key="charge:1", unique_for=0.2)) != first and j
+        )
     )
     assert _count(queue, "charge") == 2 and later != first
 
@@ -134,10 +135,9 @@ def test_a_unique_enqueue_in_a_rolled_back_transaction_leaves_nothing(
 ) -> None:
     storage = queue.storage
     assert isinstance(storage, jobs.SQLStorage)
-    with storage.engine.connect() as conn:
-        with conn.begin() as tx:
-            job_id = queue.enqueue("sync-user", 1, unique_key="sync:tx", connection=conn)
-            tx.rollback()
+    with storage.engine.connect() as conn, conn.begin() as tx:
+        job_id = queue.enqueue("sync-user", 1, unique_key="sync:tx", connection=conn)
+        tx.rollback()
     assert queue.get_job(job_id) is None
     with storage.engine.begin() as conn:
         kept = queue.enqueue("sync-user", 1, unique_key="sync:tx", connection=conn)

@@ -203,12 +203,14 @@ def test_fail_fast_the_first_failure_cancels_the_unfinished_children_and_resumes
     running, failing = _run_children(storage, 2)  # the other three stay pending
     _fail(storage, failing)
     assert _status(storage, parent.id) is JobStatus.PENDING
-    cancelled = [get(storage, i) for i in ids[2:]]
-    assert all(c.status is JobStatus.FAILED and c.last_error == CANCELLED for c in cancelled)
+    # The unfinished children are cancelled, the running one too.
+    cancelled = [get(storage, i) for i in (running.id, *ids[2:])]
+    assert all(c.status is JobStatus.CANCELLED and c.last_error == CANCELLED for c in cancelled)
     assert all(c.finished_at is not None for c in cancelled)
-    # A running child finishes; its outcome no longer counts: the parent is not woken again.
+    # The running child's late outcome changes nothing: the parent is not woken again.
     assert storage.claim("p", W1, 1)[0].id == parent.id
-    _succeed(storage, running)
+    assert not storage.complete(running.id, b"1", worker_id=W2, fence=running.fence)
+    assert _status(storage, running.id) is JobStatus.CANCELLED
     assert _status(storage, parent.id) is JobStatus.RUNNING
     assert storage.wake_decided(["p"]) == []
 
@@ -221,7 +223,7 @@ def test_a_failure_before_the_suspension_cancels_at_once_and_the_suspension_resu
     ids = _spawn(storage, parent, 3, wait)
     [failing] = storage.claim("c", W2, 1)
     _fail(storage, failing)
-    assert [_status(storage, i) for i in ids[1:]] == [JobStatus.FAILED] * 2
+    assert [_status(storage, i) for i in ids[1:]] == [JobStatus.CANCELLED] * 2
     assert _suspend(storage, parent, wait)
     assert _status(storage, parent.id) is JobStatus.PENDING
 

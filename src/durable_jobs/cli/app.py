@@ -15,6 +15,7 @@ from ..job import utcnow
 from ..queue import Queue
 from ..storage.admin import Admin
 from . import render
+from .control_cmd import cancel, pause, resume
 from .dashboard_cmd import dashboard
 from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, get_job, open_storage
 from .demo import demo
@@ -188,6 +189,9 @@ app.command()(migrate)
 app.command()(worker)
 app.command()(enqueue)
 app.add_typer(jobs_app, name="jobs")
+app.command()(cancel)
+app.command()(pause)
+app.command()(resume)
 app.command()(stats)
 app.command()(schedules)
 app.command()(dashboard)

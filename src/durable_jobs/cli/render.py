@@ -42,6 +42,8 @@ STATUS_STYLES = {
     JobStatus.FAILED: "red",
     JobStatus.RETRYING: "yellow",
     JobStatus.WAITING: "magenta",
+    JobStatus.PAUSED: "blue",
+    JobStatus.CANCELLED: "bright_black",
 }
 
 
@@ -132,6 +134,11 @@ def job_dict(job: Job) -> dict[str, Any]:
         "finished_by": job.finished_by,
         "heartbeat_at": _iso(job.heartbeat_at),
         "parent_id": job.parent_id,
+        "unique_key": job.unique_key,
+        "tags": job.tags,
+        "meta": job.meta,
+        "timeout": None if job.timeout is None else job.timeout.total_seconds(),
+        "paused_from": job.paused_from,
         "progress": job.progress,
         "waiting_for": job.waiting_for,
         "wait_until": _iso(job.wait_until),
@@ -213,7 +220,7 @@ def job_detail(
             continue  # its own table, below
         if key == "status":
             shown = status_text(job.status)
-        elif key in ("args", "result") or (key == "progress" and value is not None):
+        elif key in ("args", "result") or (key in ("progress", "meta", "tags") and value):
             shown = json.dumps(value)
         elif key == "wait_until" and job.wait_until is not None:
             shown = f"{timestamp(job.wait_until)} UTC ({_relative(job.wait_until)})"

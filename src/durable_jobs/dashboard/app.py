@@ -64,6 +64,11 @@ def create_app(
         Route("/enqueue", board.enqueue_form, name="enqueue"),
         Route("/actions/retry", board.retry, methods=["POST"], name="retry"),
         Route("/actions/delete", board.delete, methods=["POST"], name="delete"),
+        Route("/actions/cancel", board.cancel, methods=["POST"], name="cancel"),
+        Route("/actions/pause", board.pause, methods=["POST"], name="pause"),
+        Route("/actions/resume", board.resume, methods=["POST"], name="resume"),
+        Route("/actions/pause-queue", board.pause_queue, methods=["POST"], name="pause-queue"),
+        Route("/actions/resume-queue", board.resume_queue, methods=["POST"], name="resume-queue"),
         Route("/actions/enqueue", board.enqueue, methods=["POST"], name="enqueue-job"),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

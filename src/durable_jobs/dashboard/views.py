@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import __version__
 from ..job import Checkpoint, Job, JobStatus, utcnow
+from ..options import check_queue_name
 from ..queue import Queue
 from ..storage import JobStore
 from ..storage.admin import Cursor
@@ -41,7 +43,14 @@ _DONE = {
     "retried": "Job retried: it is pending again with its full retry budget.",
     "deleted": "Job deleted.",
     "enqueued": "Job enqueued.",
+    "cancelled": "Job cancelled, with its unfinished descendants.",
+    "paused": "Job paused: no worker runs it until it is resumed.",
+    "resumed": "Job resumed.",
+    "queue-paused": "Queue paused: no worker claims from it until it is resumed.",
+    "queue-resumed": "Queue resumed.",
 }
+# Statuses a pause can be asked for in (a paused job has paused_from set).
+_PAUSABLE = frozenset({JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING, JobStatus.WAITING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +168,13 @@ class Dashboard:
         for queue, status, count in counts:
             by_queue.setdefault(queue, {})[status.value] = count
             totals[status.value] += count
+        paused = self.storage.paused_queues()
+        for name in paused:  # shown (to be resumed) even without jobs
+            by_queue.setdefault(name, {})
         return {
             "page": "overview",
-            "by_queue": by_queue,
+            "by_queue": dict(sorted(by_queue.items())),
+            "paused_queues": paused,
             "totals": totals,
             "chart": throughput_chart(self.admin.throughput()),
             "oldest_due": self.admin.oldest_due(),
@@ -234,6 +247,9 @@ class Dashboard:
             "steps": steps,
             "timeline": _timeline(job, steps),
             "retryable": job.status in (JobStatus.FAILED, JobStatus.RETRYING),
+            "cancellable": not job.status.is_terminal,
+            "pausable": job.status in _PAUSABLE and job.paused_from is None,
+            "resumable": job.paused_from is not None and not job.status.is_terminal,
             "deletable": job.status != JobStatus.RUNNING,
         }
 
@@ -347,6 +363,62 @@ class Dashboard:
         except Refused as refused:
             return await self.refused(request, refused)
         return self.redirect(request, "/jobs", done="deleted")
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel an unfinished job with its unfinished descendants."""
+        try:
+            job_id = _text((await self._action_form(request)).get("id", ""))
+            cancelled = await run_in_threadpool(self.storage.cancel, job_id)
+            if cancelled is None or job_id not in {job.id for job in cancelled}:
+                raise await run_in_threadpool(
+                    self._not_done, job_id, "only unfinished jobs can be cancelled"
+                )
+        except Refused as refused:
+            return await self.refused(request, refused)
+        return self.redirect(request, "/jobs/" + quote(job_id), done="cancelled")
+
+    async def pause(self, request: Request) -> Response:
+        """Pause a job (held from its next run on)."""
+        return await self._job_switch(request, self.storage.pause, "paused", "not pausable")
+
+    async def resume(self, request: Request) -> Response:
+        """Resume a paused job."""
+        return await self._job_switch(request, self.storage.resume, "resumed", "not paused")
+
+    async def _job_switch(
+        self, request: Request, switch: Callable[[str], bool], done: str, rule: str
+    ) -> Response:
+        try:
+            job_id = _text((await self._action_form(request)).get("id", ""))
+            if not await run_in_threadpool(switch, job_id):
+                raise await run_in_threadpool(self._not_done, job_id, rule)
+        except Refused as refused:
+            return await self.refused(request, refused)
+        return self.redirect(request, "/jobs/" + quote(job_id), done=done)
+
+    async def pause_queue(self, request: Request) -> Response:
+        """Stop every worker from claiming jobs of a queue."""
+        return await self._queue_switch(request, self.storage.pause_queue, "queue-paused")
+
+    async def resume_queue(self, request: Request) -> Response:
+        """Let workers claim from a paused queue again."""
+        return await self._queue_switch(request, self.storage.resume_queue, "queue-resumed")
+
+    async def _queue_switch(
+        self, request: Request, switch: Callable[[str], None], done: str
+    ) -> Response:
+        try:
+            name = _text((await self._action_form(request)).get("queue", ""))
+            try:
+                name = check_queue_name(name)
+            except ValueError as exc:
+                raise Refused(400, str(exc)) from None
+            await run_in_threadpool(switch, name)
+        except Refused as refused:
+            return await self.refused(request, refused)
+        with self._overview_lock:
+            self._overview_cache = None  # the overview shows the change at once
+        return self.redirect(request, "/", done=done)
 
     def _not_done(self, job_id: str, rule: str) -> Refused:
         # Why an action changed nothing: the job is gone, or its status forbids it.

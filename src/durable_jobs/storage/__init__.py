@@ -4,13 +4,23 @@ All SQL of the library lives in this package.
 """
 
 from .protocol import JobStore, Listener, Storage
-from .records import ChildrenWait, Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo
+from .records import (
+    ChildrenWait,
+    Claim,
+    ClaimedJobs,
+    Outcome,
+    QueueDepth,
+    ScheduleState,
+    TypeLimits,
+    WorkerInfo,
+)
 from .sql import SQLStorage
 from .transient import is_transient, retry_transient
 
 __all__ = [
     "ChildrenWait",
     "Claim",
+    "ClaimedJobs",
     "JobStore",
     "Listener",
     "Outcome",
@@ -18,6 +28,7 @@ __all__ = [
     "SQLStorage",
     "ScheduleState",
     "Storage",
+    "TypeLimits",
     "WorkerInfo",
     "is_transient",
     "retry_transient",

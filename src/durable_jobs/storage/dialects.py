@@ -104,7 +104,15 @@ STATEMENTS = (
     "settle_child",
     "wake_parent",
     "cancellable_children",
+    "cancellable",
     "cancel_jobs",
+    "children_of",
+    "cancelled_among",
+    "pause_job",
+    "resume_job",
+    "pause_queue",
+    "resume_queue",
+    "paused_queues",
     "start_children_wait",
     "regroup_children",
     "count_children",
@@ -171,6 +179,8 @@ class Dialect:
     sql: ClassVar[dict[str, str]]
     #: The operator tools' statements, in ``admin.STATEMENTS`` order.
     admin_sql: ClassVar[dict[str, str]]
+    #: The statements of concurrency caps and rate limits, in ``limits.STATEMENTS`` order.
+    limits_sql: ClassVar[dict[str, str]]
     create_version_table: ClassVar[str]
     #: The driver connection's attribute and value that put it in autocommit (for
     #: drivers that switch it with a method, override ``enter_autocommit`` instead).
@@ -322,10 +332,13 @@ class Dialect:
                 accepted.add(o.job_id)
         return accepted
 
-    def claim_rows(self, cur: Any, params: dict[str, Any]) -> list[Any]:
-        """Claim jobs as the ``claim`` statement does, within the transaction on ``cur``;
-        returns the claimed rows (the job's columns and ``dequeue_order``)."""
-        cur.execute(self.sql["claim"], params)
+    def claim_rows(
+        self, cur: Any, params: dict[str, Any], statement: str | None = None
+    ) -> list[Any]:
+        """Claim jobs as the ``claim`` statement (or ``statement``, one written like it)
+        does, within the transaction on ``cur``; returns the claimed rows (the job's
+        columns and ``dequeue_order``)."""
+        cur.execute(statement or self.sql["claim"], params)
         rows: list[Any] = cur.fetchall()
         return rows
 

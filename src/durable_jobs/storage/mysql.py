@@ -196,6 +196,19 @@ _MYSQL_MIGRATION_9 = (
     ) {_TABLE}""",
 )
 
+# Concurrency caps and rate limits: see sqlite.py's migration 10. No partial indexes: the
+# running index holds every job, led by type and status.
+_MYSQL_MIGRATION_10 = (
+    f"""CREATE TABLE sdj_limits (
+        type VARCHAR(255) NOT NULL,
+        limit_key VARCHAR(255) NOT NULL DEFAULT '',
+        tokens DOUBLE,
+        refilled_at DATETIME(6) NOT NULL,
+        PRIMARY KEY (type, limit_key)
+    ) {_TABLE}""",
+    "CREATE INDEX sdj_jobs_type_running ON sdj_jobs (type, status, concurrency_key)",
+)
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -235,6 +248,78 @@ _SCHEDULE_MOVES = (
 _IDS = "{ids}"
 
 
+def _due_part(status: str, which: str) -> str:
+    """The due jobs of one status, in dequeue order along the dequeue index, locked as the
+    claim's first step locks them: of one limited type but for keys at their limit
+    (``which="limited"``), of that type (``"type"``), or of the types not skipped."""
+    columns = "status"
+    if which == "limited":
+        columns = (
+            "COALESCE(concurrency_key, '') AS concurrency_key, COALESCE(rate_key, '') AS rate_key"
+        )
+        which = f"""type = %(type)s
+              AND COALESCE(concurrency_key, '') NOT IN ({_in_list("full_keys")})
+              AND COALESCE(rate_key, '') NOT IN ({_in_list("empty_keys")})
+              AND id NOT IN ({_in_list("picked")})"""
+    elif which == "type":
+        which = "type = %(type)s"
+    else:
+        which = f"type NOT IN ({_in_list('skip')})"
+    return f"""(SELECT id, priority, run_at, seq AS dequeue_order, {columns}
+            FROM sdj_jobs FORCE INDEX (sdj_jobs_dequeue)
+            WHERE queue = %(queue)s AND status = '{status}' AND run_at <= %(now)s
+              AND {which} AND max_retries >= %(min_retries)s
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
+            ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
+
+
+def _due(which: str) -> str:
+    parts = " UNION ALL ".join(_due_part(s, which) for s in ("pending", "retrying"))
+    return f"{parts} ORDER BY priority DESC, run_at, dequeue_order LIMIT %(limit)s"
+
+
+# The statements of concurrency caps and rate limits (``limits.py``), in
+# ``limits.STATEMENTS`` order. A claim locks its type's row first: claimers of one type
+# take turns, so counting its running jobs and spending its tokens cannot over-admit.
+# Candidates are read with the claim's own filter (keep them in step with ``claim``),
+# and locked (SKIP LOCKED) until the claim commits; ``claim_ids`` binds their ids one
+# parameter each, as the claim's later steps do.
+_MYSQL_LIMITS = {
+    "lock_limit": """SELECT tokens, refilled_at, UTC_TIMESTAMP(6) AS now FROM sdj_limits
+        WHERE type = %(type)s AND limit_key = '' FOR UPDATE""",
+    "add_limit": """INSERT INTO sdj_limits (type, limit_key, tokens, refilled_at)
+        VALUES (%(type)s, '', NULL, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE type = type""",
+    "running": """SELECT concurrency_key AS limit_key, COUNT(*) AS running
+        FROM sdj_jobs WHERE type = %(type)s AND status = 'running' GROUP BY concurrency_key""",
+    "limited_due": _due("limited"),
+    "plain_due": _due("plain"),
+    "claim_ids": f"""UPDATE sdj_jobs SET status = 'running',
+            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+            fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
+            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+            updated_at = %(now)s
+        WHERE id IN ({_IDS}) AND status IN ('pending', 'retrying'){STEP}
+        SELECT {JOB_COLUMNS}, seq AS dequeue_order FROM sdj_jobs
+        WHERE id IN ({_IDS}) AND status = 'running' AND locked_by = %(worker)s""",
+    # In the claim's three steps (``claim_rows``).
+    "claim_type": f"""{_due("type")}{STEP}
+        UPDATE sdj_jobs SET status = 'running',
+            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+            fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
+            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+            updated_at = %(now)s
+        WHERE id IN ({_IDS}){STEP}SELECT {JOB_COLUMNS}, seq AS dequeue_order
+        FROM sdj_jobs WHERE id IN ({_IDS})""",
+    "buckets": f"""SELECT limit_key, tokens, refilled_at FROM sdj_limits
+        WHERE type = %(type)s AND limit_key IN ({_in_list("keys")})""",
+    "save_bucket": """INSERT INTO sdj_limits (type, limit_key, tokens, refilled_at)
+        VALUES (%(type)s, %(limit_key)s, %(tokens)s, %(refilled_at)s)
+        ON DUPLICATE KEY UPDATE tokens = VALUES(tokens), refilled_at = VALUES(refilled_at)""",
+    "prune_buckets": """DELETE FROM sdj_limits
+        WHERE type = %(type)s AND limit_key <> '' AND refilled_at < %(before)s""",
+}
+
+
 # Error numbers that a later attempt may not meet: lost, refused or gone connections
 # (2002, 2003, 2006, 2013, 2055), too many connections (1040), a server shutting down
 # (1053, 1077, 1927: a killed connection), lock wait timeouts (1205) and deadlocks
@@ -264,6 +349,7 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_7,
         _MYSQL_MIGRATION_8,
         _MYSQL_MIGRATION_9,
+        _MYSQL_MIGRATION_10,
     )
     insert_chunk = 1000
 
@@ -314,10 +400,16 @@ class MySQLDialect(Dialect):
         "complete": """UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
                 completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
                 heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
-                locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL
+                locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL,
+            paused_from = NULL
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))""",
-        "fail": f"""UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
+        "fail": f"""UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NOT NULL AND %(status)s = 'retrying'
+                THEN 'paused'
+                ELSE %(status)s END,
+            paused_from = CASE WHEN paused_from IS NOT NULL AND %(status)s = 'retrying'
+                THEN 'retrying' END, last_error = %(error)s,
             traceback = %(traceback)s, run_at = COALESCE(%(run_at)s, run_at),
             finished_at = %(finished_at)s, updated_at = %(now)s, heartbeat_at = NULL,
             lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
@@ -335,8 +427,10 @@ class MySQLDialect(Dialect):
             {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
         # status and attempt read wait_until, which this statement leaves as it is.
         "release": """UPDATE sdj_jobs SET
-            status = CASE WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending'
-                ELSE 'retrying' END,
+            status = CASE WHEN paused_from IS NOT NULL THEN 'paused'
+                WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL
+                WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending' ELSE 'retrying' END,
             attempt = CASE WHEN wait_until IS NULL THEN attempt - 1 ELSE attempt END,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
             updated_at = %(now)s
@@ -368,7 +462,12 @@ class MySQLDialect(Dialect):
         "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
             FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
             LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
-        "reap": """UPDATE sdj_jobs SET status = %(status)s, finished_at = %(finished_at)s,
+        "reap": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NOT NULL AND %(status)s = 'retrying'
+                THEN 'paused'
+                ELSE %(status)s END,
+            paused_from = CASE WHEN paused_from IS NOT NULL AND %(status)s = 'retrying'
+                THEN 'retrying' END, finished_at = %(finished_at)s,
             finished_by = NULL, traceback = NULL,
             last_error = CONCAT('WorkerLost: worker ', COALESCE(locked_by, '?'), %(error)s),
             run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s, wait_until = NULL,
@@ -390,7 +489,9 @@ class MySQLDialect(Dialect):
             ORDER BY wait_until LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED""",
         # run_at reads wait_until before it is assigned (left to right).
-        "wake": """UPDATE sdj_jobs SET status = 'pending',
+        "wake": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
             run_at = COALESCE(wait_until, %(now)s), wait_until = COALESCE(wait_until, %(now)s),
             waiting_for = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting'""",
@@ -404,7 +505,10 @@ class MySQLDialect(Dialect):
         "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
             VALUES (%(job_id)s, %(name)s, %(payload)s, %(now)s)""",
         # run_at, then wait_until: both the moment of the signal.
-        "wake_signalled": f"""UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+        "wake_signalled": f"""UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = %(now)s,
             wait_until = %(now)s, waiting_for = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
             {STEP}SELECT queue FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
@@ -429,18 +533,51 @@ class MySQLDialect(Dialect):
             FROM sdj_jobs AS p JOIN sdj_jobs AS c ON p.id = c.parent_id
             WHERE c.id = %(id)s AND ROW_COUNT() > 0""",
         # run_at, then wait_until: both now.
-        "wake_parent": f"""UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+        "wake_parent": f"""UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = %(now)s,
                 wait_until = %(now)s, waiting_for = NULL, wait_group = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting' AND wait_group = %(group)s
             {STEP}SELECT queue FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
         "cancellable_children": """SELECT id FROM sdj_jobs
             WHERE parent_id = %(parent)s AND parent_group = %(group)s
-              AND status IN ('pending', 'retrying', 'waiting')
+              AND status NOT IN ('completed', 'failed', 'cancelled')
             FOR UPDATE SKIP LOCKED""",
-        "cancel_jobs": f"""UPDATE sdj_jobs SET status = 'failed', last_error = %(error)s,
-                traceback = NULL, finished_at = %(now)s, finished_by = NULL,
-                updated_at = %(now)s, wait_until = NULL, waiting_for = NULL, wait_group = NULL
-            WHERE id IN ({_in_list("ids")}) AND status IN ('pending', 'retrying', 'waiting')""",
+        # Cancelled jobs, with their subtrees: see SQLStorage.cancel. The run of a running
+        # one is fenced out (its outcome matches no running row) and told to stop.
+        "cancellable": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE id IN ({_in_list("ids")})
+              AND status NOT IN ('completed', 'failed', 'cancelled')
+            FOR UPDATE""",
+        "cancel_jobs": f"""UPDATE sdj_jobs SET status = 'cancelled', last_error = %(error)s,
+                traceback = NULL, finished_at = %(now)s, finished_by = locked_by,
+                locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+                updated_at = %(now)s, wait_until = NULL, waiting_for = NULL, wait_group = NULL,
+                paused_from = NULL
+            WHERE id IN ({_in_list("ids")})
+              AND status NOT IN ('completed', 'failed', 'cancelled')""",
+        "children_of": f"""SELECT id FROM sdj_jobs WHERE parent_id IN ({_in_list("ids")})""",
+        "cancelled_among": f"""SELECT id FROM sdj_jobs
+            WHERE id IN ({_in_list("ids")}) AND status = 'cancelled'""",
+        # A pause of a job that is not running holds it at once ('paused', the status to
+        # give back kept); of a running or waiting one, once it would run again (the
+        # statements that make a job due give 'paused' instead while paused_from is set).
+        "pause_job": f"""UPDATE sdj_jobs SET paused_from = status,
+                status = CASE WHEN status IN ('pending', 'retrying') THEN 'paused' ELSE status END,
+                updated_at = %(now)s
+            WHERE id = %(id)s AND paused_from IS NULL
+              AND status IN ('pending', 'retrying', 'running', 'waiting')
+            {STEP}SELECT %(id)s AS id FROM DUAL WHERE ROW_COUNT() > 0""",
+        "resume_job": f"""UPDATE sdj_jobs SET
+                status = CASE WHEN status = 'paused' THEN paused_from ELSE status END,
+                paused_from = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND paused_from IS NOT NULL
+            {STEP}SELECT queue, status FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
+        "pause_queue": """INSERT IGNORE INTO sdj_queue_pauses (queue, paused_at)
+            VALUES (%(queue)s, %(now)s)""",
+        "resume_queue": "DELETE FROM sdj_queue_pauses WHERE queue = %(queue)s",
+        "paused_queues": "SELECT queue, paused_at FROM sdj_queue_pauses ORDER BY queue",
         "start_children_wait": """UPDATE sdj_jobs SET wait_group = %(group)s,
                 children_left = %(left)s, children_need = %(need)s, children_spare = %(spare)s,
                 waiting_for = %(waiting_for)s
@@ -449,7 +586,8 @@ class MySQLDialect(Dialect):
             WHERE parent_id = %(parent)s AND id IN ({_in_list("ids")})""",
         "count_children": """SELECT
                 COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS ok,
-                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+                COALESCE(SUM(CASE WHEN status IN ('failed', 'cancelled') THEN 1 ELSE 0 END), 0)
+                    AS failed
             FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
         "children_outcomes": f"""SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id IN ({_in_list("ids")})""",
@@ -556,6 +694,7 @@ class MySQLDialect(Dialect):
             WHERE id = %(id)s AND (%(force)s OR status <> 'running')""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
     }
+    limits_sql: ClassVar[dict[str, str]] = _MYSQL_LIMITS
 
     # -- engines and connections --------------------------------------------------------
 
@@ -635,8 +774,10 @@ class MySQLDialect(Dialect):
         cur.execute(self.sql["delete_checkpoints"], {"job_id": params["id"]})
         return True
 
-    def claim_rows(self, cur: Any, params: dict[str, Any]) -> list[Any]:
-        select, take, read = self.sql["claim"].split(STEP)
+    def claim_rows(
+        self, cur: Any, params: dict[str, Any], statement: str | None = None
+    ) -> list[Any]:
+        select, take, read = (statement or self.sql["claim"]).split(STEP)
         cur.execute(select, params)
         ids = [row[0] for row in cur.fetchall()]
         if not ids:

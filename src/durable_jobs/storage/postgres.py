@@ -175,11 +175,89 @@ _POSTGRES_MIGRATION_9 = (
     )""",
 )
 
+# Concurrency caps and rate limits: see sqlite.py's migration 10.
+_POSTGRES_MIGRATION_10 = (
+    """CREATE TABLE sdj_limits (
+        type TEXT NOT NULL,
+        limit_key TEXT NOT NULL DEFAULT '',
+        tokens DOUBLE PRECISION,
+        refilled_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (type, limit_key)
+    )""",
+    """CREATE INDEX sdj_jobs_type_running ON sdj_jobs (type, concurrency_key)
+        WHERE status = 'running'""",
+)
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
 _POSTGRES_EXPIRY = "(clock_timestamp() + %(lock_timeout)s::float8 * interval '1 second')"
 _POSTGRES_LEGACY_EXPIRY = "(heartbeat_at + %(lock_timeout)s::float8 * interval '1 second')"
+
+# The statements of concurrency caps and rate limits (``limits.py``), in
+# ``limits.STATEMENTS`` order. A claim locks its type's row first: claimers of one type
+# take turns, so counting its running jobs and spending its tokens cannot over-admit.
+# Candidates are read with the claim's own filter (keep them in step with ``claim``),
+# and locked (SKIP LOCKED) until the claim commits.
+_POSTGRES_LIMITS = {
+    "lock_limit": """SELECT tokens, refilled_at, clock_timestamp() AS now FROM sdj_limits
+        WHERE type = %(type)s AND limit_key = '' FOR UPDATE""",
+    "add_limit": """INSERT INTO sdj_limits (type, limit_key, tokens, refilled_at)
+        VALUES (%(type)s, '', NULL, clock_timestamp())
+        ON CONFLICT (type, limit_key) DO NOTHING""",
+    "running": """SELECT concurrency_key AS limit_key, COUNT(*) AS running
+        FROM sdj_jobs WHERE type = %(type)s AND status = 'running' GROUP BY concurrency_key""",
+    "limited_due": """SELECT id, priority, run_at, seq AS dequeue_order,
+            COALESCE(concurrency_key, '') AS concurrency_key, COALESCE(rate_key, '') AS rate_key
+        FROM sdj_jobs
+        WHERE queue = %(queue)s AND status IN ('pending', 'retrying') AND run_at <= %(now)s
+          AND type = %(type)s AND max_retries >= %(min_retries)s
+          AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
+          AND NOT (COALESCE(concurrency_key, '') = ANY(%(full_keys)s::text[]))
+          AND NOT (COALESCE(rate_key, '') = ANY(%(empty_keys)s::text[]))
+          AND NOT (id = ANY(%(picked)s::text[]))
+        ORDER BY priority DESC, run_at, seq LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED""",
+    "plain_due": """SELECT id, priority, run_at, seq AS dequeue_order FROM sdj_jobs
+        WHERE queue = %(queue)s AND status IN ('pending', 'retrying')
+          AND run_at <= %(now)s AND NOT (type = ANY(%(skip)s))
+          AND max_retries >= %(min_retries)s
+          AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
+        ORDER BY priority DESC, run_at, seq LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED""",
+    "claim_ids": f"""UPDATE sdj_jobs AS j SET status = 'running',
+            attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
+            fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
+            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+            updated_at = %(now)s
+        WHERE j.id = ANY(%(ids)s::text[]) AND j.status IN ('pending', 'retrying')
+        RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))},
+            j.seq AS dequeue_order""",
+    "claim_type": f"""WITH next AS (
+            SELECT id FROM sdj_jobs
+            WHERE queue = %(queue)s AND status IN ('pending', 'retrying') AND run_at <= %(now)s
+              AND type = %(type)s AND max_retries >= %(min_retries)s
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
+            ORDER BY priority DESC, run_at, seq
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED)
+        UPDATE sdj_jobs AS j SET status = 'running',
+            attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
+            fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
+            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
+            updated_at = %(now)s
+        FROM next WHERE j.id = next.id
+        RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))},
+            j.seq AS dequeue_order""",
+    "buckets": """SELECT limit_key, tokens, refilled_at FROM sdj_limits
+        WHERE type = %(type)s AND limit_key = ANY(%(keys)s::text[])""",
+    "save_bucket": """INSERT INTO sdj_limits (type, limit_key, tokens, refilled_at)
+        VALUES (%(type)s, %(limit_key)s, %(tokens)s, %(refilled_at)s)
+        ON CONFLICT (type, limit_key) DO UPDATE SET tokens = excluded.tokens,
+            refilled_at = excluded.refilled_at""",
+    "prune_buckets": """DELETE FROM sdj_limits
+        WHERE type = %(type)s AND limit_key <> '' AND refilled_at < %(before)s""",
+}
 
 # Any constant works as long as every process uses the same one.
 MIGRATION_LOCK_KEY = 0x5D1_0B5
@@ -209,6 +287,7 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_7,
         _POSTGRES_MIGRATION_8,
         _POSTGRES_MIGRATION_9,
+        _POSTGRES_MIGRATION_10,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -284,14 +363,20 @@ class PostgresDialect(Dialect):
                 UPDATE sdj_jobs SET status = 'completed', result = %(result)s,
                     completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
                     heartbeat_at = NULL, lock_expires_at = NULL, finished_by = locked_by,
-                    locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL
+                    locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL,
+            paused_from = NULL
                 WHERE id = %(id)s AND status = 'running'
                   AND (%(worker)s::text IS NULL
                        OR (locked_by = %(worker)s AND fence = %(fence)s::int))
                 RETURNING id),
             gone AS (DELETE FROM sdj_checkpoints c USING done WHERE c.job_id = done.id)
             SELECT id FROM done""",
-        "fail": """UPDATE sdj_jobs SET status = %(status)s, last_error = %(error)s,
+        "fail": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NOT NULL AND %(status)s::text = 'retrying'
+                THEN 'paused'
+                ELSE %(status)s END,
+            paused_from = CASE WHEN paused_from IS NOT NULL AND %(status)s::text = 'retrying'
+                THEN 'retrying' END, last_error = %(error)s,
             traceback = %(traceback)s, run_at = COALESCE(%(run_at)s, run_at),
             finished_at = %(finished_at)s, updated_at = %(now)s, heartbeat_at = NULL,
             lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
@@ -308,8 +393,10 @@ class PostgresDialect(Dialect):
               AND fence = %(fence)s::int
             RETURNING id""",
         "release": """UPDATE sdj_jobs SET
-            status = CASE WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending'
-                ELSE 'retrying' END,
+            status = CASE WHEN paused_from IS NOT NULL THEN 'paused'
+                WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL
+                WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending' ELSE 'retrying' END,
             attempt = CASE WHEN wait_until IS NULL THEN attempt - 1 ELSE attempt END,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
             updated_at = %(now)s
@@ -343,7 +430,12 @@ class PostgresDialect(Dialect):
         "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
             FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < %(cutoff)s
             LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
-        "reap": """UPDATE sdj_jobs SET status = %(status)s, finished_at = %(finished_at)s,
+        "reap": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NOT NULL AND %(status)s::text = 'retrying'
+                THEN 'paused'
+                ELSE %(status)s END,
+            paused_from = CASE WHEN paused_from IS NOT NULL AND %(status)s::text = 'retrying'
+                THEN 'retrying' END, finished_at = %(finished_at)s,
             finished_by = NULL, traceback = NULL,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
             run_at = COALESCE(%(run_at)s, run_at), updated_at = %(now)s, wait_until = NULL,
@@ -365,7 +457,9 @@ class PostgresDialect(Dialect):
               AND queue = ANY(%(queues)s::text[])
             ORDER BY wait_until LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED""",
-        "wake": """UPDATE sdj_jobs SET status = 'pending',
+        "wake": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
             run_at = COALESCE(wait_until, %(now)s), wait_until = COALESCE(wait_until, %(now)s),
             waiting_for = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting'""",
@@ -378,7 +472,10 @@ class PostgresDialect(Dialect):
         "lock_job": "SELECT id FROM sdj_jobs WHERE id = %(id)s FOR NO KEY UPDATE",
         "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
             VALUES (%(job_id)s, %(name)s, %(payload)s, %(now)s)""",
-        "wake_signalled": """UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+        "wake_signalled": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = %(now)s,
             wait_until = %(now)s, waiting_for = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
             RETURNING queue""",
@@ -399,19 +496,53 @@ class PostgresDialect(Dialect):
             WHERE c.id = %(id)s AND p.id = c.parent_id AND p.wait_group = c.parent_group
             RETURNING p.id, p.queue, p.status, p.wait_group, p.children_left, p.children_need,
                 p.children_spare""",
-        "wake_parent": """UPDATE sdj_jobs SET status = 'pending', run_at = %(now)s,
+        "wake_parent": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = %(now)s,
                 wait_until = %(now)s, waiting_for = NULL, wait_group = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting' AND wait_group = %(group)s
             RETURNING queue""",
         # SKIP LOCKED: a child being claimed (or its outcome stored) right now runs on.
         "cancellable_children": """SELECT id FROM sdj_jobs
             WHERE parent_id = %(parent)s AND parent_group = %(group)s
-              AND status IN ('pending', 'retrying', 'waiting')
+              AND status NOT IN ('completed', 'failed', 'cancelled')
             FOR UPDATE SKIP LOCKED""",
-        "cancel_jobs": """UPDATE sdj_jobs SET status = 'failed', last_error = %(error)s,
-                traceback = NULL, finished_at = %(now)s, finished_by = NULL,
-                updated_at = %(now)s, wait_until = NULL, waiting_for = NULL, wait_group = NULL
-            WHERE id = ANY(%(ids)s::text[]) AND status IN ('pending', 'retrying', 'waiting')""",
+        # Cancelled jobs, with their subtrees: see SQLStorage.cancel. The run of a running
+        # one is fenced out (its outcome matches no running row) and told to stop.
+        "cancellable": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
+            WHERE id = ANY(%(ids)s::text[])
+              AND status NOT IN ('completed', 'failed', 'cancelled')
+            FOR UPDATE""",
+        "cancel_jobs": """UPDATE sdj_jobs SET status = 'cancelled', last_error = %(error)s,
+                traceback = NULL, finished_at = %(now)s, finished_by = locked_by,
+                locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+                updated_at = %(now)s, wait_until = NULL, waiting_for = NULL, wait_group = NULL,
+                paused_from = NULL
+            WHERE id = ANY(%(ids)s::text[])
+              AND status NOT IN ('completed', 'failed', 'cancelled')""",
+        "children_of": """SELECT id FROM sdj_jobs WHERE parent_id = ANY(%(ids)s::text[])""",
+        "cancelled_among": """SELECT id FROM sdj_jobs
+            WHERE id = ANY(%(ids)s::text[]) AND status = 'cancelled'""",
+        # A pause of a job that is not running holds it at once ('paused', the status to
+        # give back kept); of a running or waiting one, once it would run again (the
+        # statements that make a job due give 'paused' instead while paused_from is set).
+        "pause_job": """UPDATE sdj_jobs SET paused_from = status,
+                status = CASE WHEN status IN ('pending', 'retrying') THEN 'paused' ELSE status END,
+                updated_at = %(now)s
+            WHERE id = %(id)s AND paused_from IS NULL
+              AND status IN ('pending', 'retrying', 'running', 'waiting')
+            RETURNING id""",
+        "resume_job": """UPDATE sdj_jobs SET
+                status = CASE WHEN status = 'paused' THEN paused_from ELSE status END,
+                paused_from = NULL, updated_at = %(now)s
+            WHERE id = %(id)s AND paused_from IS NOT NULL
+            RETURNING queue, status""",
+        "pause_queue": """INSERT INTO sdj_queue_pauses (queue, paused_at)
+            VALUES (%(queue)s, %(now)s)
+            ON CONFLICT (queue) DO NOTHING""",
+        "resume_queue": "DELETE FROM sdj_queue_pauses WHERE queue = %(queue)s",
+        "paused_queues": "SELECT queue, paused_at FROM sdj_queue_pauses ORDER BY queue",
         "start_children_wait": """UPDATE sdj_jobs SET wait_group = %(group)s,
                 children_left = %(left)s, children_need = %(need)s, children_spare = %(spare)s,
                 waiting_for = %(waiting_for)s
@@ -420,7 +551,8 @@ class PostgresDialect(Dialect):
             WHERE parent_id = %(parent)s AND id = ANY(%(ids)s::text[])""",
         "count_children": """SELECT
                 COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS ok,
-                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+                COALESCE(SUM(CASE WHEN status IN ('failed', 'cancelled') THEN 1 ELSE 0 END), 0)
+                    AS failed
             FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
         "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])""",
@@ -521,6 +653,7 @@ class PostgresDialect(Dialect):
             RETURNING {JOB_COLUMNS}""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
     }
+    limits_sql: ClassVar[dict[str, str]] = _POSTGRES_LIMITS
 
     # -- engines and connections --------------------------------------------------------
 
@@ -629,7 +762,8 @@ _COMPLETE_MANY = """WITH v AS (
         UPDATE sdj_jobs AS j SET status = 'completed', result = v.result,
             completed_at = %(now)s, finished_at = %(now)s, updated_at = %(now)s,
             heartbeat_at = NULL, lock_expires_at = NULL, finished_by = j.locked_by,
-            locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL
+            locked_by = NULL, last_error = NULL, traceback = NULL, wait_until = NULL,
+            paused_from = NULL
         FROM v WHERE j.id = v.id AND j.status = 'running'
           AND j.locked_by = %(worker)s AND j.fence = v.fence
         RETURNING j.id),

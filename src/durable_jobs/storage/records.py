@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..job import Job
 
 __all__ = [
     "ChildrenWait",
     "Claim",
+    "ClaimedJobs",
     "Outcome",
     "QueueDepth",
     "ScheduleState",
+    "TypeLimits",
     "WorkerInfo",
     "decided",
 ]
@@ -31,18 +37,61 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TypeLimits:
+    """A job type's fleet-wide limits as claims enforce them: at most ``concurrency``
+    jobs of the type running at once (per ``concurrency_key`` when ``concurrency_keyed``),
+    and at most ``rate`` runs started per ``per`` seconds (a token bucket per
+    ``rate_key`` when ``rate_keyed``, of ``rate`` tokens refilled over ``per``)."""
+
+    job_type: str
+    concurrency: int | None = None
+    concurrency_keyed: bool = False
+    rate: int | None = None
+    per: float = 1.0
+    rate_keyed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A claim to make: up to ``limit`` due jobs of ``queue``.
 
     ``min_retries`` leaves out jobs with fewer retries: a worker claiming ahead of its
     free slots sets it to 1, since a claimed run counts as an attempt even if the
     worker dies before starting it, and a job allowed a single run must not lose it so.
+
+    ``limited``: job types with fleet-wide limits, claimed within them (see
+    ``storage/limits.py``) alongside the other jobs, all in dequeue order; they are
+    never claimed as plain jobs. ``plain=False`` claims only the ``limited`` types.
     """
 
     queue: str
     limit: int
     skip_types: Sequence[str] = ()
     min_retries: int = 0
+    limited: Sequence[TypeLimits] = ()
+    plain: bool = True
+
+
+class ClaimedJobs(list["Job"]):
+    """The jobs a claim with ``limited`` types took, in dequeue order, and why it took
+    no more: ``held`` maps a type held back by its limits to the seconds until a retry
+    can find room (``inf``: once one of its runs ends), ``drained`` holds the types of
+    which no more jobs were due, and ``plain_drained`` says that no more jobs of other
+    types were (for a claim with ``plain``)."""
+
+    __slots__ = ("drained", "held", "plain_drained")
+
+    def __init__(
+        self,
+        jobs: Sequence[Job] = (),
+        held: dict[str, float] | None = None,
+        drained: frozenset[str] = frozenset(),
+        plain_drained: bool = False,
+    ) -> None:
+        super().__init__(jobs)
+        self.held: dict[str, float] = {} if held is None else held
+        self.drained = drained
+        self.plain_drained = plain_drained
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,10 +26,20 @@ import sqlalchemy as sa
 from ..errors import CheckpointConflict, SchemaNotReady, StorageError
 from ..job import Checkpoint, Job, JobStatus, children_wait, new_ids, signal_wait, utcnow
 from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
+from . import limits
 from .dialects import Dialect, dialect_for, dialect_for_url, utc
 from .failures import storage_error
 from .protocol import JobStore, Listener
-from .records import ChildrenWait, Claim, Outcome, QueueDepth, ScheduleState, WorkerInfo, decided
+from .records import (
+    ChildrenWait,
+    Claim,
+    Outcome,
+    QueueDepth,
+    ScheduleState,
+    TypeLimits,
+    WorkerInfo,
+    decided,
+)
 
 if TYPE_CHECKING:
     from .admin import Admin
@@ -90,6 +100,7 @@ _SETTLED_PARENT = (
 _DECIDED = ("id", "queue", "wait_group", "children_spare")
 _CHILD_OUTCOME = ("id", "type", "status", "result", "last_error", "finished_at", "parent_id")
 _COUNTED = ("ok", "failed")
+_CLAIMABLE = frozenset({"pending", "retrying"})
 # Statuses of unfinished jobs, which hold their unique key.
 _UNFINISHED = frozenset({"pending", "retrying", "running", "waiting", "paused"})
 _UNIQUE_TRIES = 5  # rounds of insert, look and give-up under concurrent producers
@@ -560,6 +571,11 @@ class SQLStorage:
         if connection is not None:
             return self.enqueue_many([job], connection=connection)[0]
         if job.unique_key is not None:
+            # The usual case, a key no job holds, takes one statement like any enqueue;
+            # a key held already is looked into in a transaction.
+            [row] = self._stamp([job], utcnow())
+            if self._run_grouped("insert_unique_job", self._insert_params(row)):
+                return job.id
             return self._enqueue_deduplicated([job], None)[0]
         [row] = self._stamp([job], utcnow())
         self._run_grouped("insert_job", self._insert_params(row))
@@ -738,6 +754,8 @@ class SQLStorage:
         min_retries: int = 0,
         now: datetime | None = None,
         lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
+        limited: Sequence[TypeLimits] = (),
+        plain: bool = True,
     ) -> list[Job]:
         """Claim up to ``limit`` due jobs of ``queue`` for ``worker_id`` in one statement.
 
@@ -746,14 +764,20 @@ class SQLStorage:
         are left for others. Each claim is a new run with a new ``fence``; its lock
         expires ``lock_timeout`` (the worker's) after the claim on the database's clock,
         unless heartbeated. ``now`` decides which jobs are due (tests pass it).
+
+        ``limited``: job types claimed within their fleet-wide limits, in one transaction
+        (see ``limits.py``; ``plain=False`` claims only those); the jobs then come as
+        ``ClaimedJobs``, saying which of those types are held back.
         """
-        claim = Claim(queue, limit, skip_types, min_retries)
-        with self._cursor(write=True) as cur:
+        claim = Claim(queue, limit, skip_types, min_retries, limited, plain)
+        with self._cursor(write=True, atomic=bool(limited)) as cur:
             return self._claim_in(cur, claim, worker_id, now or utcnow(), _seconds(lock_timeout))
 
     def _claim_in(
         self, cur: Any, claim: Claim, worker_id: str, now: datetime, lock_timeout: float
     ) -> list[Job]:
+        if claim.limited:
+            return limits.claim_in(self, cur, claim, worker_id, now, lock_timeout)
         params = {
             "queue": claim.queue,
             "worker": worker_id,
@@ -1149,14 +1173,114 @@ class SQLStorage:
     def _cancel_in(self, cur: Any, parent: str, group: str, now: Any) -> int:
         cur.execute(self._sql["cancellable_children"], {"parent": parent, "group": group})
         ids = [row[0] for row in cur.fetchall()]
-        if ids:
-            params = {
-                "ids": self.dialect.list_param(ids),
-                "error": CANCELLED,
-                "now": now,
-            }
-            cur.execute(self._sql["cancel_jobs"], params)
-        return len(ids)
+        return len(self._cancel_tree(cur, ids, now, CANCELLED)) if ids else 0
+
+    def _cancel_tree(self, cur: Any, roots: Sequence[str], now: Any, error: str) -> list[Job]:
+        """Cancel the unfinished jobs among ``roots`` and among all their descendants,
+        level by level, in the transaction on ``cur``; the jobs cancelled, as they were.
+
+        Each level's rows are locked and cancelled before their children are looked
+        for: a running job spawning meanwhile is fenced out, or its children are found.
+        """
+        cancelled: list[Job] = []
+        seen: set[str] = set()
+        level = list(dict.fromkeys(roots))
+        sql = self._sql["cancellable"]
+        while level:
+            seen.update(level)
+            ids = {"ids": self.dialect.list_param(level)}
+            cur.execute(sql, ids)
+            rows = cur.fetchall() if self._has_rows(cur) else []
+            found = [self._job(row) for row in self._named(cur, sql, _JOB, rows)] if rows else []
+            if found:
+                taken = self.dialect.list_param([job.id for job in found])
+                cur.execute(self._sql["cancel_jobs"], {"ids": taken, "error": error, "now": now})
+                cancelled.extend(found)
+            cur.execute(self._sql["children_of"], ids)
+            level = [row[0] for row in cur.fetchall() if row[0] not in seen]
+        return cancelled
+
+    # -- job control --------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> list[Job] | None:
+        """Cancel ``job_id`` with all its unfinished descendants, in one transaction.
+
+        Returns the jobs cancelled as they were just before (``[]`` when the job had
+        finished already), or None when there is no such job. A cancelled child whose
+        parent is not cancelled with it counts as a failed child of the parent's wait.
+        A running job's run is fenced out from then on: its outcome changes nothing.
+        """
+        tries = 1
+        while True:
+            try:
+                return self._cancel(job_id)
+            except StorageError as exc:  # two cancels of one tree may deadlock: again
+                if not exc.transient or tries == _UNIQUE_TRIES:
+                    raise
+                tries += 1
+
+    def _cancel(self, job_id: str) -> list[Job] | None:
+        now = self.dialect.time_param(utcnow())
+        woken: list[str] = []
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["lock_job"], {"id": job_id})
+            if not cur.fetchall():
+                return None
+            cancelled = self._cancel_tree(cur, [job_id], now, "cancelled")
+            ids = {job.id for job in cancelled}
+            orphans = sorted(
+                (job.parent_id, job.id)
+                for job in cancelled
+                if job.parent_id is not None and job.parent_id not in ids
+            )
+            if orphans:
+                self._settle(cur, [(child, False) for _parent, child in orphans], now, woken)
+        self._announce_woken(woken)
+        return cancelled
+
+    def cancelled_among(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of ``job_ids`` are cancelled (a worker asks for its running jobs)."""
+        if not job_ids:
+            return set()
+        params = {"ids": self.dialect.list_param(list(job_ids))}
+        return {row[0] for row in self._run("cancelled_among", params, write=False)}
+
+    def pause(self, job_id: str) -> bool:
+        """Ask for a pause of ``job_id``: held at once unless running or waiting, else
+        held once it would run again. False when it is not pausable (finished, paused
+        already, or no such job)."""
+        params = {"id": job_id, "now": self.dialect.time_param(utcnow())}
+        return bool(self._run("pause_job", params))
+
+    def resume(self, job_id: str) -> bool:
+        """Withdraw a pause of ``job_id``: a held job gets its status back (and is
+        claimable at once if due). False when no pause of it was asked for."""
+        params = {"id": job_id, "now": self.dialect.time_param(utcnow())}
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["resume_job"], params)
+            rows = cur.fetchall() if self._has_rows(cur) else []
+            due = [queue for queue, status in rows if status in _CLAIMABLE]
+            if due:
+                self.dialect.notify_queues(cur, due)
+        self._announce_woken(due)
+        return bool(rows)
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop every worker from claiming jobs of ``queue`` (stored: it lasts)."""
+        self._run("pause_queue", {"queue": queue, "now": self.dialect.time_param(utcnow())})
+
+    def resume_queue(self, queue: str) -> None:
+        """Let workers claim from ``queue`` again, and wake those waiting for work."""
+        with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["resume_queue"], {"queue": queue})
+            self.dialect.notify_queues(cur, [queue])
+        self._announce_woken([queue])
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queues, with when each was paused."""
+        t = self.dialect.time_value
+        rows = self._read("paused_queues", {}, ("queue", "paused_at"))
+        return {queue: at for queue, paused in rows if (at := t(paused)) is not None}
 
     # -- signals ------------------------------------------------------------------------
 

@@ -243,6 +243,21 @@ _SQLITE_MIGRATION_9 = (
     ) WITHOUT ROWID""",
 )
 
+# Concurrency caps and rate limits (``limits.py``): a row per limited job type (limit_key
+# '') that its claims lock, holding the type's token bucket, and a row per rate key in
+# use; the running index counts a type's running jobs (per concurrency key) for its cap.
+_SQLITE_MIGRATION_10 = (
+    """CREATE TABLE sdj_limits (
+        type TEXT NOT NULL,
+        limit_key TEXT NOT NULL DEFAULT '',
+        tokens REAL,
+        refilled_at TEXT NOT NULL,
+        PRIMARY KEY (type, limit_key)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX sdj_jobs_type_running ON sdj_jobs (type, concurrency_key)
+        WHERE status = 'running'""",
+)
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -252,6 +267,69 @@ _SQLITE_EXPIRY = (
 _SQLITE_LEGACY_EXPIRY = (
     "(strftime('%Y-%m-%d %H:%M:%f', heartbeat_at, printf('%+.6f seconds', :lock_timeout)) || '000')"
 )
+
+# The statements of concurrency caps and rate limits (``limits.py``), in ``limits.STATEMENTS``
+# order. The IMMEDIATE transaction of a claim holds the write lock: no row locks here.
+# Candidates are read with the claim's own filter (keep them in step with ``claim``).
+_SQLITE_LIMITS = {
+    "lock_limit": f"""SELECT tokens, refilled_at, {_SQLITE_CLOCK} AS now FROM sdj_limits
+        WHERE type = :type AND limit_key = ''""",
+    "add_limit": f"""INSERT INTO sdj_limits (type, limit_key, tokens, refilled_at)
+        VALUES (:type, '', NULL, {_SQLITE_CLOCK}) ON CONFLICT (type, limit_key) DO NOTHING""",
+    # Served by the running index (sdj_jobs_type_running).
+    "running": """SELECT concurrency_key AS limit_key, COUNT(*) AS running
+        FROM sdj_jobs WHERE type = :type AND status = 'running' GROUP BY concurrency_key""",
+    # A limited type's due jobs in dequeue order, but for keys at their limit and jobs
+    # already picked (JSON lists; a NULL key is '').
+    "limited_due": """SELECT id, priority, run_at, rowid AS dequeue_order,
+            COALESCE(concurrency_key, '') AS concurrency_key, COALESCE(rate_key, '') AS rate_key
+        FROM sdj_jobs
+        WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
+          AND type = :type AND max_retries >= :min_retries
+          AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = :queue)
+          AND COALESCE(concurrency_key, '') NOT IN (SELECT value FROM json_each(:full_keys))
+          AND COALESCE(rate_key, '') NOT IN (SELECT value FROM json_each(:empty_keys))
+          AND id NOT IN (SELECT value FROM json_each(:picked))
+        ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
+    # The plain claim's candidates, to merge with the limited ones in dequeue order.
+    "plain_due": """SELECT id, priority, run_at, rowid AS dequeue_order FROM sdj_jobs
+        WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
+          AND type NOT IN (SELECT value FROM json_each(:skip))
+          AND max_retries >= :min_retries
+          AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = :queue)
+        ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
+    # The claim's update, of the jobs chosen (:ids, a JSON list), found by their ids
+    # (the unary + keeps the planner off the status index).
+    "claim_ids": f"""UPDATE sdj_jobs SET status = 'running',
+            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
+            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND +status IN ('pending', 'retrying')
+        RETURNING {JOB_COLUMNS}, rowid AS dequeue_order""",
+    # A type's due jobs claimed by one statement, as ``claim`` claims (the claim of a
+    # type without keys alone, up to the room its limits leave).
+    "claim_type": f"""UPDATE sdj_jobs SET status = 'running',
+            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
+            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+        WHERE id IN (
+            SELECT id FROM sdj_jobs
+            WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
+              AND type = :type AND max_retries >= :min_retries
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = :queue)
+            ORDER BY priority DESC, run_at, rowid
+            LIMIT :limit)
+        RETURNING {JOB_COLUMNS}, rowid AS dequeue_order""",
+    "buckets": """SELECT limit_key, tokens, refilled_at FROM sdj_limits
+        WHERE type = :type AND limit_key IN (SELECT value FROM json_each(:keys))""",
+    "save_bucket": """INSERT INTO sdj_limits (type, limit_key, tokens, refilled_at)
+        VALUES (:type, :limit_key, :tokens, :refilled_at)
+        ON CONFLICT (type, limit_key) DO UPDATE SET tokens = excluded.tokens,
+            refilled_at = excluded.refilled_at""",
+    # A rate key's bucket untouched for a whole window is full: as good as no row.
+    "prune_buckets": """DELETE FROM sdj_limits
+        WHERE type = :type AND limit_key <> '' AND refilled_at < :before""",
+}
 
 
 # Result codes (the low byte of an extended code) that a later attempt may not meet:
@@ -304,6 +382,7 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_7,
         _SQLITE_MIGRATION_8,
         _SQLITE_MIGRATION_9,
+        _SQLITE_MIGRATION_10,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -365,7 +444,12 @@ class SQLiteDialect(Dialect):
               AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))
             RETURNING id""",
         # A retry's claim is a new attempt: the resume marker (wait_until) goes.
-        "fail": """UPDATE sdj_jobs SET status = :status, last_error = :error,
+        "fail": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NOT NULL AND :status = 'retrying'
+                THEN 'paused'
+                ELSE :status END,
+            paused_from = CASE WHEN paused_from IS NOT NULL AND :status = 'retrying'
+                THEN 'retrying' END, last_error = :error,
             traceback = :traceback, run_at = COALESCE(:run_at, run_at),
             finished_at = :finished_at, updated_at = :now, heartbeat_at = NULL,
             lock_expires_at = NULL, finished_by = locked_by, locked_by = NULL,
@@ -384,8 +468,10 @@ class SQLiteDialect(Dialect):
         # A resumed run given back unstarted is a due resume again (its claim took no
         # attempt, so none is given back).
         "release": """UPDATE sdj_jobs SET
-            status = CASE WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending'
-                ELSE 'retrying' END,
+            status = CASE WHEN paused_from IS NOT NULL THEN 'paused'
+                WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending' ELSE 'retrying' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL
+                WHEN wait_until IS NOT NULL OR attempt <= 1 THEN 'pending' ELSE 'retrying' END,
             attempt = CASE WHEN wait_until IS NULL THEN attempt - 1 ELSE attempt END,
             locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL, updated_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
@@ -420,7 +506,12 @@ class SQLiteDialect(Dialect):
         "stale_locks": """SELECT id, fence, attempt, max_retries, backoff, type
             FROM sdj_jobs WHERE status = 'running' AND heartbeat_at < :cutoff
             LIMIT :limit""",
-        "reap": """UPDATE sdj_jobs SET status = :status, finished_at = :finished_at,
+        "reap": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NOT NULL AND :status = 'retrying'
+                THEN 'paused'
+                ELSE :status END,
+            paused_from = CASE WHEN paused_from IS NOT NULL AND :status = 'retrying'
+                THEN 'retrying' END, finished_at = :finished_at,
             finished_by = NULL, traceback = NULL,
             last_error = 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
             run_at = COALESCE(:run_at, run_at), updated_at = :now, wait_until = NULL,
@@ -443,7 +534,10 @@ class SQLiteDialect(Dialect):
               AND queue IN (SELECT value FROM json_each(:queues))
             ORDER BY wait_until LIMIT :limit""",
         # wait_until stays set: it tells the claim that this run resumes (no new attempt).
-        "wake": """UPDATE sdj_jobs SET status = 'pending', run_at = COALESCE(wait_until, :now),
+        "wake": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = COALESCE(wait_until, :now),
             wait_until = COALESCE(wait_until, :now), waiting_for = NULL, updated_at = :now
             WHERE id = :id AND status = 'waiting'""",
         # Fenced like outcomes: only the running run may report its progress.
@@ -456,7 +550,10 @@ class SQLiteDialect(Dialect):
         "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
             VALUES (:job_id, :name, :payload, :now)""",
         # A job waiting for this signal resumes now (wait_until: the resume marker).
-        "wake_signalled": """UPDATE sdj_jobs SET status = 'pending', run_at = :now,
+        "wake_signalled": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = :now,
             wait_until = :now, waiting_for = NULL, updated_at = :now
             WHERE id = :id AND status = 'waiting' AND waiting_for = :waiting_for
             RETURNING queue""",
@@ -477,18 +574,50 @@ class SQLiteDialect(Dialect):
                 children_spare""",
         # A decided wait resumes its parent now (wait_until: the resume marker), once:
         # the wait is no longer counted.
-        "wake_parent": """UPDATE sdj_jobs SET status = 'pending', run_at = :now,
+        "wake_parent": """UPDATE sdj_jobs SET
+            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+            run_at = :now,
                 wait_until = :now, waiting_for = NULL, wait_group = NULL, updated_at = :now
             WHERE id = :id AND status = 'waiting' AND wait_group = :group
             RETURNING queue""",
         "cancellable_children": """SELECT id FROM sdj_jobs
             WHERE parent_id = :parent AND parent_group = :group
-              AND status IN ('pending', 'retrying', 'waiting')""",
-        "cancel_jobs": """UPDATE sdj_jobs SET status = 'failed', last_error = :error,
-                traceback = NULL, finished_at = :now, finished_by = NULL, updated_at = :now,
-                wait_until = NULL, waiting_for = NULL, wait_group = NULL
+              AND status NOT IN ('completed', 'failed', 'cancelled')""",
+        # Cancelled jobs, with their subtrees: see SQLStorage.cancel. The run of a running
+        # one is fenced out (its outcome matches no running row) and told to stop.
+        "cancellable": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
             WHERE id IN (SELECT value FROM json_each(:ids))
-              AND status IN ('pending', 'retrying', 'waiting')""",
+              AND status NOT IN ('completed', 'failed', 'cancelled')""",
+        "cancel_jobs": """UPDATE sdj_jobs SET status = 'cancelled', last_error = :error,
+                traceback = NULL, finished_at = :now, finished_by = locked_by,
+                locked_by = NULL, heartbeat_at = NULL, lock_expires_at = NULL,
+                updated_at = :now, wait_until = NULL, waiting_for = NULL, wait_group = NULL,
+                paused_from = NULL
+            WHERE id IN (SELECT value FROM json_each(:ids))
+              AND status NOT IN ('completed', 'failed', 'cancelled')""",
+        "children_of": """SELECT id FROM sdj_jobs
+            WHERE parent_id IN (SELECT value FROM json_each(:ids))""",
+        "cancelled_among": """SELECT id FROM sdj_jobs
+            WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'cancelled'""",
+        # A pause of a job that is not running holds it at once ('paused', the status to
+        # give back kept); of a running or waiting one, once it would run again (the
+        # statements that make a job due give 'paused' instead while paused_from is set).
+        "pause_job": """UPDATE sdj_jobs SET paused_from = status,
+                status = CASE WHEN status IN ('pending', 'retrying') THEN 'paused' ELSE status END,
+                updated_at = :now
+            WHERE id = :id AND paused_from IS NULL
+              AND status IN ('pending', 'retrying', 'running', 'waiting')
+            RETURNING id""",
+        "resume_job": """UPDATE sdj_jobs SET
+                status = CASE WHEN status = 'paused' THEN paused_from ELSE status END,
+                paused_from = NULL, updated_at = :now
+            WHERE id = :id AND paused_from IS NOT NULL
+            RETURNING queue, status""",
+        "pause_queue": """INSERT INTO sdj_queue_pauses (queue, paused_at) VALUES (:queue, :now)
+            ON CONFLICT (queue) DO NOTHING""",
+        "resume_queue": "DELETE FROM sdj_queue_pauses WHERE queue = :queue",
+        "paused_queues": "SELECT queue, paused_at FROM sdj_queue_pauses ORDER BY queue",
         "start_children_wait": """UPDATE sdj_jobs SET wait_group = :group,
                 children_left = :left, children_need = :need, children_spare = :spare,
                 waiting_for = :waiting_for
@@ -498,7 +627,8 @@ class SQLiteDialect(Dialect):
             WHERE parent_id = :parent AND id IN (SELECT value FROM json_each(:ids))""",
         "count_children": """SELECT
                 COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS ok,
-                COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+                COALESCE(SUM(CASE WHEN status IN ('failed', 'cancelled') THEN 1 ELSE 0 END), 0)
+                    AS failed
             FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
         "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id IN (SELECT value FROM json_each(:ids))""",
@@ -602,6 +732,7 @@ class SQLiteDialect(Dialect):
             RETURNING {JOB_COLUMNS}""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :id",
     }
+    limits_sql: ClassVar[dict[str, str]] = _SQLITE_LIMITS
 
     # -- engines and connections --------------------------------------------------------
 
