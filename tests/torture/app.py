@@ -20,6 +20,9 @@ cancelled) records that it noticed (kind ``NOTICED``) and ends early. Every reco
 keeps the job's status as the database showed it to the recording transaction
 (``seen``): a record that saw ``cancelled`` began after the cancel had committed.
 
+The capped kinds (``CAPS``) run under a fleet-wide concurrency cap: ``capped`` at most
+2 at once, ``keyed`` at most 1 per key. Their handlers record their end too (``ENDED``).
+
 Workers serve two queues: ``default``, and ``SIDE``, which the driver pauses for a while.
 """
 
@@ -59,6 +62,8 @@ RETRIES = {
     "signalled": 6,
     "looper": 6,
     "looper_async": 6,
+    "capped": 6,
+    "keyed": 6,
 }
 FLAKY_FAILURES = 2  # flaky fails its first two attempts
 LATER_DELAY = 0.5  # seconds a RetryAfter asks for
@@ -91,6 +96,23 @@ FANOUT = 3  # children per fan-out
 SIGNAL = "go"  # the signal ``signalled`` waits for; the driver sends its n, then DECOY
 DECOY = "decoy"  # sent after the real signal: never consumed
 BACKOFF = jobs.constant(0.2)  # short waits between retries keep the run short
+# Kinds with a fleet-wide concurrency cap (``keyed``: a cap per key of CAP_KEYS, the
+# job's n modulo CAP_KEYS). Each run takes CAPPED_SECONDS; the handler records its end
+# (kind ``ENDED``) too, so the driver can count how many ran at once.
+CAPS = {"capped": 2, "keyed": 1}
+CAP_KEYED = ("keyed",)
+CAP_KEYS = 3
+ENDED = "ended"  # the record of a capped handler that is about to return
+
+
+def cap_key(n: int) -> str:
+    """The concurrency key of the keyed job ``n``."""
+    return f"k{n % CAP_KEYS}"
+
+
+def capped_seconds(n: int) -> float:
+    """How long a run of the capped (or keyed) job ``n`` takes."""
+    return 0.2 + (n % 4) * 0.1
 
 
 def nap_seconds(n: int) -> float:
@@ -392,10 +414,33 @@ def register(queue: jobs.Queue) -> None:
             raise
         return n * 100 + i
 
+    def capped(n: int) -> int:
+        record(queue, "capped")
+        time.sleep(capped_seconds(n))
+        record(queue, ENDED)
+        return n
+
+    async def keyed(n: int) -> int:
+        await asyncio.to_thread(record, queue, "keyed")
+        await asyncio.sleep(capped_seconds(n))
+        await asyncio.to_thread(record, queue, ENDED)
+        return n
+
     kinds = (plain, plain_async, flaky, refuse, later, later_always, exhaust, delayed, workflow)
     waits = (workflow_async, napper, fanout, child, signalled)
     for fn in (*kinds, *waits, looper, looper_async):
         queue.register(fn.__name__, fn, retries=RETRIES[fn.__name__], backoff=BACKOFF)
+    queue.register(
+        "capped", capped, retries=RETRIES["capped"], backoff=BACKOFF, concurrency=CAPS["capped"]
+    )
+    queue.register(
+        "keyed",
+        keyed,
+        retries=RETRIES["keyed"],
+        backoff=BACKOFF,
+        concurrency=CAPS["keyed"],
+        concurrency_key=cap_key,
+    )
     for step in (wf_step, wf_step_async, loop_step, loop_step_async):
         queue.register(step.__name__, step)
 

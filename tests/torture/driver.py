@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,8 @@ KINDS = {  # kind -> share of the jobs (children of fan-outs come on top)
     "signalled": 4,
     "looper": 4,
     "looper_async": 3,
+    "capped": 5,
+    "keyed": 4,
 }
 SIDE_SHARE = 0.25  # of the jobs the producer enqueues, those that go to the side queue
 # The driver sends each signalled job its signal (its n, then a decoy) this long after
@@ -197,12 +199,20 @@ class Report:
     side_held: int = 0  # jobs enqueued on the paused queue, run after its resume
     in_flight_claims: int = 0  # claims of the paused queue already under way at its pause
     in_flight_began: float = -math.inf  # ... the latest start of one, from the pause
+    capped_runs: int = 0  # runs of the capped kinds (app.CAPS)
+    most_running: dict[str, int] = field(default_factory=dict)  # kind -> most at once
+    outlived: int = 0  # capped executions that went on after a take-back or a cancel
     seconds: float = 0.0
 
     def _began(self) -> str:
         if not self.in_flight_claims:
             return ""
         return f", begun by {self.in_flight_began:+.3f} s"
+
+    def _most(self) -> str:
+        return ", ".join(
+            f"{self.most_running.get(kind, 0)}/{cap} {kind}" for kind, cap in app.CAPS.items()
+        )
 
     def line(self) -> str:
         return (
@@ -221,6 +231,8 @@ class Report:
             f"{self.notice_max:.2f} s), {self.job_pauses} job pauses ({self.held} held), "
             f"{self.queue_pauses} queue pauses ({self.side_held} jobs held back, "
             f"{self.in_flight_claims} claims in flight{self._began()}), "
+            f"{self.capped_runs} capped runs (at most {self._most()} at once, "
+            f"{self.outlived} outlived their slot), "
             f"{self.outage_failures} runs failed by the outage, {self.storage_errors} "
             "storage errors survived, "
             f"{self.double_completions} double completions [{self.backend}, {self.profile}, "
@@ -1100,11 +1112,14 @@ def verify(run: Run) -> None:
     runs: dict[str, list[Any]] = defaultdict(list)
     steps: dict[tuple[str, int], list[Any]] = defaultdict(list)
     notices: dict[str, list[Any]] = defaultdict(list)  # loop steps told to stop
+    ended: dict[tuple[str, RunKey], float] = {}  # (job, run) -> when its capped handler ended
     for r in _query(
         storage, "SELECT job_id, kind, step, attempt, pid, at, resumed, seen FROM torture_runs"
     ):
         if r[1] == app.NOTICED:
             notices[r[0]].append(r)
+        elif r[1] == app.ENDED:
+            ended[(r[0], (r[3], int(r[6])))] = float(r[5])
         else:
             (runs[r[0]] if r[2] is None else steps[(r[0], r[2])]).append(r)
     # Status changes (most checks); and every row, pause requests included (_check_pauses).
@@ -1223,6 +1238,7 @@ def verify(run: Run) -> None:
     if report.outage_failures and run.server is None:
         problem(f"{report.outage_failures} runs failed with database errors on SQLite")
 
+    _check_caps(run, expected, transitions, runs, ended, problem)
     _check_bounds(run, problem)
     _check_outages(run, runs, problem)
     _check_logs(run, problem)
@@ -1735,6 +1751,114 @@ def _check_queue_pause(
             )
     if not report.side_held:
         problem(f"none of the jobs enqueued on the paused queue {pause.queue} ran")
+
+
+def _most_at_once(intervals: list[tuple[float, float, str]]) -> tuple[int, float, list[str]]:
+    """The most of ``intervals`` (start, end, job) in progress at one instant, that
+    instant (a start: where a count rises), and the jobs then in progress. An interval
+    is in progress from its start until its end; one that ends within EPS after a start
+    (the same millisecond on SQLite) counts as ended before it."""
+    best: tuple[int, float, list[str]] = (0, 0.0, [])
+    for i, (start, _end, job_id) in enumerate(intervals):
+        at_once = [job_id] + [
+            other
+            for j, (s, e, other) in enumerate(intervals)
+            if j != i and s <= start and e > start + EPS
+        ]
+        if len(at_once) > best[0]:
+            best = (len(at_once), start, at_once)
+    return best
+
+
+def _check_caps(
+    run: Run,
+    expected: dict[str, Expected],
+    transitions: dict[str, list[Any]],
+    runs: dict[str, list[Any]],
+    ended: dict[tuple[str, RunKey], float],
+    problem: Problem,
+) -> None:
+    """No concurrency cap is ever exceeded (``app.CAPS``; the keyed kind per key).
+
+    Twice over. What the cap counts: a job is running (the database's status) from the
+    change into ``running`` to the next change out of it, as the triggers timed them on
+    the database's clock; at no instant are more jobs of a kind (of a key) running than
+    its cap. Each change is timed before its commit, and a claim counts only the ends
+    committed before its count, so a slot freed and taken again never looks shared.
+    This holds without exception: a dead worker's run stops counting when it is taken
+    back, which is when the trigger records its end.
+
+    What really ran: each execution of a capped handler records its start and its end
+    (``ENDED``, before it returns). An execution whose run ended by an outcome of its
+    own lies within its run's running interval (it started after the claim, and ended
+    before its outcome was stored); so at no instant do more executions run than the
+    cap. Except, counted only up to its run's end: an execution whose run was taken back
+    (its worker was SIGKILLed, frozen, or lost the database past the lock timeout) or
+    cancelled while it ran. Such a run's slot returned at that moment while the handler
+    may go on: a frozen worker's after its thaw, one cut off until it reconnects (its
+    outcome is then fenced), a cancelled one until it returns. A SIGKILLed worker's
+    handler records no end: it was dead by the take-back, a lock timeout after its last
+    heartbeat. So an execution that went on past the take-back must be a frozen
+    worker's, or have met an outage.
+    """
+    report = run.report
+    frozen = {pid for pid, _frozen, _thawed in run.freezes}
+    for kind, cap in app.CAPS.items():
+        running: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+        executing: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+        for job_id, exp in expected.items():
+            if exp.kind != kind:
+                continue
+            group = app.cap_key(exp.n) if kind in app.CAP_KEYED else ""
+            spans: dict[RunKey, tuple[float, float]] = {}  # run -> its running interval
+            start: float | None = None
+            for t, key in _with_runs(transitions.get(job_id, [])):
+                if t[2] == "running":
+                    start = float(t[7])
+                elif t[1] == "running" and start is not None:
+                    running[group].append((start, float(t[7]), job_id))
+                    if key is not None:
+                        spans[key] = (start, float(t[7]))
+                    start = None
+            endings = _endings(transitions.get(job_id, []))
+            for r in runs.get(job_id, []):
+                key = (r[3], int(r[6]))
+                began, span, ending = float(r[5]), spans.get(key), endings.get(key)
+                if span is None or ending is None:
+                    continue  # _check_job: executed but never ended
+                report.capped_runs += 1
+                end = ended.get((job_id, key))
+                where = f"job {job_id}: run {key} (pid {r[4]})"
+                if began < span[0] - EPS:
+                    problem(f"{where} began {span[0] - began:.3f} s before its claim")
+                if ending.reaped or ending.status == "cancelled":
+                    if end is not None and end > span[1] + EPS:
+                        report.outlived += 1
+                        met_outage = any(
+                            o.started <= span[1] and o.ended >= span[0] for o in run.outages
+                        )
+                        if ending.reaped and r[4] not in frozen and not met_outage:
+                            problem(
+                                f"{where} went on {end - span[1]:.3f} s after it was taken "
+                                "back, but its worker was neither frozen nor cut off"
+                            )
+                    end = span[1] if end is None else min(end, span[1])
+                elif end is None:
+                    problem(f"{where} stored {ending.status} but never recorded its end")
+                    continue
+                elif end > span[1] + EPS:
+                    problem(f"{where} ended {end - span[1]:.3f} s after its outcome was stored")
+                executing[group].append((began, end, job_id))
+        for what, spans_of in (("running", running), ("executing", executing)):
+            for group, intervals in spans_of.items():
+                most, at, at_once = _most_at_once(intervals)
+                if what == "running":
+                    report.most_running[kind] = max(report.most_running.get(kind, 0), most)
+                if most > cap:
+                    problem(
+                        f"{kind}{' key ' + group if group else ''}: {most} {what} at once at "
+                        f"{_clock(at)}, cap {cap}: {sorted(at_once)}"
+                    )
 
 
 def _history(storage: jobs.SQLStorage, job_id: str) -> str:
