@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,17 +14,6 @@ import durable_jobs as jobs
 from tests.helpers import wait_for
 
 FAST = {"poll_interval": 0.05, "lock_timeout": 5}
-
-
-@pytest.fixture
-def events(queue: jobs.Queue) -> Iterator[list[jobs.Event]]:
-    seen: list[jobs.Event] = []
-    stream = queue.events(maxsize=10_000)
-    thread = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
-    thread.start()
-    yield seen
-    stream.close()
-    thread.join(5)
 
 
 def _status(queue: jobs.Queue, job_id: str) -> jobs.JobStatus:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -32,18 +31,6 @@ def _status(queue: jobs.Queue, job_id: str) -> jobs.JobStatus:
 def _waiting(queue: jobs.Queue, job_id: str) -> jobs.Job | None:
     job = queue.get_job(job_id)
     return job if job is not None and job.status is jobs.JobStatus.WAITING else None
-
-
-@pytest.fixture
-def events(queue: jobs.Queue) -> Iterator[list[jobs.Event]]:
-    """Every event of the queue's workers, collected in the background."""
-    seen: list[jobs.Event] = []
-    stream = queue.events(maxsize=10_000)
-    thread = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
-    thread.start()
-    yield seen
-    stream.close()
-    thread.join(5)
 
 
 # -- the slot, the deadline ---------------------------------------------------------------

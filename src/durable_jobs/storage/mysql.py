@@ -278,6 +278,13 @@ def _due(which: str) -> str:
     return f"{parts} ORDER BY priority DESC, run_at, dequeue_order LIMIT %(limit)s"
 
 
+# What every claim sets on the jobs it takes: a new run with a new fence and a lock;
+# a job woken from a wait (wait_until set) resumes, so the same attempt goes on.
+_MYSQL_CLAIMED = f"""status = 'running',
+    attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+    fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
+    locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s, updated_at = %(now)s"""
+
 # The statements of concurrency caps and rate limits (``limits.py``), in
 # ``limits.STATEMENTS`` order. A claim locks its type's row first: claimers of one type
 # take turns, so counting its running jobs and spending its tokens cannot over-admit.
@@ -293,21 +300,13 @@ _MYSQL_LIMITS = {
         FROM sdj_jobs WHERE type = %(type)s AND status = 'running' GROUP BY concurrency_key""",
     "limited_due": _due("limited"),
     "plain_due": _due("plain"),
-    "claim_ids": f"""UPDATE sdj_jobs SET status = 'running',
-            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
-            fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
-            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
-            updated_at = %(now)s
+    "claim_ids": f"""UPDATE sdj_jobs SET {_MYSQL_CLAIMED}
         WHERE id IN ({_IDS}) AND status IN ('pending', 'retrying'){STEP}
         SELECT {JOB_COLUMNS}, seq AS dequeue_order FROM sdj_jobs
         WHERE id IN ({_IDS}) AND status = 'running' AND locked_by = %(worker)s""",
     # In the claim's three steps (``claim_rows``).
     "claim_type": f"""{_due("type")}{STEP}
-        UPDATE sdj_jobs SET status = 'running',
-            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
-            fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
-            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
-            updated_at = %(now)s
+        UPDATE sdj_jobs SET {_MYSQL_CLAIMED}
         WHERE id IN ({_IDS}){STEP}SELECT {JOB_COLUMNS}, seq AS dequeue_order
         FROM sdj_jobs WHERE id IN ({_IDS})""",
     "buckets": f"""SELECT limit_key, tokens, refilled_at FROM sdj_limits
@@ -387,11 +386,7 @@ class MySQLDialect(Dialect):
         # that lose the merge stay locked only until the claim commits.
         "claim": f"""{_claim_part("pending")} UNION ALL {_claim_part("retrying")}
             ORDER BY priority DESC, run_at, seq LIMIT %(limit)s{STEP}
-            UPDATE sdj_jobs SET status = 'running',
-                attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
-                fence = fence + 1, lock_expires_at = {_MYSQL_EXPIRY},
-                locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
-                updated_at = %(now)s
+            UPDATE sdj_jobs SET {_MYSQL_CLAIMED}
             WHERE id IN ({_IDS}){STEP}SELECT {JOB_COLUMNS}, seq AS dequeue_order
             FROM sdj_jobs WHERE id IN ({_IDS})""",
         # Whether it took: the rows matched (``complete`` then drops the checkpoints).

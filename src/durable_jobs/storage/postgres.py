@@ -194,6 +194,13 @@ _POSTGRES_MIGRATION_10 = (
 _POSTGRES_EXPIRY = "(clock_timestamp() + %(lock_timeout)s::float8 * interval '1 second')"
 _POSTGRES_LEGACY_EXPIRY = "(heartbeat_at + %(lock_timeout)s::float8 * interval '1 second')"
 
+# What every claim sets on the jobs it takes: a new run with a new fence and a lock;
+# a job woken from a wait (wait_until set) resumes, so the same attempt goes on.
+_POSTGRES_CLAIMED = f"""status = 'running',
+    attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
+    fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
+    locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s, updated_at = %(now)s"""
+
 # The statements of concurrency caps and rate limits (``limits.py``), in
 # ``limits.STATEMENTS`` order. A claim locks its type's row first: claimers of one type
 # take turns, so counting its running jobs and spending its tokens cannot over-admit.
@@ -225,11 +232,7 @@ _POSTGRES_LIMITS = {
           AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = %(queue)s)
         ORDER BY priority DESC, run_at, seq LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED""",
-    "claim_ids": f"""UPDATE sdj_jobs AS j SET status = 'running',
-            attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
-            fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
-            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
-            updated_at = %(now)s
+    "claim_ids": f"""UPDATE sdj_jobs AS j SET {_POSTGRES_CLAIMED}
         WHERE j.id = ANY(%(ids)s::text[]) AND j.status IN ('pending', 'retrying')
         RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))},
             j.seq AS dequeue_order""",
@@ -241,11 +244,7 @@ _POSTGRES_LIMITS = {
             ORDER BY priority DESC, run_at, seq
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED)
-        UPDATE sdj_jobs AS j SET status = 'running',
-            attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
-            fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
-            locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
-            updated_at = %(now)s
+        UPDATE sdj_jobs AS j SET {_POSTGRES_CLAIMED}
         FROM next WHERE j.id = next.id
         RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))},
             j.seq AS dequeue_order""",
@@ -351,11 +350,7 @@ class PostgresDialect(Dialect):
                 ORDER BY priority DESC, run_at, seq
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)
-            UPDATE sdj_jobs AS j SET status = 'running',
-                attempt = CASE WHEN j.wait_until IS NULL THEN j.attempt + 1 ELSE j.attempt END,
-                fence = j.fence + 1, lock_expires_at = {_POSTGRES_EXPIRY},
-                locked_by = %(worker)s, heartbeat_at = %(now)s, started_at = %(now)s,
-                updated_at = %(now)s
+            UPDATE sdj_jobs AS j SET {_POSTGRES_CLAIMED}
             FROM next WHERE j.id = next.id
             RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))},
                 j.seq AS dequeue_order""",

@@ -268,6 +268,13 @@ _SQLITE_LEGACY_EXPIRY = (
     "(strftime('%Y-%m-%d %H:%M:%f', heartbeat_at, printf('%+.6f seconds', :lock_timeout)) || '000')"
 )
 
+# What every claim sets on the jobs it takes: a new run with a new fence and a lock;
+# a job woken from a wait (wait_until set) resumes, so the same attempt goes on.
+_SQLITE_CLAIMED = f"""status = 'running',
+    attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
+    fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
+    locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now"""
+
 # The statements of concurrency caps and rate limits (``limits.py``), in ``limits.STATEMENTS``
 # order. The IMMEDIATE transaction of a claim holds the write lock: no row locks here.
 # Candidates are read with the claim's own filter (keep them in step with ``claim``).
@@ -300,18 +307,12 @@ _SQLITE_LIMITS = {
         ORDER BY priority DESC, run_at, rowid LIMIT :limit""",
     # The claim's update, of the jobs chosen (:ids, a JSON list), found by their ids
     # (the unary + keeps the planner off the status index).
-    "claim_ids": f"""UPDATE sdj_jobs SET status = 'running',
-            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
-            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
-            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+    "claim_ids": f"""UPDATE sdj_jobs SET {_SQLITE_CLAIMED}
         WHERE id IN (SELECT value FROM json_each(:ids)) AND +status IN ('pending', 'retrying')
         RETURNING {JOB_COLUMNS}, rowid AS dequeue_order""",
     # A type's due jobs claimed by one statement, as ``claim`` claims (the claim of a
     # type without keys alone, up to the room its limits leave).
-    "claim_type": f"""UPDATE sdj_jobs SET status = 'running',
-            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
-            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
-            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+    "claim_type": f"""UPDATE sdj_jobs SET {_SQLITE_CLAIMED}
         WHERE id IN (
             SELECT id FROM sdj_jobs
             WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
@@ -423,10 +424,7 @@ class SQLiteDialect(Dialect):
         # select-and-update atomic, and rowid breaks ties in enqueue order.
         # Claims return the enqueue-order key last, to restore dequeue order in Python.
         # A job woken from a wait (wait_until set) resumes: the same attempt goes on.
-        "claim": f"""UPDATE sdj_jobs SET status = 'running',
-            attempt = CASE WHEN wait_until IS NULL THEN attempt + 1 ELSE attempt END,
-            fence = fence + 1, lock_expires_at = {_SQLITE_EXPIRY},
-            locked_by = :worker, heartbeat_at = :now, started_at = :now, updated_at = :now
+        "claim": f"""UPDATE sdj_jobs SET {_SQLITE_CLAIMED}
             WHERE id IN (
                 SELECT id FROM sdj_jobs
                 WHERE queue = :queue AND status IN ('pending', 'retrying') AND run_at <= :now
