@@ -79,6 +79,17 @@ def test_a_rate_limited_claim_alone_spends_its_tokens(storage: SQLStorage, plain
     assert len(jobs) == 1 and 1190 < jobs.held["rated"] <= 1200
 
 
+@pytest.mark.parametrize("plain", [True, False], ids=["with-plain", "alone"])
+def test_a_limited_claim_takes_every_job_due_at_its_now(storage: SQLStorage, plain: bool) -> None:
+    # A job due at the claim's now but after the database's time of the look: SQLite's
+    # clock counts milliseconds, so a job enqueued in the claim's millisecond is one.
+    soon = utcnow() + timedelta(seconds=5)
+    [job_id] = storage.enqueue_many([make_job("rated", run_at=soon)])
+    jobs = storage.claim("default", W1, 10, limited=[rated(3)], plain=plain, now=soon)
+    assert [job.id for job in jobs] == [job_id]
+    assert jobs[0].started_at is not None and jobs[0].started_at >= soon
+
+
 def test_jobs_held_back_stay_pending(storage: SQLStorage) -> None:
     ids = storage.enqueue_many([make_job("capped") for _ in range(4)])
     taken = {job.id for job in claim(storage, W1, 10, capped(1))}

@@ -193,11 +193,7 @@ def claim_in(
     # Dequeue order: priority (higher first), run time, enqueue order.
     candidates.sort(key=lambda r: (-r[1], r[2], r[3]))
     chosen = [row[0] for row in candidates[: claim.limit]]
-    # The runs start when the tokens they spend were counted: at the database's time
-    # of the last look (each read under its type's lock), which their rows record.
-    times = [t for t in (d.time_value(look.now) for look in looks) if t is not None]
-    start = d.time_param(max(times)) if times else due["now"]
-    jobs = _take(storage, cur, chosen, worker_id, start, lock_timeout)
+    jobs = _take(storage, cur, chosen, worker_id, _start(d, looks, now), lock_timeout)
     _spend(storage, cur, looks, jobs)
     taken = {job.id for job in jobs}
     cut = {look.limits.job_type for look in looks if any(r[0] not in taken for r in look.picks)}
@@ -225,7 +221,7 @@ def _claim_type(
             "limit": look.room,
             "worker": worker_id,
             "lock_timeout": lock_timeout,
-            "now": d.time_param(d.time_value(look.now)),  # see claim_in
+            "now": _start(d, [look], d.time_value(due["now"])),
         }
         sql = d.limits_sql["claim_type"]
         rows = d.claim_rows(cur, params, sql)
@@ -233,6 +229,17 @@ def _claim_type(
         look.took(len(jobs), limit)
         _spend(storage, cur, [look], jobs)
     return _claimed(jobs, [look], set(), False)
+
+
+def _start(d: Any, looks: Sequence[_Look], now: datetime | None) -> Any:
+    """When the runs of a limited claim start: when the tokens they spend were counted,
+    at the database's time of the last look (each read under its type's lock), but never
+    before the claim's ``now``, which found them due (SQLite's clock counts only
+    milliseconds, so a job enqueued in the claim's millisecond would not be due yet)."""
+    times = [t for t in (d.time_value(look.now) for look in looks) if t is not None]
+    if now is not None:
+        times.append(now)
+    return d.time_param(max(times))
 
 
 def _claimed(
