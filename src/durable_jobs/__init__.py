@@ -11,8 +11,6 @@ queue.enqueue("send_email", "u@example.com")
 queue.worker().run()
 """
 
-import importlib.metadata as _metadata
-
 from .children import (
     Result,
     Sub,
@@ -61,6 +59,7 @@ from .events import (
 )
 from .job import Checkpoint, Job, JobStatus
 from .queue import Queue
+from .release import __version__
 from .retry import Backoff, constant, exponential
 from .schedules import Schedule, cron, daily, every, weekly
 from .storage import SQLStorage, Storage
@@ -79,11 +78,6 @@ from .waiting import (
     wait_for_signal_async,
 )
 from .worker import Worker
-
-try:
-    __version__ = _metadata.version("simple-durable-jobs")
-except _metadata.PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
 
 __all__ = [
     "Backoff",

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
+from .release import __version__
 from .retry import Backoff
 from .storage import JobStore
 
@@ -40,6 +41,7 @@ class Heartbeat:
         self.lock_timeout = lock_timeout
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.version = __version__
 
     def run_once(self) -> None:
         """One heartbeat: a single statement group for the worker and all its jobs."""
@@ -51,6 +53,7 @@ class Heartbeat:
             types=self.types(),
             jobs=[job_id for job_id, _fence in self.running()],
             lock_timeout=self.lock_timeout,
+            version=self.version,
         )
 
 

@@ -36,8 +36,15 @@ MIGRATION_7_COLUMNS = (
 MIGRATION_9_COLUMNS = ("tags", "timeout_seconds", "concurrency_key", "rate_key", "paused_from")
 
 
+def undo_migration_11(conn: sa.Connection) -> None:
+    """Drop what migration 11 added: the workers' release."""
+    conn.exec_driver_sql("ALTER TABLE sdj_workers DROP COLUMN version")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 11")
+
+
 def undo_migration_10(conn: sa.Connection) -> None:
-    """Drop what migration 10 added: the limits' table and the running index."""
+    """Drop what migrations 10 and 11 added: the limits' table and the running index."""
+    undo_migration_11(conn)
     on = " ON sdj_jobs" if conn.engine.dialect.name == "mysql" else ""
     conn.exec_driver_sql("DROP TABLE sdj_limits")
     conn.exec_driver_sql(f"DROP INDEX sdj_jobs_type_running{on}")

@@ -250,11 +250,12 @@ def test_workers_are_recorded_listed_and_pruned(storage: SQLStorage) -> None:
     assert (w1.host, w1.pid, w1.queues, w1.types) == ("host-a", 11, ["default", "b"], ["a", "x"])
     assert before <= w1.started_at <= w1.heartbeat_at <= utcnow()
     assert w1.started_at.utcoffset() == timedelta(0)
+    assert w1.version == ""  # not said
 
-    # A later heartbeat updates queues and types and keeps the start time.
-    storage.heartbeat_worker(W1, host="host-a", pid=11, queues=["z"], types=["y"])
+    # A later heartbeat updates queues, types and release, and keeps the start time.
+    storage.heartbeat_worker(W1, host="host-a", pid=11, queues=["z"], types=["y"], version="2.1")
     again = {w.id: w for w in storage.live_workers(timedelta(seconds=30))}[W1]
-    assert again.queues == ["z"] and again.types == ["y"]
+    assert again.queues == ["z"] and again.types == ["y"] and again.version == "2.1"
     assert again.started_at == w1.started_at and again.heartbeat_at >= w1.heartbeat_at
 
     old = utcnow() - timedelta(minutes=10)

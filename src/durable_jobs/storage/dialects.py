@@ -65,7 +65,7 @@ INSERT_COLUMNS = (
 INSERT_WIDTH = len(INSERT_COLUMNS.split(","))
 CHECKPOINT_COLUMNS = "id, job_id, call_index, call_type, result, error, created_at, scope"
 SCHEDULE_COLUMNS = "name, spec, queue, last_fire_at, next_fire_at, updated_at"
-WORKER_COLUMNS = "id, host, pid, queues, types, started_at, heartbeat_at"
+WORKER_COLUMNS = "id, host, pid, queues, types, started_at, heartbeat_at, version"
 
 # Statement names every dialect defines, in the order each backend module lists them
 # (checked by a unit test). Statements that return rows name their columns the same way

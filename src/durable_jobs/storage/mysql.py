@@ -209,6 +209,11 @@ _MYSQL_MIGRATION_10 = (
     "CREATE INDEX sdj_jobs_type_running ON sdj_jobs (type, status, concurrency_key)",
 )
 
+# The release of the library each worker runs: see sqlite.py's migration 11.
+_MYSQL_MIGRATION_11 = (
+    "ALTER TABLE sdj_workers ADD COLUMN version VARCHAR(64) NOT NULL DEFAULT ''",
+)
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -349,6 +354,7 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_8,
         _MYSQL_MIGRATION_9,
         _MYSQL_MIGRATION_10,
+        _MYSQL_MIGRATION_11,
     )
     insert_chunk = 1000
 
@@ -443,9 +449,10 @@ class MySQLDialect(Dialect):
               AND (%(jobs)s IS NULL OR id IN ({_in_list("jobs")}))""",
         # VALUES(): MariaDB has no row alias for the inserted row.
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
-            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s)
+            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s,
+                %(version)s)
             ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at),
-                queues = VALUES(queues), types = VALUES(types)""",
+                queues = VALUES(queues), types = VALUES(types), version = VALUES(version)""",
         "delete_worker": "DELETE FROM sdj_workers WHERE id = %(id)s",
         "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers"
         " WHERE heartbeat_at >= %(cutoff)s",

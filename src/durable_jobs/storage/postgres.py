@@ -188,6 +188,9 @@ _POSTGRES_MIGRATION_10 = (
         WHERE status = 'running'""",
 )
 
+# The release of the library each worker runs: see sqlite.py's migration 11.
+_POSTGRES_MIGRATION_11 = ("ALTER TABLE sdj_workers ADD COLUMN version TEXT NOT NULL DEFAULT ''",)
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
@@ -287,6 +290,7 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_8,
         _POSTGRES_MIGRATION_9,
         _POSTGRES_MIGRATION_10,
+        _POSTGRES_MIGRATION_11,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -408,9 +412,10 @@ class PostgresDialect(Dialect):
             WHERE status = 'running' AND locked_by = %(worker)s
               AND (%(jobs)s::text[] IS NULL OR id = ANY(%(jobs)s::text[]))""",
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
-            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s)
+            VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(types)s, %(now)s, %(now)s,
+                %(version)s)
             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-                queues = excluded.queues, types = excluded.types""",
+                queues = excluded.queues, types = excluded.types, version = excluded.version""",
         "delete_worker": "DELETE FROM sdj_workers WHERE id = %(id)s",
         "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers"
         " WHERE heartbeat_at >= %(cutoff)s",

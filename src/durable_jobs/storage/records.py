@@ -34,6 +34,7 @@ class WorkerInfo:
     types: list[str]
     started_at: datetime
     heartbeat_at: datetime
+    version: str = ""  # the library's release ('' for a worker of an older one)
 
 
 @dataclass(frozen=True, slots=True)

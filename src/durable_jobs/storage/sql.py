@@ -87,7 +87,7 @@ _CHECKPOINT = (
     "id", "job_id", "call_index", "call_type", "result", "error", "created_at", "scope",
 )  # fmt: skip
 _SCHEDULE = ("name", "spec", "queue", "last_fire_at", "next_fire_at", "updated_at")
-_WORKER = ("id", "host", "pid", "queues", "types", "started_at", "heartbeat_at")
+_WORKER = ("id", "host", "pid", "queues", "types", "started_at", "heartbeat_at", "version")
 _DEPTH = ("queue", "due", "oldest_run_at")
 _WAITING = ("queue", "waiting")
 _SETTLED = ("id", "fence", "status")
@@ -1462,6 +1462,7 @@ class SQLStorage:
         types: Sequence[str],
         jobs: Sequence[str] | None = None,
         lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
+        version: str = "",
     ) -> None:
         """Record a worker as alive and extend the locks of its jobs, in one go.
 
@@ -1489,6 +1490,7 @@ class SQLStorage:
                     "queues": json.dumps(list(queues)),
                     "types": json.dumps(sorted(types)),
                     "now": now,
+                    "version": version,
                 },
             )
 
@@ -1501,13 +1503,15 @@ class SQLStorage:
         cutoff = self.dialect.time_param(utcnow() - max_age)
         t = self.dialect.time_value
         workers = []
-        for id_, host, pid, queues, types, started_at, heartbeat_at in self._read(
+        for id_, host, pid, queues, types, started_at, heartbeat_at, version in self._read(
             "live_workers", {"cutoff": cutoff}, _WORKER
         ):
             started, beat = t(started_at), t(heartbeat_at)
             assert started is not None and beat is not None
             workers.append(
-                WorkerInfo(id_, host, pid, json.loads(queues), json.loads(types), started, beat)
+                WorkerInfo(
+                    id_, host, pid, json.loads(queues), json.loads(types), started, beat, version
+                )
             )
         return workers
 

@@ -258,6 +258,10 @@ _SQLITE_MIGRATION_10 = (
         WHERE status = 'running'""",
 )
 
+# The release of the library each worker runs, for operators' views of a mixed fleet
+# during a rolling upgrade ('' for workers of older releases).
+_SQLITE_MIGRATION_11 = ("ALTER TABLE sdj_workers ADD COLUMN version TEXT NOT NULL DEFAULT ''",)
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -384,6 +388,7 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_8,
         _SQLITE_MIGRATION_9,
         _SQLITE_MIGRATION_10,
+        _SQLITE_MIGRATION_11,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -488,9 +493,9 @@ class SQLiteDialect(Dialect):
             WHERE status = 'running' AND locked_by = :worker
               AND (:jobs IS NULL OR id IN (SELECT value FROM json_each(:jobs)))""",
         "upsert_worker": f"""INSERT INTO sdj_workers ({WORKER_COLUMNS})
-            VALUES (:id, :host, :pid, :queues, :types, :now, :now)
+            VALUES (:id, :host, :pid, :queues, :types, :now, :now, :version)
             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-                queues = excluded.queues, types = excluded.types""",
+                queues = excluded.queues, types = excluded.types, version = excluded.version""",
         "delete_worker": "DELETE FROM sdj_workers WHERE id = :id",
         "live_workers": f"SELECT {WORKER_COLUMNS} FROM sdj_workers WHERE heartbeat_at >= :cutoff",
         "prune_workers": "DELETE FROM sdj_workers WHERE heartbeat_at < :cutoff",
