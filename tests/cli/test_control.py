@@ -62,6 +62,6 @@ def test_pause_and_resume_a_queue(sdj: Any, db_url: str, queue: jobs.Queue) -> N
     assert data == {"queue": "emails", "paused": False}
     assert queue.paused_queues() == {}
     line = _error(sdj("pause", "--database-url", db_url))
-    assert line == "Error: give a job id or --queue NAME to pause, not both"
+    assert line == "Error: give a job id or --queue NAME to pause"
     line = _error(sdj("resume", "x", "--queue", "q", "--database-url", db_url))
     assert line == "Error: give a job id or --queue NAME to resume, not both"

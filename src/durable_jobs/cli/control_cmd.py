@@ -85,7 +85,9 @@ def _control(
     storage: SQLStorage, job_id: str | None, queue: str | None, *, pausing: bool, as_json: bool
 ) -> None:
     verb = "pause" if pausing else "resume"
-    if (job_id is None) == (queue is None):
+    if job_id is None and queue is None:
+        raise CLIError(f"give a job id or --queue NAME to {verb}")
+    if job_id is not None and queue is not None:
         raise CLIError(f"give a job id or --queue NAME to {verb}, not both")
     if queue is not None:
         try:
