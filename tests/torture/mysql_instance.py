@@ -24,11 +24,14 @@ from typing import Any
 
 import pymysql
 
+from .orphans import orphaned, own
+
 __all__ = ["DATABASE", "MySQLInstance", "MySQLInstanceError", "mysql_instance"]
 
 DATABASE = "torture"
 _SERVERS = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld")
 _INSTALLERS = ("/usr/bin/mariadb-install-db", "/usr/bin/mysql_install_db")
+_PREFIX = "sdj-torture-mysql-"
 
 
 class MySQLInstanceError(RuntimeError):
@@ -59,7 +62,8 @@ class MySQLInstance:
     def __init__(self) -> None:
         self.server = _binary(_SERVERS)
         self.installer = _binary(_INSTALLERS)
-        self.root = Path(tempfile.mkdtemp(prefix="sdj-torture-mysql-"))
+        self.root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        own(self.root)
         self.data = self.root / "data"
         self.socket = self.root / "mysqld.sock"
         self.log = self.root / "server.log"
@@ -183,9 +187,23 @@ class MySQLInstance:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _remove_orphans() -> None:
+    """Kill the servers of killed runs and delete their data (see orphans.py)."""
+    for root in orphaned(_PREFIX):
+        try:
+            pid = int((root / "mysqld.pid").read_text())
+            # The pid is the server's only if it still runs on this data (pids are reused).
+            if str(root) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # the server had stopped
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def mysql_instance() -> Iterator[MySQLInstance]:
     """A started private server, stopped and deleted when the block ends, however it ends."""
+    _remove_orphans()
     instance = MySQLInstance()
     try:
         instance.start()

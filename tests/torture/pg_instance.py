@@ -20,9 +20,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .orphans import orphaned, own
+
 __all__ = ["PostgresInstance", "PostgresInstanceError", "postgres_instance"]
 
 OS_USER = "postgres"
+_PREFIX = "sdj-torture-pg-"
 
 
 class PostgresInstanceError(RuntimeError):
@@ -54,7 +57,8 @@ class PostgresInstance:
             raise PostgresInstanceError(
                 f"there is no {OS_USER!r} OS user to run the server"
             ) from None
-        self.root = Path(tempfile.mkdtemp(prefix="sdj-torture-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        own(self.root)
         os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self.data = self.root / "data"
         self.sockets = self.root / "sockets"
@@ -119,9 +123,19 @@ class PostgresInstance:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _remove_orphans() -> None:
+    """Stop and delete the clusters of killed runs (see orphans.py)."""
+    for root in orphaned(_PREFIX):
+        command = ["runuser", "-u", OS_USER, "--", str(_binaries() / "pg_ctl")]
+        command += ["-D", str(root / "data"), "-m", "immediate", "-w", "stop"]
+        subprocess.run(command, capture_output=True, timeout=60)  # fails if it had stopped
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def postgres_instance() -> Iterator[PostgresInstance]:
     """A started private server, stopped and deleted when the block ends, however it ends."""
+    _remove_orphans()
     instance = PostgresInstance()
     try:
         instance.start()
