@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -811,7 +811,7 @@ class MySQLDialect(Dialect):
         if value is None:
             return None
         assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return utc(value)
 
     def list_param(self, values: Sequence[str]) -> Any:
         return json.dumps(list(values))
