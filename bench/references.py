@@ -133,6 +133,7 @@ def _copy_of_jobs_table(conn: Any, backend: str) -> list[str]:
         return ["CREATE TABLE IF NOT EXISTS bench_ref LIKE sdj_jobs"]
     rows = conn.execute(
         "SELECT sql FROM sqlite_master WHERE tbl_name = 'sdj_jobs' AND sql IS NOT NULL"
+        " AND type IN ('table', 'index')"  # as PostgreSQL's LIKE: no triggers
         " ORDER BY type DESC"  # the table before its indexes
     ).fetchall()
     return [

@@ -33,6 +33,8 @@ class Sizes:
     signal_samples: int = 200
     #: Jobs of each drain of the limits-drain workload (capped, rate-limited, plain).
     limits_drain: int = 10_000
+    #: Jobs in the table searched by list-jobs, and pruned by prune-while-draining.
+    ops_rows: int = 1_000_000
 
 
 FULL = Sizes()
@@ -50,6 +52,7 @@ QUICK = Sizes(
     sleepers=30,
     signal_samples=50,
     limits_drain=2_000,
+    ops_rows=20_000,
 )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import control_workloads as cw
 from . import limits_workloads as lw
+from . import ops_workloads as ow
 from . import process_workloads as pw
 from . import waiting_workloads as ww
 from . import workloads as w
@@ -55,6 +56,12 @@ WORKLOADS = (
         "limits-drain",
         lw.limits_drain,
         "drains of a capped and of a rate-limited type against the plain drain",
+    ),
+    Workload("list-jobs", ow.list_jobs_big_table, "list_jobs first pages, filtered, big table"),
+    Workload(
+        "prune-while-draining",
+        ow.prune_while_draining,
+        "prune a big table of finished jobs while a worker drains; the drain's longest stall",
     ),
     Workload("latency-same-process", w.latency_same_process, "idle latency, in-process worker"),
     Workload("latency-other-process", pw.latency_other_process, "idle latency, worker process"),

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CEILING", "TARGETS", "Target"]
+__all__ = ["CEILING", "LIST_SEARCHES", "TARGETS", "Target"]
+
+#: The searches of the list-jobs workload, each a figure ``list.<name>``.
+LIST_SEARCHES = ("tag", "meta", "tag.failed", "failed.type", "any")
 
 #: ``Target.of`` for "relative to the ceiling this row is printed beside".
 CEILING = "ceiling"
@@ -72,4 +75,7 @@ TARGETS: dict[str, dict[str, Target]] = {
     "limits.rated": _both(Target(0.8, of=CEILING, of_name="plain drain")),
     "rss.rest": _both(Target(80, at_most=True)),
     "rss.growth": _both(Target(10, at_most=True)),
+    # Operations: a filtered first page within 50 ms, and no drain stall over 100 ms.
+    **{f"list.{name}": _both(Target(50, at_most=True)) for name in LIST_SEARCHES},
+    "prune.stall": _both(Target(100, at_most=True)),
 }

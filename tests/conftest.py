@@ -99,7 +99,14 @@ def _reset_postgres(url: str) -> None:
         storage.migrate()
         with storage.engine.begin() as conn:  # commits: the engine is transactional
             conn.exec_driver_sql("TRUNCATE sdj_jobs, sdj_checkpoints, sdj_workers")
-            for extra in ("sdj_schedules", "sdj_signals", "sdj_limits"):
+            for extra in (
+                "sdj_schedules",
+                "sdj_signals",
+                "sdj_limits",
+                "sdj_job_labels",
+                "sdj_attempts",
+                "sdj_queue_pauses",
+            ):
                 exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (extra,)).scalar()
                 if exists:
                     conn.exec_driver_sql(f"TRUNCATE {extra}")
@@ -120,6 +127,9 @@ def _reset_mysql(url: str) -> None:
                 "sdj_schedules",
                 "sdj_signals",
                 "sdj_limits",
+                "sdj_job_labels",
+                "sdj_attempts",
+                "sdj_queue_pauses",
             ):
                 if table in tables:
                     conn.exec_driver_sql(f"TRUNCATE {table}")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-TESTED = {"quickstart.py", "order_workflow.py", "waiting_order.py", "job_control.py"}
+# fastapi_app.py is served by uvicorn in tests/contrib/test_fastapi.py.
+TESTED = {
+    "quickstart.py",
+    "order_workflow.py",
+    "waiting_order.py",
+    "job_control.py",
+    "fastapi_app.py",
+}
 #: Every example finishes in a few seconds; this only bounds a hang.
 TIMEOUT = 60
 FAILURE = "SMTP server refused the connection"

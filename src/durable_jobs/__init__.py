@@ -57,12 +57,15 @@ from .events import (
     JobStarted,
     JobWaiting,
 )
+from .explain import ExplainReason, Explanation
 from .job import Checkpoint, Job, JobStatus
 from .queue import Queue
 from .release import __version__
 from .retry import Backoff, constant, exponential
 from .schedules import Schedule, cron, daily, every, weekly
 from .storage import SQLStorage, Storage
+from .storage.admin import Cursor, JobPage
+from .storage.dead_letters import Attempt
 from .waiting import (
     drain_signals,
     drain_signals_async,
@@ -80,15 +83,19 @@ from .waiting import (
 from .worker import Worker
 
 __all__ = [
+    "Attempt",
     "Backoff",
     "Cancelled",
     "Checkpoint",
     "CheckpointSaved",
     "ChildFailed",
+    "Cursor",
     "DatabaseUnavailable",
     "DurableJobsError",
     "Event",
     "EventStream",
+    "ExplainReason",
+    "Explanation",
     "FailedRun",
     "Job",
     "JobCancelled",
@@ -96,6 +103,7 @@ __all__ = [
     "JobEnqueued",
     "JobFailed",
     "JobNotFound",
+    "JobPage",
     "JobPaused",
     "JobResumed",
     "JobRetrying",

@@ -29,8 +29,8 @@ from typing import Any
 from . import codec, context, durable
 from .durable import InvalidCallArguments
 from .errors import ChildFailed, NondeterminismError, Suspend
-from .job import Checkpoint, Job, JobStatus, children_wait, new_ids, utcnow
-from .storage import ChildrenWait, retry_transient
+from .job import Checkpoint, Job, JobStatus, children_wait, new_ids
+from .storage import ChildOutcome, ChildrenWait, retry_transient
 from .storage.records import decided
 from .storage.sql import CANCELLED
 
@@ -282,7 +282,7 @@ def _await(
         waiting_for = children_wait(ok + failed, wait.total)
         mine = all(i in found and found[i].parent_id == ctx.job.id for i in ids)
         if foreign and not mine:
-            raise Suspend(utcnow() + FOREIGN_POLL, waiting_for)
+            raise Suspend(ctx.queue.clock.now() + FOREIGN_POLL, waiting_for)
         raise Suspend(None, waiting_for, children=wait)
     decoders: dict[str, Callable[[bytes], Any]] = {}
     results = [_result(ctx, decoders, index, id_, found.get(id_)) for index, id_ in enumerate(ids)]
@@ -301,7 +301,7 @@ def _result(
     decoders: dict[str, Callable[[bytes], Any]],
     index: int,
     job_id: str,
-    job: Job | None,
+    job: ChildOutcome | None,
 ) -> Result:
     """The ``Result`` of one child; ``decoders`` caches each job type's result decoder."""
     if job is None:
@@ -326,7 +326,7 @@ _FAILED = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def _child_failed(
-    results: list[Result], found: dict[str, Job], failed: int, wait: ChildrenWait
+    results: list[Result], found: dict[str, ChildOutcome], failed: int, wait: ChildrenWait
 ) -> ChildFailed:
     """The error of a wait decided by failures, naming its first failed child (one
     that failed by itself rather than by cancellation, if any)."""

@@ -7,6 +7,7 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled, NotInJobError, StaleJobError
@@ -22,6 +23,7 @@ __all__ = [
     "current_context",
     "current_job",
     "fenced_out",
+    "now",
     "should_stop",
 ]
 
@@ -143,6 +145,11 @@ def should_stop() -> bool:
 def current_job() -> Job:
     """The running ``Job``; raises ``NotInJobError`` outside a handler."""
     return current_context().job
+
+
+def now() -> datetime:
+    """The time on the running job's queue clock; ``NotInJobError`` outside a job."""
+    return current_context().queue.clock.now()
 
 
 def enter(ctx: JobContext) -> Any:

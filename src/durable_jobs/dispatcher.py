@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .backoff_loop import keep_trying
 from .executor import Executor, RunOutcome
-from .job import Job, utcnow
+from .job import Job
 from .storage import Claim, ClaimedJobs, TypeLimits
 from .storage.limits import type_limits
 
@@ -43,9 +43,11 @@ SLOW_JOB = 0.05
 # commit completes a batch and claims the next, so the shorter the jobs, the bigger the
 # batches must be for commits not to bound throughput.
 _CLAIM_AHEAD = ((SLOW_JOB / 100, 16), (SLOW_JOB / 10, 4), (SLOW_JOB, 2))
-# How long after a known run time to look for the job: clocks (wall and monotonic) and
-# the database's rounding of stored times must not make the claim a hair too early.
-_DUE_MARGIN = 0.002
+# How long after a known run time to look for the job, so that the wall clock (which
+# stored times follow, to the microsecond on every backend) has passed it too when the
+# monotonic one has: a look a hair too early costs a transaction that wakes nothing and
+# a new timer, nothing worse.
+_DUE_MARGIN = 0.0003
 # How soon to look again at a due wait that another worker was ending.
 _RECHECK_WAITS = timedelta(milliseconds=50)
 
@@ -168,6 +170,9 @@ class Dispatcher:
         #: run time comes (``wake_at``: a wait's deadline is one), at each poll, and while
         #: more are due than one round ends.
         self._check_waiting = True
+        #: Whether a known run time has come since the waits were last ended: then they
+        #: are ended with the claims, in one transaction, without a look first.
+        self._deadline_came = False
         #: When (``time.monotonic()``) the next round resumes parents whose wake-up was
         #: lost (their children's outcomes decided their wait): every half lock timeout.
         self._next_recovery = 0.0
@@ -207,7 +212,7 @@ class Dispatcher:
     def wake_at(self, queue: str, run_at: datetime) -> None:
         """Look for jobs in ``queue`` at ``run_at``, when a job there becomes due (or a
         job's wait there ends: the waits due then are ended first)."""
-        seconds = (run_at - utcnow()).total_seconds()
+        seconds = (run_at - self.queue.clock.now()).total_seconds()
         if seconds <= 0:
             self._check_waiting = True  # what is due may be a wait that has ended
             self.wake((queue,))
@@ -234,7 +239,7 @@ class Dispatcher:
                     state.due_at = float("inf")
                     state.maybe_work = True
                     state.generation += 1
-                    self._check_waiting = True
+                    self._check_waiting = self._deadline_came = True
                 else:
                     next_due = min(next_due, state.due_at)
             self._next_due = next_due
@@ -346,6 +351,9 @@ class Dispatcher:
     def _end_waits(self) -> None:
         """Turn the due waits of this worker's queues into due resumes (which the claims
         that follow take, here or anywhere), and note when the next wait ends."""
+        if self._deadline_came:
+            self._deadline_came = False  # a failed try goes the way of a poll's look
+            self._wake_and_claim()
         woken, following = self.queue.storage.wake_waiting(list(self.queues))
         self._check_waiting = False  # after the storage call: a failed one is tried again
         if woken:
@@ -353,7 +361,7 @@ class Dispatcher:
         if following is None:
             return
         queue, until = following
-        now = utcnow()
+        now = self.queue.clock.now()
         if until <= now:
             if woken:
                 self._check_waiting = True  # more were due than one round ends: go on
@@ -363,6 +371,29 @@ class Dispatcher:
             # is looked at again shortly, not in a busy loop.
             until = now + _RECHECK_WAITS
         self.wake_at(queue, until)
+
+    def _wake_and_claim(self) -> None:
+        """End the waits due now and claim in the same transaction: a known deadline has
+        come, so its resume starts after one commit. (When the next wait ends is read
+        afterwards, while the resume runs.)"""
+        requests = self.reserve()
+        try:
+            woken, claimed = self.queue.storage.wake_and_claim(
+                list(self.queues),
+                [r.claim for r in requests],
+                self.worker_id,
+                lock_timeout=self.lock_timeout,
+            )
+        except BaseException:
+            self.unreserve(requests)
+            raise
+        for request, jobs in zip(requests, claimed, strict=True):
+            self.accept(request, jobs)
+        # A claim for free slots made after the wake-up saw its jobs; other queues woken
+        # are to be looked at again.
+        looked = {r.claim.queue for r in requests if not r.ahead and r.claim.plain}
+        if unclaimed := set(woken) - looked:
+            self.wake(unclaimed)
 
     def _resume_decided(self) -> None:
         """Resume waiting parents of this worker's queues whose children decided their

@@ -379,6 +379,7 @@ class EventStream:
         self._buffer: deque[Event] = deque(maxlen=maxsize)
         self._dropped = 0
         self._closed = False
+        self._nudged = False
         self._on_close = on_close
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -406,6 +407,7 @@ class EventStream:
         """
         with self._ready:
             self._ready.wait_for(self._has_event_or_closed, timeout)
+            self._nudged = False
             return self._buffer.popleft() if self._buffer else None
 
     def close(self) -> None:
@@ -451,7 +453,16 @@ class EventStream:
         self.close()
 
     def _has_event_or_closed(self) -> bool:
-        return bool(self._buffer) or self._closed
+        return bool(self._buffer) or self._closed or self._nudged
+
+    def _nudge(self) -> None:
+        """End the current (or next) wait for an event early, with None, as a timeout
+        would: ``Queue.result`` is told so of outcomes its queue's events do not carry."""
+        with self._lock:
+            self._nudged = True
+            self._ready.notify_all()
+            waiters, self._waiters = self._waiters, []
+        _wake(waiters)
 
     def _offer(self, event: Event) -> None:
         with self._lock:
@@ -469,8 +480,10 @@ class EventStream:
         while True:
             with self._lock:
                 if self._buffer:
+                    self._nudged = False
                     return self._buffer.popleft()
-                if self._closed:
+                if self._closed or self._nudged:
+                    self._nudged = False
                     return None
                 waiter = (loop, loop.create_future())
                 self._waiters.append(waiter)

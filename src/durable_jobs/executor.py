@@ -30,7 +30,7 @@ from .errors import (
 from .events import JobResumed, JobStarted
 from .handler import Handler
 from .instrument import wrapped
-from .job import Job, utcnow
+from .job import Job
 from .retry import DEFAULT_BACKOFF, Backoff, backoff_from_json, delayed
 
 if TYPE_CHECKING:
@@ -329,7 +329,7 @@ class Executor:
                 delay = error.delay
             else:
                 delay = _backoff_for(job, handler).delay(job.attempt)
-            run_at = delayed(utcnow(), delay)  # clamped: a huge delay cannot overflow
+            run_at = delayed(self.queue.clock.now(), delay)  # clamped: a huge delay cannot overflow
             return RunOutcome(job, "retry", error=error, run_at=run_at, duration=duration)
         except Exception as exc:
             log.exception("job %s (%s): cannot classify its outcome", job.id, job.type)

@@ -1,4 +1,4 @@
-"""Services a worker runs beside its jobs: heartbeats and the stale-lock reaper.
+"""Services a worker runs beside its jobs: heartbeats, the stale-lock reaper and retention.
 
 Each has ``run_once()`` so tests drive them without waiting for a timer.
 """
@@ -8,14 +8,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
+from .job import JobStatus
 from .release import __version__
 from .retry import Backoff
 from .storage import JobStore
 
-__all__ = ["Heartbeat", "Reaper"]
+__all__ = ["RETENTION_EVERY", "Heartbeat", "Reaper", "Retention"]
+
+#: Seconds between a worker's retention passes (each deletes whatever is due).
+RETENTION_EVERY = 300.0
 
 log = logging.getLogger("durable_jobs")
 
@@ -86,3 +91,25 @@ class Reaper:
             )
         self.storage.prune_workers(self.lock_timeout * 10)
         return released
+
+
+class Retention:
+    """Prunes finished jobs past their status's age in the worker's ``retention`` policy.
+
+    Runs in a thread of its own: a first pass over a big backlog takes a while, in small
+    transactions, and must not hold up the heartbeats.
+    """
+
+    def __init__(self, storage: JobStore, policy: Mapping[JobStatus, timedelta]) -> None:
+        self.storage = storage
+        self.policy = dict(policy)
+
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """One pass over every status of the policy; returns how many jobs it deleted."""
+        admin = self.storage.admin()
+        deleted = 0
+        for status, keep in self.policy.items():
+            deleted += admin.prune(keep, [status], stop=stop)
+        if deleted:
+            log.info("retention: deleted %d finished job(s)", deleted)
+        return deleted

@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "durable_jobs.metrics needs prometheus-client: pip install 'simple-durable-jobs[metrics]'"
     ) from exc
 
+from .explain import LIVE_WORKER_WINDOW
 from .job import Job, utcnow
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ class PrometheusMetrics:
     (permanently), ``sdj_jobs_retried_total``, ``sdj_job_duration_seconds`` (every
     run, whatever its outcome) and ``sdj_jobs_in_progress``; by ``queue`` alone,
     read from the database: ``sdj_queue_depth`` (jobs due now) and
-    ``sdj_queue_oldest_due_age_seconds`` and ``sdj_jobs_waiting`` (suspended jobs).
+    ``sdj_queue_oldest_due_age_seconds`` and ``sdj_jobs_waiting`` (suspended jobs);
+    and unlabelled, from the worker registry: ``sdj_workers_live``.
     """
 
     def __init__(self, queue: Queue, registry: CollectorRegistry | None = None) -> None:
@@ -93,6 +95,7 @@ class PrometheusMetrics:
             "sdj_jobs_in_progress", "Job runs in progress.", _LABELS, registry=r
         )
         r.register(_DueJobsCollector(queue))
+        r.register(_LiveWorkersCollector(queue))
         self._servers: list[tuple[WSGIServer, threading.Thread]] = []
         queue.on_job_complete(self._on_complete)
         queue.on_job_fail(self._on_fail)
@@ -209,6 +212,34 @@ class _DueJobsCollector(Collector):
                 labels=["queue"],
             ),
         ]
+
+
+class _LiveWorkersCollector(Collector):
+    """Reads the worker registry at each scrape: workers with a recent heartbeat."""
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            live = self._queue.storage.live_workers(LIVE_WORKER_WINDOW)
+        except Exception as exc:
+            log.warning("reading the worker registry for metrics failed: %s", exc)
+            return []
+        family = self._family()
+        family.add_metric([], len(live))
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "sdj_workers_live",
+            f"Worker processes that heartbeated in the last {LIVE_WORKER_WINDOW.seconds} s"
+            " (from the database).",
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import sqlalchemy as sa
 
 from . import codec, results
+from . import operations as ops
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import JobNotFound
 from .events import EventBus, EventStream, Hooks, JobCancelled, JobEnqueued, JobPaused
+from .explain import Explanation, explain_job
 from .handler import Handler, inspect_handler
 from .instrument import Instruments, wrapped
-from .job import Job, JobStatus, utcnow
+from .job import Job, JobStatus
 from .options import (
     LIMIT_OPTIONS,
     Limits,
@@ -29,6 +32,7 @@ from .options import (
     not_a_schedule,
 )
 from .storage import JobStore, SQLStorage
+from .storage.admin import Cursor, JobPage
 from .storage.commits import after_commit
 from .waiting import check_signal_name
 
@@ -100,7 +104,8 @@ class Queue:
     ``Queue(storage)``, ``Queue("postgresql://...")`` (migrated on first use) or
     ``Queue()`` for ``$SDJ_DATABASE_URL``, else ``sqlite:///jobs.db``. ``max_payload``
     caps a job's JSON-encoded arguments (default 1 MiB; None for no cap): a bigger
-    enqueue raises ``ValueError`` and writes nothing.
+    enqueue raises ``ValueError`` and writes nothing. ``clock`` (default: the system's)
+    is where the queue and its storage read the time (``durable_jobs.testing.FakeClock``).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Queue:
         storage: JobStore | str | None = None,
         *,
         max_payload: int | None = DEFAULT_MAX_PAYLOAD,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_payload is not None and (
             isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1
@@ -128,6 +134,13 @@ class Queue:
                 f" durable_jobs.storage.JobStore (such as SQLStorage), got {type(storage).__name__}"
             )
         self._storage: JobStore = storage
+        #: Where this queue (and its storage, when it has ``use_clock``) reads the time.
+        self.clock = clock
+        if clock is not SYSTEM_CLOCK:
+            use_clock = getattr(storage, "use_clock", None)
+            if use_clock is None:
+                raise TypeError(f"{type(storage).__name__} cannot take a clock of its own")
+            use_clock(clock)
         self._migrate_lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
         self._plain_options: dict[str, dict[str, Any]] = {}
@@ -216,7 +229,7 @@ class Queue:
     ) -> Job:
         """Validate and encode a job without storing it."""
         name = self.resolve_name(name_or_fn)
-        return self._new_job(name, args, self._job_options(name, options), utcnow())
+        return self._new_job(name, args, self._job_options(name, options), self.clock.now())
 
     def _job_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """Checked options with the handler's defaults under them (not to be mutated:
@@ -304,7 +317,7 @@ class Queue:
     ) -> list[str]:
         """Enqueue ``(name, args)`` or ``(name, args, options)`` items all-or-nothing."""
         items = items if isinstance(items, Sequence) else list(items)
-        now = utcnow()
+        now = self.clock.now()
         built = (self._item_job(p, item, now) for p, item in enumerate(items))
         storage = self.storage
         if (
@@ -389,7 +402,7 @@ class Queue:
     def _announce(self, jobs: Sequence[Job], taker: LocalWorker | None) -> None:
         """After stored jobs commit: wake this process's workers and publish events."""
         if taker is None and self._workers:
-            now = utcnow()
+            now = self.clock.now()
             due: set[str] = set()
             later: dict[str, datetime] = {}
             for job in jobs:
@@ -458,7 +471,7 @@ class Queue:
         if running:
             for worker in list(self._workers):
                 worker.cancel_runs(running)
-        now = utcnow()
+        now = self.clock.now()
         for job in cancelled:
             job.status, job.finished_at, job.last_error = JobStatus.CANCELLED, now, "cancelled"
             job.locked_by = job.paused_from = job.wait_until = job.waiting_for = None
@@ -534,16 +547,40 @@ class Queue:
                 f"the payload of signal {name!r} encodes to {len(encoded):,} bytes, over this"
                 f" queue's limit of {self.max_payload:,}"
             )
+        takers: list[tuple[LocalWorker, Job]] = []
         try:
-            found, woken = self.storage.signal(job_id, name, encoded)
-        except Exception as exc:
+            found, woken, run = self.storage.signal_claiming(
+                job_id, name, encoded, partial(self._reserve_resume, takers)
+            )
+        except BaseException as exc:
+            for worker, probe in takers:
+                worker.give_back_enqueued(probe)
             self._explain(exc)
             raise
         if not found:
             raise JobNotFound(f"no job with id {job_id!r}")
+        if takers:
+            worker, probe = takers[0]
+            if run is not None:  # claimed for it with the wake-up: no claim, no wait
+                worker.start_enqueued(run)
+                return
+            worker.give_back_enqueued(probe)  # the job or its queue is paused
         if woken is not None:
             for worker in list(self._workers):  # the job is due now: run it here if free
                 worker.wake((woken,))
+
+    def _reserve_resume(
+        self, takers: list[tuple[LocalWorker, Job]], queue: str, job_type: str
+    ) -> tuple[str, float] | None:
+        """A free slot of a worker of this process for the resume of a job of
+        ``job_type`` in ``queue`` that a signal is waking, reserved (noted in ``takers``):
+        the run is then claimed for it in the signal's transaction (see ``_local_taker``)."""
+        probe = Job(type=job_type, queue=queue)
+        for worker in list(self._workers):
+            if worker.take_enqueued(probe):
+                takers.append((worker, probe))
+                return worker.id, worker.lock_timeout
+        return None
 
     async def signal_async(self, job_id: str, name: str, payload: Any = None) -> None:
         """``signal`` for asyncio code: the database work runs off the event loop."""
@@ -564,24 +601,133 @@ class Queue:
         failed, ``JobCancelled`` if it was cancelled, ``TimeoutError`` if it has no
         outcome after ``timeout`` seconds (None: wait for ever), ``JobNotFound`` for an
         unknown id. Outcomes stored by this
-        queue's workers wake the waiter at once; others are read within 0.1 s.
+        queue's workers wake the waiter at once, as do outcomes stored by any process on
+        PostgreSQL (a notification) and SQLite (a watch on the file); on MySQL those
+        are read within 0.1 s.
         """
         limit = results.check_timeout(timeout)
         with self.events(maxsize=64) as stream:
-            return results.wait_sync(self.storage.get_job, stream, job_id, limit, self._decoder)
+            return results.wait_sync(
+                self.storage.get_job,
+                self.storage.watch_outcome,
+                stream,
+                job_id,
+                limit,
+                self._decoder,
+            )
 
     async def result_async(self, job_id: str, timeout: float | None = None) -> Any:
         """``result`` for async code: waits without blocking the event loop."""
         limit = results.check_timeout(timeout)
         with self.events(maxsize=64) as stream:
             return await results.wait_async(
-                self.storage.get_job, stream, job_id, limit, self._decoder
+                self.storage.get_job,
+                self.storage.watch_outcome,
+                stream,
+                job_id,
+                limit,
+                self._decoder,
             )
+
+    def explain(self, job_id: str) -> Explanation:
+        """Why job ``job_id`` is (not) running: the first reason that holds, as a code,
+        a sentence and the facts behind it (see ``jobs.Explanation``). Caps and rate
+        limits are those of the handlers registered in this queue."""
+        return self._control(
+            lambda: explain_job(self.storage, job_id, self._limits, now=self.clock.now())
+        )
+
+    def _limits(self, job_type: str) -> Limits | None:
+        handler = self.handler(job_type)
+        return None if handler is None else handler.limits
 
     def _decoder(self, job: Job) -> Callable[[bytes], Any] | None:
         """How to decode ``job``'s result: its handler's, if registered here."""
         handler = self.handler(job.type)
         return None if handler is None else handler.decode_result
+
+    # -- operations ---------------------------------------------------------------------
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        tag: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        after: Cursor | str | None = None,
+    ) -> JobPage:
+        """Up to ``limit`` (at most 1000) jobs matching every filter given, newest first.
+
+        ``tag``: jobs with that tag; ``meta``: jobs whose meta has each of those entries
+        (string, integer or boolean values); ``created_after`` (inclusive) and
+        ``created_before`` (exclusive) bound the creation time. For the following page
+        pass the page's ``next`` (a ``Cursor``, or its ``token()``) as ``after``: pages
+        are stable while jobs are added.
+        """
+        admin = self.storage.admin()
+        return self._control(
+            lambda: admin.jobs_page(
+                status=ops.status(status),
+                job_type=type,
+                queue=queue,
+                tag=tag,
+                meta=ops.meta_filter(meta),
+                created_after=created_after,
+                created_before=created_before,
+                before=ops.cursor(after),
+                limit=ops.check_limit(limit),
+            )
+        )
+
+    def retry(self, job_id: str) -> bool:
+        """Put a failed (or cancelled) job back as ``pending``, due now, with a fresh
+        retry budget; its attempt history stays. True if it was put back, False if it
+        was in another status; ``JobNotFound`` for an unknown id."""
+        job = self._control(lambda: self.storage.admin().retry(job_id))
+        if job is None:
+            self._require_job(job_id)
+            return False
+        self._wake({job.queue})
+        return True
+
+    def retry_failed(
+        self,
+        *,
+        type: str | None = None,
+        queue: str | None = None,
+        since: datetime | timedelta | None = None,
+    ) -> int:
+        """Retry every failed job of ``type`` and ``queue`` that failed at or after
+        ``since`` (a time, or a timedelta before now), in batches of short transactions;
+        returns how many were put back."""
+        start = ops.since_time(since, self.clock.now())
+        admin = self.storage.admin()
+        count, queues = self._control(
+            lambda: admin.retry_failed(job_type=type, queue=queue, since=start)
+        )
+        self._wake(queues)
+        return count
+
+    def prune(
+        self,
+        older_than: timedelta = timedelta(days=7),
+        statuses: Iterable[JobStatus | str] | str = ("completed",),
+    ) -> int:
+        """Delete jobs of ``statuses`` (completed, failed, cancelled) that finished more
+        than ``older_than`` ago, with their checkpoints, signals, attempt history and
+        labels, in small batches; returns how many jobs. A finished child whose parent
+        has not finished is kept."""
+        admin = self.storage.admin()
+        return self._control(lambda: admin.prune(older_than, statuses))
+
+    def _wake(self, queues: set[str]) -> None:
+        for worker in list(self._workers):  # due now: run here at once if free
+            worker.wake(sorted(queues))
 
     # -- schedules ----------------------------------------------------------------------
 
@@ -614,10 +760,13 @@ class Queue:
         poll_interval: timedelta | float = 1.0,
         worker_id: str | None = None,
         shutdown_timeout: timedelta | float = 30,
+        retention: Mapping[str, timedelta] | None = None,
     ) -> Worker:
         """A worker for ``queues`` (name -> concurrency). Without them it serves
         ``"default"`` and every queue its handlers and schedules name, 10 at a time each.
-        Stopping lets running jobs finish for up to ``shutdown_timeout`` seconds."""
+        Stopping lets running jobs finish for up to ``shutdown_timeout`` seconds.
+        ``retention`` (finished status -> how long to keep) has the worker prune older
+        finished jobs as it runs; none by default."""
         from .worker import Worker  # the worker depends on the queue, not the reverse
 
         return Worker(
@@ -628,6 +777,7 @@ class Queue:
             poll_interval=poll_interval,
             worker_id=worker_id,
             shutdown_timeout=shutdown_timeout,
+            retention=retention,
         )
 
     def wake_workers_at(self, queue: str, when: datetime) -> None:

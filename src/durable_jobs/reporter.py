@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .events import JobCompleted, JobFailed, JobRetrying, JobWaiting
 from .executor import RunOutcome
-from .job import JobStatus, utcnow
+from .job import JobStatus
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -121,22 +121,27 @@ class Reporter:
         """Report until the backlog is closed (the reporter thread)."""
         while (batch := self.backlog.get()) is not None:
             for outcome, accepted in batch:
-                if accepted:
-                    self._report(outcome)
-                elif outcome.kind == "cancelled":
-                    log.info(
-                        "job %s (%s) was cancelled while it ran: its run's outcome is void",
-                        outcome.job.id,
-                        outcome.job.type,
-                        extra={"job_id": outcome.job.id, "worker_id": self.worker_id},
-                    )
-                elif outcome.kind in ("completed", "retry", "failed", "waiting"):
-                    log.warning(
-                        "outcome of job %s rejected: the worker lost its lock",
-                        outcome.job.id,
-                        extra={"job_id": outcome.job.id, "worker_id": self.worker_id},
-                    )
+                self.report(outcome, accepted)
                 self.backlog.done()
+
+    def report(self, outcome: RunOutcome, accepted: bool) -> None:
+        """Hooks, events and log lines of one stored outcome (``accepted``: the database
+        took it), in the calling thread."""
+        if accepted:
+            self._report(outcome)
+        elif outcome.kind == "cancelled":
+            log.info(
+                "job %s (%s) was cancelled while it ran: its run's outcome is void",
+                outcome.job.id,
+                outcome.job.type,
+                extra={"job_id": outcome.job.id, "worker_id": self.worker_id},
+            )
+        elif outcome.kind in ("completed", "retry", "failed", "waiting"):
+            log.warning(
+                "outcome of job %s rejected: the worker lost its lock",
+                outcome.job.id,
+                extra={"job_id": outcome.job.id, "worker_id": self.worker_id},
+            )
 
     def _report(self, o: RunOutcome) -> None:
         job = o.job
@@ -148,7 +153,7 @@ class Reporter:
             "attempt": job.attempt,
             "worker_id": self.worker_id,
         }
-        now = utcnow()
+        now = self.queue.clock.now()
         job.updated_at = now
         if o.kind == "completed":
             job.status, job.result, job.completed_at = JobStatus.COMPLETED, o.result, now

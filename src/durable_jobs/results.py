@@ -1,9 +1,11 @@
 """Waiting for a job's outcome: what ``Queue.result`` and ``Queue.result_async`` do.
 
 A waiter reads the job, and between reads sleeps until this queue's workers report an
-outcome (their event stream) or a short fallback interval passes, for outcomes stored
-by other processes. The interval starts at a few milliseconds and grows to
-``MAX_INTERVAL``.
+outcome (their event stream) or the storage notices that the job may have finished in
+any process (``SQLStorage.watch_outcome``: PostgreSQL notifications, the SQLite file's
+change counter). A fallback interval bounds each sleep: ``WATCHED_INTERVAL`` where the
+storage notices outcomes (for a job deleted meanwhile), else one that starts at a few
+milliseconds and grows to ``MAX_INTERVAL`` (MySQL).
 """
 
 from __future__ import annotations
@@ -18,11 +20,26 @@ from .errors import FailedRun, JobNotFound
 from .events import EventStream, JobCancelled, JobFailed
 from .job import Job, JobStatus
 
-__all__ = ["MAX_INTERVAL", "check_timeout", "outcome", "wait_async", "wait_sync"]
+__all__ = [
+    "MAX_INTERVAL",
+    "WATCHED_INTERVAL",
+    "Watch",
+    "check_timeout",
+    "outcome",
+    "wait_async",
+    "wait_sync",
+]
 
-#: The longest pause between two reads of a job whose outcome another process stores.
+#: The longest pause between two reads of a job whose outcome another process stores,
+#: on a backend that cannot tell when it does.
 MAX_INTERVAL = 0.1
+#: The pause between two reads of a job whose outcomes the storage tells of.
+WATCHED_INTERVAL = 1.0
 _FIRST_INTERVAL = 0.005
+
+#: ``SQLStorage.watch_outcome``: ``watch(job_id, callback)`` -> an unwatch function, or
+#: None where the storage cannot tell of outcomes.
+Watch = Callable[[str, Callable[[], None]], Callable[[], None] | None]
 
 
 def check_timeout(timeout: float | None) -> float | None:
@@ -60,10 +77,13 @@ class _Wait:
     ``TimeoutError``) or
     says how long to pause before the next."""
 
-    def __init__(self, job_id: str, timeout: float | None, decoder: Decoder) -> None:
+    def __init__(
+        self, job_id: str, timeout: float | None, decoder: Decoder, *, watched: bool
+    ) -> None:
         self.job_id, self.timeout, self.decoder = job_id, timeout, decoder
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.interval = _FIRST_INTERVAL
+        self.watched = watched
+        self.interval = WATCHED_INTERVAL if watched else _FIRST_INTERVAL
 
     def check(self, job: Job | None) -> tuple[bool, Any]:
         """``(True, value)`` once ``job`` has an outcome, else ``(False, pause)``."""
@@ -73,7 +93,8 @@ class _Wait:
         if done:
             return True, value
         pause = self.interval
-        self.interval = min(self.interval * 2, MAX_INTERVAL)
+        if not self.watched:
+            self.interval = min(self.interval * 2, MAX_INTERVAL)
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
@@ -86,18 +107,24 @@ class _Wait:
 
 def wait_sync(
     get_job: Callable[[str], Job | None],
+    watch: Watch,
     stream: EventStream,
     job_id: str,
     timeout: float | None,
     decoder: Decoder,
 ) -> Any:
     """Block until ``job_id`` has an outcome; see ``Queue.result``."""
-    wait = _Wait(job_id, timeout, decoder)
-    while True:
-        done, value = wait.check(get_job(job_id))
-        if done:
-            return value
-        _await_event(stream, job_id, value)
+    unwatch = watch(job_id, stream._nudge)
+    try:
+        wait = _Wait(job_id, timeout, decoder, watched=unwatch is not None)
+        while True:
+            done, value = wait.check(get_job(job_id))
+            if done:
+                return value
+            _await_event(stream, job_id, value)
+    finally:
+        if unwatch is not None:
+            unwatch()
 
 
 def _await_event(stream: EventStream, job_id: str, pause: float) -> None:
@@ -111,18 +138,24 @@ def _await_event(stream: EventStream, job_id: str, pause: float) -> None:
 
 async def wait_async(
     get_job: Callable[[str], Job | None],
+    watch: Watch,
     stream: EventStream,
     job_id: str,
     timeout: float | None,
     decoder: Decoder,
 ) -> Any:
     """``wait_sync`` without blocking the event loop (reads run in a thread)."""
-    wait = _Wait(job_id, timeout, decoder)
-    while True:
-        done, value = wait.check(await asyncio.to_thread(get_job, job_id))
-        if done:
-            return value
-        await _await_event_async(stream, job_id, value)
+    unwatch = await asyncio.to_thread(watch, job_id, stream._nudge)
+    try:
+        wait = _Wait(job_id, timeout, decoder, watched=unwatch is not None)
+        while True:
+            done, value = wait.check(await asyncio.to_thread(get_job, job_id))
+            if done:
+                return value
+            await _await_event_async(stream, job_id, value)
+    finally:
+        if unwatch is not None:
+            unwatch()
 
 
 async def _await_event_async(stream: EventStream, job_id: str, pause: float) -> None:

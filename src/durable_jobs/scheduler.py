@@ -19,7 +19,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from .events import JobEnqueued
-from .job import Job, utcnow
+from .job import Job
 from .storage import JobStore, ScheduleState
 from .storage.sql import utc
 
@@ -85,7 +85,7 @@ class Scheduler:
 
     def run_once(self, now: datetime | None = None) -> int:
         """Enqueue the runs due at ``now`` (default: the current time); returns how many."""
-        now = utcnow() if now is None else utc(now)
+        now = self.queue.clock.now() if now is None else utc(now)
         self._healthy = False
         storage = self.queue.storage
         self._track_new(storage, now)
@@ -104,7 +104,7 @@ class Scheduler:
 
     def next_due(self, now: datetime | None = None) -> datetime | None:
         """When ``run_once`` next has work to do; None when there are no schedules."""
-        now = utcnow() if now is None else utc(now)
+        now = self.queue.clock.now() if now is None else utc(now)
         if any(name not in self._failing for name in self._untracked()):
             return now
         pending = (t.pending for name, t in self._tracked.items() if name not in self._failing)
@@ -116,7 +116,7 @@ class Scheduler:
         Schedules can be added at any time, hence the cap; after a failed ``run_once`` it
         is the whole cap, so a database outage is retried without spinning.
         """
-        now = utcnow()
+        now = self.queue.clock.now()
         due = self.next_due(now)
         if due is None or not self._healthy:
             return at_most

@@ -30,7 +30,7 @@ from typing import Any
 from . import codec, context, durable
 from .durable import InvalidCallArguments
 from .errors import NondeterminismError, SignalTimeout, Suspend
-from .job import Checkpoint, signal_wait, utcnow
+from .job import Checkpoint, signal_wait
 from .storage import retry_transient
 
 __all__ = [
@@ -112,7 +112,7 @@ def sleep_until_async(when: datetime) -> Coroutine[Any, Any, None]:
 def _sleep(pos: durable.Position, deadline: Deadline) -> None:
     cp = durable.checkpoint_at(pos)
     if cp is None:
-        until = deadline(utcnow())
+        until = deadline(context.now())
         durable.record(pos, SLEEP, _encode_deadline(until))
     else:
         until = _replayed(pos, cp)
@@ -122,7 +122,7 @@ def _sleep(pos: durable.Position, deadline: Deadline) -> None:
 async def _sleep_async(pos: durable.Position, deadline: Deadline) -> None:
     cp = await durable.checkpoint_at_async(pos)
     if cp is None:
-        until = deadline(utcnow())
+        until = deadline(context.now())
         await asyncio.to_thread(durable.record, pos, SLEEP, _encode_deadline(until))
     else:
         until = _replayed(pos, cp)
@@ -130,7 +130,7 @@ async def _sleep_async(pos: durable.Position, deadline: Deadline) -> None:
 
 
 def _wait_until(until: datetime) -> None:
-    if until > utcnow():
+    if until > context.now():
         raise Suspend(until, "sleep")
 
 
@@ -282,7 +282,7 @@ def _wait_for_signal(pos: durable.Position, name: str, after: Deadline | None) -
         until = None if after is None else _signal_deadline(pos, after)
         cp = _observe(pos, name, WAIT_FOR_SIGNAL, consume=True, limit=1, summary=_first)
         if cp is None:
-            if until is None or until > utcnow():
+            if until is None or until > context.now():
                 raise Suspend(until, signal_wait(name), signal=name)
             # The deadline has passed with no signal: that is what this wait observed.
             durable.record(pos, WAIT_FOR_SIGNAL, codec.dumps({"name": name, "timeout": True}))
@@ -426,7 +426,7 @@ def _signal_deadline(pos: durable.Position, after: Deadline) -> datetime:
     if cp is not None:
         _same_kind(slot, cp, SIGNAL_DEADLINE, "a signal wait's deadline")
         return _deadline_of(cp)
-    until = after(utcnow())
+    until = after(context.now())
     durable.record(slot, SIGNAL_DEADLINE, _encode_deadline(until))
     return until
 

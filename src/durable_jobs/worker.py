@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from .completer import Completer
 from .dispatcher import Dispatcher
 from .job import Job
-from .maintenance import Heartbeat, Reaper
+from .maintenance import RETENTION_EVERY, Heartbeat, Reaper, Retention
+from .operations import check_retention
 from .options import DEFAULT_CONCURRENCY, non_negative_seconds, parse_queues, positive_seconds
 from .reporter import Reporter
 from .retry import Backoff
@@ -88,8 +89,12 @@ class Worker:
         poll_interval: timedelta | float = 1.0,
         worker_id: str | None = None,
         shutdown_timeout: timedelta | float = DEFAULT_SHUTDOWN_TIMEOUT,
+        retention: Mapping[str, timedelta] | None = None,
     ) -> None:
         self.queue = queue
+        #: How long finished jobs are kept, per status (None: the worker prunes none).
+        self.retention = check_retention(retention)
+        self._retention: Retention | None = None
         #: Whether the queues were given, or follow the handlers (see ``start``).
         self._queues_given = queues is not None
         self.concurrency = parse_queues(queues, self._named_queues())
@@ -195,6 +200,8 @@ class Worker:
             self.lock_timeout,
         )
         self._reaper = Reaper(storage, timedelta(seconds=self.lock_timeout), self._default_backoff)
+        if self.retention is not None:
+            self._retention = Retention(storage, self.retention)
         self._run_service("heartbeat", self._heartbeat.run_once)  # listed as live before claiming
         for handler_name in self.queue.job_types:
             handler = self.queue.handler(handler_name)
@@ -207,6 +214,8 @@ class Worker:
         self._reporter_thread = self._spawn("reporter", self._reporter.run, [])
         self._spawn("maintenance", self._maintenance_loop, self._services)
         self._spawn("control", self._control_loop, self._services)
+        if self._retention is not None:
+            self._spawn("retention", self._retention_loop, self._services)
         self._start_listener()
         self.queue.attach(self)
         self._dispatcher_thread = self._spawn("dispatcher", self._dispatcher.run, [])
@@ -497,6 +506,14 @@ class Worker:
                 if self._run_service("scheduler", self._scheduler.run_once):
                     self.wake_all()
                 next_fire = time.monotonic() + self._scheduler.seconds_until_due()
+
+    def _retention_loop(self) -> None:
+        retention = self._retention
+        assert retention is not None
+        while not self._service_stop.is_set():
+            self._run_service("retention", partial(retention.run_once, self._service_stop))
+            if self._service_stop.wait(RETENTION_EVERY):
+                return
 
     def _control_loop(self) -> None:
         """Stop the runs that passed their timeout, and those whose job was cancelled

@@ -68,7 +68,7 @@ def test_only_failed_or_retrying_jobs_are_retried(
     assert 'id="retry"' not in page and 'id="delete"' in page
     response = post_action(client, "/enqueue", "/actions/retry", id=made.completed)
     assert response.status_code == 409  # type: ignore[attr-defined]
-    assert "only failed or retrying jobs" in response.text  # type: ignore[attr-defined]
+    assert "only failed, cancelled or retrying jobs" in response.text  # type: ignore[attr-defined]
     missing = post_action(client, "/enqueue", "/actions/retry", id="nope")
     assert missing.status_code == 404  # type: ignore[attr-defined]
     nul = post_action(client, "/enqueue", "/actions/delete", id="a\x00b")

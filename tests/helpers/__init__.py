@@ -36,8 +36,34 @@ MIGRATION_7_COLUMNS = (
 MIGRATION_9_COLUMNS = ("tags", "timeout_seconds", "concurrency_key", "rate_key", "paused_from")
 
 
+def undo_migration_13(conn: sa.Connection) -> None:
+    """Drop what migration 13 added: PostgreSQL's outcome trigger and its mark."""
+    if conn.engine.dialect.name == "postgresql":
+        conn.exec_driver_sql("DROP TRIGGER sdj_jobs_outcome ON sdj_jobs")
+        conn.exec_driver_sql("DROP FUNCTION sdj_notify_outcome()")
+        conn.exec_driver_sql("ALTER TABLE sdj_jobs DROP COLUMN outcome_wanted")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 13")
+
+
+def undo_migration_12(conn: sa.Connection) -> None:
+    """Drop what migrations 12 and 13 added: the labels and attempts tables and the
+    triggers."""
+    undo_migration_13(conn)
+    name = conn.engine.dialect.name
+    if name == "postgresql":
+        conn.exec_driver_sql("DROP TRIGGER sdj_jobs_labels ON sdj_jobs")
+        conn.exec_driver_sql("DROP FUNCTION sdj_label_job()")
+    else:
+        for trigger in ("sdj_jobs_tags", "sdj_jobs_meta"):
+            conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
+    for table in ("sdj_job_labels", "sdj_attempts"):
+        conn.exec_driver_sql(f"DROP TABLE {table}")
+    conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 12")
+
+
 def undo_migration_11(conn: sa.Connection) -> None:
-    """Drop what migration 11 added: the workers' release."""
+    """Drop what migrations 11 and 12 added: the workers' release, operations' tables."""
+    undo_migration_12(conn)
     conn.exec_driver_sql("ALTER TABLE sdj_workers DROP COLUMN version")
     conn.exec_driver_sql("DELETE FROM sdj_schema_version WHERE version >= 11")
 

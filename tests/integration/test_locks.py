@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import durable_jobs as jobs
 from durable_jobs.job import Job
 from durable_jobs.storage.admin import Admin
+from durable_jobs.testing import FakeClock, drain
 from tests.helpers import wait_for
 
 
@@ -116,20 +117,25 @@ def test_a_worker_locks_jobs_for_its_own_lock_timeout(queue: jobs.Queue) -> None
         release.set()
 
 
-def test_a_job_taken_back_from_a_dead_worker_waits_its_backoff(queue: jobs.Queue) -> None:
+def test_a_job_taken_back_from_a_dead_worker_waits_its_backoff(
+    storage: jobs.SQLStorage,
+) -> None:
+    clock = FakeClock()
+    queue = jobs.Queue(storage, clock=clock)
     ran = threading.Event()
     queue.register("t", lambda: ran.set(), backoff=jobs.constant(120))
-    storage = sql_storage(queue)
     # Enqueued by a producer that does not know the handler (no policy stored), and
     # claimed by a worker that died at once: it never heartbeats.
     job_id = storage.enqueue(Job(type="t"))
     [lost] = storage.claim("default", "dead-worker", 1, lock_timeout=0.1)
     assert lost.id == job_id
-    before = datetime.now(UTC)
-    with queue.worker(poll_interval=0.05, lock_timeout=1):
-        wait_for(lambda: get(queue, job_id).status == jobs.JobStatus.RETRYING)
-        job = get(queue, job_id)
-        assert job.last_error is not None and "dead-worker" in job.last_error
-        # It waits its handler's backoff instead of running again at once.
-        assert job.run_at is not None and job.run_at >= before + timedelta(seconds=119)
+    clock.advance(seconds=0.2)
+    drain(queue)  # as a worker's reaper, and nothing to run
+    job = get(queue, job_id)
+    assert job.status == jobs.JobStatus.RETRYING
+    assert job.last_error is not None and "dead-worker" in job.last_error
+    # It waits its handler's backoff instead of running again at once.
+    assert job.run_at == clock.now() + timedelta(seconds=120)
     assert job.attempt == 1 and not ran.is_set()
+    clock.advance(seconds=120)
+    assert drain(queue).completed == 1 and ran.is_set()

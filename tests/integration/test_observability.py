@@ -481,6 +481,29 @@ def test_metrics_count_waiting_jobs_per_queue(
     assert sample(scrape(port), "sdj_jobs_waiting", queue="nightly") == 2
 
 
+def test_metrics_count_live_workers_from_the_registry(
+    queue: jobs.Queue, metrics: tuple[PrometheusMetrics, int]
+) -> None:
+    _, port = metrics
+    assert sample(scrape(port), "sdj_workers_live") == 0
+    with queue.worker(**FAST), queue.worker(["other"], **FAST):
+        # Each worker records itself at start and on every heartbeat.
+        wait_for(lambda: sample(scrape(port), "sdj_workers_live") == 2)
+        storage = queue.storage
+        assert isinstance(storage, jobs.SQLStorage)
+        # A worker silent for longer than the live window no longer counts.
+        storage.heartbeat_worker("gone", host="h", pid=1, queues=["x"], types=[])
+        with storage.engine.begin() as conn:
+            old = storage.dialect.time_param(datetime.now(UTC) - timedelta(minutes=5))
+            conn.execute(
+                sa.text("UPDATE sdj_workers SET heartbeat_at = :old WHERE id = 'gone'"),
+                {"old": old},
+            )
+        assert sample(scrape(port), "sdj_workers_live") == 2
+    # Stopped workers remove their entries.
+    assert sample(scrape(port), "sdj_workers_live") == 0
+
+
 def test_metrics_close_stops_the_server(
     queue: jobs.Queue, metrics: tuple[PrometheusMetrics, int]
 ) -> None:

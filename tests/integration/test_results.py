@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import operator
+import os
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import durable_jobs as jobs
+from durable_jobs import results
+from durable_jobs.results import MAX_INTERVAL
+from durable_jobs.storage import SQLStorage
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FAST: dict[str, Any] = {"poll_interval": 0.05, "lock_timeout": 5}
 
@@ -129,3 +143,92 @@ def test_result_async_waits_without_blocking_the_loop(queue: jobs.Queue) -> None
         value, error = asyncio.run(main())
     assert value == 42
     assert isinstance(error, jobs.JobFailed) and error.job.id == bad
+
+
+def test_a_waiter_wakes_within_milliseconds_of_the_outcome(queue: jobs.Queue) -> None:
+    """Woken by this queue's workers' event, not by its fallback read (which by then
+    comes every ``MAX_INTERVAL``): five waits, each released once the waiter has slowed
+    to that interval."""
+    gates = [threading.Event() for _ in range(5)]
+    completed_at: dict[str, float] = {}
+
+    @queue.job()
+    def gated(n: int) -> int:
+        assert gates[n].wait(30)
+        return n
+
+    queue.on_job_complete(lambda job: completed_at.setdefault(job.id, time.monotonic()))
+    lags = []
+    with queue.worker(**FAST):
+        for n, gate in enumerate(gates):
+            job_id = queue.enqueue("gated", n)
+            threading.Timer(4 * MAX_INTERVAL, gate.set).start()
+            assert queue.result(job_id, timeout=30) == n
+            woken = time.monotonic()
+            wait_for(partial(operator.contains, completed_at, job_id))  # the hook may come later
+            lags.append(woken - completed_at[job_id])
+    lags.sort()
+    assert lags[len(lags) // 2] < MAX_INTERVAL / 4, lags  # a poll's median lag is half of it
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail", "cancel"])
+def test_an_outcome_stored_elsewhere_wakes_the_waiter(
+    queue: jobs.Queue, db_url: str, backend: str, ending: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored through another storage (its own connections, as another process's), with
+    no event here: the storage's notice wakes the waiter, whose timer would not fire
+    before the result's timeout. MySQL has no notices: its waiters re-read."""
+    monkeypatch.setattr(results, "WATCHED_INTERVAL", 600.0)
+    job_id = queue.enqueue("t")
+    other = SQLStorage(db_url)
+    try:
+        [job] = other.claim("default", "w", 1)
+        if backend == "mysql":
+            assert queue.storage.watch_outcome(job_id, lambda: None) is None
+            return
+
+        def end() -> None:
+            wait_for(lambda: job_id in queue.storage._watched_outcomes())
+            if ending == "complete":
+                other.complete(job_id, b"5", worker_id="w", fence=job.fence)
+            elif ending == "fail":
+                other.fail(job_id, "boom", None, worker_id="w", fence=job.fence)
+            else:
+                other.cancel(job_id)
+
+        threading.Thread(target=end).start()
+        expected: dict[str, type[Exception]] = {
+            "fail": jobs.JobFailed,
+            "cancel": jobs.JobCancelled,
+        }
+        if ending == "complete":
+            assert queue.result(job_id, timeout=60) == 5
+        else:
+            with pytest.raises(expected[ending]):
+                queue.result(job_id, timeout=60)
+        assert queue.storage._watched_outcomes() == []  # the watch ends with the wait
+        # ... and its listener, with the last watch.
+        wait_for(lambda: not any(t.name == "sdj-outcomes" for t in threading.enumerate()))
+    finally:
+        other.close()
+
+
+@pytest.mark.slow
+def test_a_job_completed_by_another_process(queue: jobs.Queue, db_url: str) -> None:
+    """No worker here: the outcome comes from a worker process, noticed (or on MySQL
+    read within ``MAX_INTERVAL``) soon after its commit."""
+    env = {**os.environ, "SDJ_DATABASE_URL": db_url}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.procs.explain_app"], cwd=ROOT, env=env)
+    try:
+        wait_for(lambda: queue.storage.live_workers(timedelta(minutes=1)), timeout=60)
+        for _ in range(3):
+            job_id = queue.enqueue("ping")
+            assert queue.result(job_id, timeout=30) == "pong"
+            returned = datetime.now(UTC)
+            job = queue.get_job(job_id)
+            assert job is not None and job.finished_at is not None
+            assert job.finished_by is not None  # a worker of the other process
+            assert returned - job.finished_at < timedelta(seconds=MAX_INTERVAL + 0.4)
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 import durable_jobs as jobs
 from durable_jobs.scheduler import Scheduler
+from durable_jobs.testing import FakeClock, drain
 from tests.helpers import undo_migration_6, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,6 +264,20 @@ def test_every_schedule_runs_through_a_scheduler_worker(queue: jobs.Queue) -> No
     assert times == [times[0] + timedelta(seconds=0.5 * n) for n in range(len(times))]
     # Woken by the scheduler itself, not the 1 s poll.
     assert all(t < when + timedelta(seconds=0.4) for t, when in zip(ran, times, strict=False))
+
+
+def test_every_schedule_runs_each_fire_time_under_a_fake_clock(storage: jobs.SQLStorage) -> None:
+    clock = FakeClock(at(seconds=0.2))
+    queue = jobs.Queue(storage, clock=clock)
+    ran: list[datetime] = []
+    queue.register("tick", lambda: ran.append(clock.now()))
+    queue.schedule("tick", jobs.every(seconds=0.5))
+    drain(queue)  # the scheduler starts: nothing before now is owed
+    for _ in range(6):
+        clock.advance(seconds=0.25)
+        drain(queue)
+    assert fire_times(queue) == [at(seconds=0.5), at(seconds=1), at(seconds=1.5)]
+    assert ran == [at(seconds=0.7), at(seconds=1.2), at(seconds=1.7)]  # at the first look
 
 
 # -- real processes ------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 import durable_jobs as jobs
 from durable_jobs.job import utcnow
+from durable_jobs.testing import FakeClock, drain
 from tests.helpers import wait_for
 
 SLOW_POLL = {"poll_interval": 5.0}  # wake-ups must not come from polling
@@ -159,27 +160,32 @@ def test_the_resumed_run_replays_checkpointed_steps_without_running_them(
     assert ran == ["charge", "ship"]
 
 
-def test_a_replayed_sleep_keeps_its_first_deadline(
-    queue: jobs.Queue, events: list[jobs.Event]
-) -> None:
-    returned: list[tuple[int, timedelta]] = []
+def test_a_replayed_sleep_keeps_its_first_deadline(storage: jobs.SQLStorage) -> None:
+    clock = FakeClock()
+    queue = jobs.Queue(storage, clock=clock)
+    returned: list[int] = []
 
     @queue.job(retries=2, backoff=jobs.constant(0))
     def patient() -> None:
-        start = utcnow()
         jobs.sleep(0.5)
-        returned.append((jobs.current_job().attempt, utcnow() - start))
+        returned.append(jobs.current_job().attempt)
         if len(returned) == 1:
             raise RuntimeError("once")
 
     job_id = queue.enqueue(patient)
-    with queue.worker(**SLOW_POLL):
-        assert queue.result(job_id, timeout=15) is None
-    # The resumed run and the retry after it replayed the sleep from its checkpoint:
-    # its first deadline had passed, so it returned at once, without a second wait.
-    assert [attempt for attempt, _ in returned] == [1, 2]
-    assert all(took < timedelta(seconds=0.4) for _, took in returned), returned
-    assert len([e for e in events if isinstance(e, jobs.JobWaiting)]) == 1
+    with queue.events() as stream:
+        assert drain(queue).suspended == 1
+        clock.advance(seconds=0.5)
+        # The resumed run fails; the retry after it replays the sleep from its
+        # checkpoint: its first deadline has passed, so it returns at once.
+        result = drain(queue)
+        waits = []
+        while (event := stream.get(timeout=0)) is not None:
+            waits += [event] if isinstance(event, jobs.JobWaiting) else []
+    assert (result.retried, result.completed, result.suspended) == (1, 1, 0)
+    assert returned == [1, 2]
+    assert queue.result(job_id, timeout=0) is None
+    assert len(waits) == 1
 
 
 def test_a_past_sleep_until_returns_at_once(queue: jobs.Queue, events: list[jobs.Event]) -> None:
@@ -538,6 +544,98 @@ def test_a_signal_during_the_wait_resumes_the_job_at_once(
     assert kinds == ["JobWaiting", "JobResumed"]
 
 
+def _signal_claims(storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The run each signal from now on claimed in its own transaction (None: none)."""
+    runs: list[Any] = []
+    real = storage.signal_claiming
+
+    def spy(*args: Any) -> Any:
+        found, woken, run = real(*args)
+        runs.append(run)
+        return found, woken, run
+
+    monkeypatch.setattr(storage, "signal_claiming", spy)
+    return runs
+
+
+def _idle(worker: jobs.Worker) -> bool:
+    """Whether ``worker`` has let go of every job: a run that just suspended frees its
+    slot a moment after its job is stored waiting."""
+    dispatcher = worker._dispatcher
+    with dispatcher.lock:
+        return all(state.claimed == 0 for state in dispatcher.queues.values())
+
+
+def _approve() -> Any:
+    return {"decision": jobs.wait_for_signal("approval"), "attempt": jobs.current_job().attempt}
+
+
+def test_a_signal_hands_the_resume_to_a_free_worker_of_this_process(
+    queue: jobs.Queue, storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue.register("approve", _approve, retries=0)
+    job_id = queue.enqueue("approve")
+    runs = _signal_claims(storage, monkeypatch)
+    with queue.worker(**SLOW_POLL) as worker:
+        wait_for(lambda: _waiting_for(queue, job_id, "signal:approval") and _idle(worker))
+        queue.signal(job_id, "approval", "yes")
+        [run] = runs  # claimed with the wake-up, for this worker: no claim, no poll
+        assert run is not None and (run.id, run.locked_by) == (job_id, worker.id)
+        assert queue.result(job_id, timeout=10) == {"decision": "yes", "attempt": 1}
+
+
+def test_a_signal_claims_no_resume_in_a_paused_queue(
+    queue: jobs.Queue, storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue.register("approve", _approve, retries=0)
+    job_id = queue.enqueue("approve")
+    runs = _signal_claims(storage, monkeypatch)
+    with queue.worker(**SLOW_POLL):
+        wait_for(lambda: _waiting_for(queue, job_id, "signal:approval"))
+        queue.pause_queue("default")
+        queue.signal(job_id, "approval", "yes")
+        assert runs == [None]
+        assert _status(queue, job_id) is jobs.JobStatus.PENDING  # due, held by the pause
+        queue.resume_queue("default")
+        assert queue.result(job_id, timeout=10) == {"decision": "yes", "attempt": 1}
+
+
+def test_a_signal_leaves_the_resume_of_a_capped_type_to_the_claims(
+    queue: jobs.Queue, storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue.register("approve", _approve, retries=0, concurrency=1)
+    job_id = queue.enqueue("approve")
+    runs = _signal_claims(storage, monkeypatch)
+    with queue.worker(**SLOW_POLL):
+        wait_for(lambda: _waiting_for(queue, job_id, "signal:approval"))
+        queue.signal(job_id, "approval", "yes")
+        assert runs == [None]  # only a claim counts a capped type's runs
+        assert queue.result(job_id, timeout=10) == {"decision": "yes", "attempt": 1}
+
+
+def test_a_signal_claims_no_resume_for_a_busy_worker(
+    queue: jobs.Queue, storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    @queue.job()
+    def busy() -> None:
+        assert release.wait(10)
+
+    queue.register("approve", _approve, retries=0)
+    job_id = queue.enqueue("approve")
+    runs = _signal_claims(storage, monkeypatch)
+    with queue.worker({"default": 1}, **SLOW_POLL):
+        wait_for(lambda: _waiting_for(queue, job_id, "signal:approval"))
+        busy_id = queue.enqueue(busy)
+        wait_for(lambda: _status(queue, busy_id) is jobs.JobStatus.RUNNING)
+        queue.signal(job_id, "approval", "yes")
+        assert runs == [None]
+        assert _status(queue, job_id) is jobs.JobStatus.PENDING
+        release.set()
+        assert queue.result(job_id, timeout=10) == {"decision": "yes", "attempt": 1}
+
+
 def test_two_signals_are_consumed_in_order_and_a_replay_consumes_nothing_twice(
     queue: jobs.Queue,
 ) -> None:
@@ -566,14 +664,13 @@ def test_two_signals_are_consumed_in_order_and_a_replay_consumes_nothing_twice(
     assert ran == ["got 1"]
 
 
-def test_a_signal_wait_times_out_at_its_deadline(queue: jobs.Queue) -> None:
-    lateness: list[timedelta] = []
+def test_a_signal_wait_times_out_at_its_deadline(storage: jobs.SQLStorage) -> None:
+    # How promptly a worker ends a wait at its deadline: see the sleep tests above.
+    clock = FakeClock()
+    queue = jobs.Queue(storage, clock=clock)
 
     @queue.job(retries=0)
     def impatient() -> str:
-        job = jobs.current_job()
-        if job.wait_until is not None:
-            lateness.append(utcnow() - job.wait_until)
         try:
             jobs.wait_for_signal("reply", timeout=timedelta(seconds=0.5))
         except jobs.SignalTimeout:
@@ -581,12 +678,14 @@ def test_a_signal_wait_times_out_at_its_deadline(queue: jobs.Queue) -> None:
         return "replied"
 
     job_id = queue.enqueue(impatient)
-    with queue.worker(**SLOW_POLL):
-        waiting = wait_for(lambda: _waiting_for(queue, job_id, "signal:reply"))
-        assert waiting.wait_until is not None
-        assert queue.result(job_id, timeout=10) == "gave up"
-    [late] = lateness
-    assert timedelta(0) <= late <= LATE, late
+    drain(queue)
+    waiting = _waiting_for(queue, job_id, "signal:reply")
+    assert waiting is not None and waiting.wait_until == clock.now() + timedelta(seconds=0.5)
+    clock.advance(seconds=0.499)
+    assert drain(queue).runs == 0
+    clock.advance(seconds=0.001)
+    assert drain(queue).completed == 1
+    assert queue.result(job_id, timeout=0) == "gave up"
     # A signal sent after the timeout stays for a later wait: it is never consumed here.
     queue.signal(job_id, "reply", "too late")
 

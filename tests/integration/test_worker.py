@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 import durable_jobs as jobs
+from durable_jobs.testing import FakeClock, drain
 from tests.helpers import wait_for
 
 FAST = {"poll_interval": 0.05, "lock_timeout": 5}
@@ -44,21 +45,26 @@ def test_priority_then_run_time_then_enqueue_order(queue: jobs.Queue) -> None:
     assert finished(queue, *ids)
 
 
-def test_delay_and_at_do_not_run_early(queue: jobs.Queue) -> None:
+def test_delay_and_at_do_not_run_early(storage: jobs.SQLStorage) -> None:
+    clock = FakeClock()
+    queue = jobs.Queue(storage, clock=clock)
     ran: dict[str, datetime] = {}
-    queue.register("t", lambda name: ran.setdefault(name, datetime.now(UTC)))
-    start = datetime.now(UTC)
+    queue.register("t", lambda name: ran.setdefault(name, clock.now()))
+    start = clock.now()
     queue.enqueue("t", "delay", delay=0.6)
     queue.enqueue("t", "delta", delay=timedelta(milliseconds=400))
     at = (start + timedelta(milliseconds=500)).replace(tzinfo=None)  # naive means UTC
     queue.enqueue("t", "at", at=at)
     queue.enqueue("t", "now")
-    with queue.worker(**FAST):
-        wait_for(lambda: len(ran) == 4)
-    assert ran["now"] - start < timedelta(seconds=0.5)
-    assert ran["delay"] >= start + timedelta(seconds=0.6)
-    assert ran["delta"] >= start + timedelta(seconds=0.4)
-    assert ran["at"] >= start + timedelta(seconds=0.5)
+    for _ in range(7):  # 0.1 s at a time: each runs at the first look on or after its time
+        drain(queue)
+        clock.advance(seconds=0.1)
+    assert ran == {
+        "now": start,
+        "delta": start + timedelta(seconds=0.4),
+        "at": start + timedelta(seconds=0.5),
+        "delay": start + timedelta(seconds=0.6),
+    }
 
 
 def test_named_queue_isolation(queue: jobs.Queue) -> None:
@@ -258,7 +264,10 @@ def test_retries_then_failed_with_attempt_counts(queue: jobs.Queue) -> None:
     assert sorted(attempts) == [1, 1, 2, 3]
 
 
-def test_retry_then_success_and_retrying_status(queue: jobs.Queue) -> None:
+def test_retry_then_success_and_retrying_status(storage: jobs.SQLStorage) -> None:
+    clock = FakeClock()
+    queue = jobs.Queue(storage, clock=clock)
+
     @queue.job(backoff=jobs.constant(0.3))
     def later() -> str:
         if jobs.current_job().attempt == 1:
@@ -266,11 +275,15 @@ def test_retry_then_success_and_retrying_status(queue: jobs.Queue) -> None:
         return "ok"
 
     job_id = queue.enqueue(later)
-    with queue.worker(**FAST):
-        job = wait_for(lambda: (j := queue.get_job(job_id)) and j.status == "retrying" and j)
-        assert job.last_error == "RuntimeError: first run fails"
-        assert job.run_at is not None and job.run_at > datetime.now(UTC)
-        wait_for(lambda: finished(queue, job_id))
+    assert drain(queue).retried == 1
+    job = queue.get_job(job_id)
+    assert job is not None and job.status == "retrying"
+    assert job.last_error == "RuntimeError: first run fails"
+    assert job.run_at == clock.now() + timedelta(seconds=0.3)
+    clock.advance(seconds=0.29)
+    assert drain(queue).runs == 0
+    clock.advance(seconds=0.01)
+    assert drain(queue).completed == 1
     final = queue.get_job(job_id)
     assert final is not None and final.status == jobs.JobStatus.COMPLETED
     assert final.result == b'"ok"' and final.attempt == 2
@@ -517,16 +530,21 @@ def test_a_failed_claimed_enqueue_gives_its_slot_back(queue: jobs.Queue) -> None
         wait_for(lambda: finished(queue, job_id))
 
 
-def test_stale_lock_is_taken_back_and_retried(queue: jobs.Queue) -> None:
-    ran = threading.Event()
-    queue.register("t", lambda: ran.set())
+def test_stale_lock_is_taken_back_and_retried(storage: jobs.SQLStorage) -> None:
+    clock = FakeClock()
+    queue = jobs.Queue(storage, clock=clock)
+    queue.register("t", lambda: None, backoff=jobs.constant(1))
     job_id = queue.enqueue("t", retries=1)
     # Claimed by a worker that died at once: its lock expires after its lock timeout.
-    dead = queue.storage.claim("default", "dead-worker", 1, lock_timeout=0.5)  # type: ignore[attr-defined]
+    dead = storage.claim("default", "dead-worker", 1, lock_timeout=0.5)
     assert dead[0].id == job_id
-    with queue.worker(poll_interval=0.05, lock_timeout=0.5):
-        assert ran.wait(10)
-        wait_for(lambda: finished(queue, job_id))
+    clock.advance(seconds=0.4)
+    assert drain(queue).runs == 0 and status(queue, job_id) == jobs.JobStatus.RUNNING
+    clock.advance(seconds=0.2)
+    drain(queue)  # taken back: it waits its backoff
+    assert status(queue, job_id) == jobs.JobStatus.RETRYING
+    clock.advance(seconds=1)
+    assert drain(queue).completed == 1
     job = queue.get_job(job_id)
     assert job is not None and job.status == jobs.JobStatus.COMPLETED and job.attempt == 2
 

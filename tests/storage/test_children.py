@@ -16,7 +16,7 @@ import pytest
 
 from durable_jobs.errors import CheckpointConflict
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
-from durable_jobs.storage import ChildrenWait, SQLStorage
+from durable_jobs.storage import ChildrenWait, Outcome, SQLStorage
 from durable_jobs.storage.sql import CANCELLED
 
 from .helpers import W1, W2, get, make_job, sql
@@ -152,6 +152,24 @@ def test_the_outcome_that_decides_a_collect_wait_resumes_the_parent_once(
         JobStatus.FAILED,
         JobStatus.COMPLETED,
     ]
+
+
+def test_completions_stored_together_count_each_parent_down_once(storage: SQLStorage) -> None:
+    parent, other = _parent(storage), _parent(storage)
+    _spawn(storage, parent, 3, collect(3))
+    _spawn(storage, other, 2, collect(3))
+    assert _suspend(storage, parent, collect(3)) and _suspend(storage, other, collect(3))
+    children = _run_children(storage, 5)
+    outcomes = [Outcome(c.id, c.fence, b"1", c.parent_id) for c in children[:4]]
+    stale = children[4]  # an outcome of another run: not stored, not counted
+    outcomes.append(Outcome(stale.id, stale.fence + 1, b"1", stale.parent_id))
+    assert storage.complete_many(W2, outcomes) == {c.id for c in children[:4]}
+    assert _status(storage, parent.id) is JobStatus.PENDING  # decided by the batch
+    assert _status(storage, other.id) is JobStatus.WAITING
+    left = "SELECT children_left FROM sdj_jobs WHERE id = :id"
+    assert sql(storage, left, id=other.id)[0][0] == 2
+    assert storage.wake_decided(["p"]) == []
+    assert [j.id for j in storage.claim("p", W1, 5)] == [parent.id]  # resumed once
 
 
 def test_children_finished_before_the_suspension_make_it_a_due_resume_at_once(

@@ -17,7 +17,6 @@ import durable_jobs as jobs
 from durable_jobs.job import Checkpoint, Job, JobStatus
 from durable_jobs.maintenance import Heartbeat, Reaper
 from durable_jobs.storage import Outcome, SQLStorage
-from durable_jobs.storage import sql as sql_storage
 from durable_jobs.storage.admin import Admin
 from tests.helpers import undo_migration_6, wait_for
 
@@ -53,9 +52,11 @@ def expire(storage: SQLStorage, job_id: str) -> None:
     sql(storage, "UPDATE sdj_jobs SET lock_expires_at = :t WHERE id = :id", t=past, id=job_id)
 
 
-def skew_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """This process's clock, as storage reads it, runs ``seconds`` ahead (or behind)."""
-    monkeypatch.setattr(sql_storage, "utcnow", lambda: real_now() + timedelta(seconds=seconds))
+def skew_clock(monkeypatch: pytest.MonkeyPatch, storage: SQLStorage, seconds: float) -> None:
+    """This process's clock, as ``storage`` reads it, runs ``seconds`` ahead (or behind).
+
+    Not ``use_clock``: the database's clock, which a fake clock replaces, must stay."""
+    monkeypatch.setattr(storage, "_now", lambda: real_now() + timedelta(seconds=seconds))
 
 
 def beat(storage: SQLStorage, worker: str, job_ids: list[str], lock_timeout: float) -> None:
@@ -134,7 +135,7 @@ def test_a_reaper_whose_clock_runs_ahead_takes_back_no_live_job(
     # lock_timeout / 5) was 5 s ago.
     claim_one(storage, now=real_now() - timedelta(seconds=5), lock_timeout=30)
     # The reaping host's clock is 27 s ahead: by it, that heartbeat is 32 s old.
-    skew_clock(monkeypatch, 27)
+    skew_clock(monkeypatch, storage, 27)
     assert Reaper(storage, timedelta(seconds=30)).run_once() == 0
     job = get(storage, job_id)
     assert job.status is JobStatus.RUNNING and job.last_error is None
@@ -145,12 +146,12 @@ def test_heartbeats_set_the_expiry_on_the_database_clock(
 ) -> None:
     job_id = storage.enqueue(Job(type="t"))
     claim_one(storage, lock_timeout=30)
-    skew_clock(monkeypatch, -25)  # the heartbeating worker's clock is behind
+    skew_clock(monkeypatch, storage, -25)  # the heartbeating worker's clock is behind
     beat(storage, W1, [job_id], 30)
     expires = get(storage, job_id).lock_expires_at
     assert expires is not None
     assert timedelta(seconds=28) < expires - real_now() <= timedelta(seconds=30)
-    skew_clock(monkeypatch, 25)  # a reaper whose clock is ahead
+    skew_clock(monkeypatch, storage, 25)  # a reaper whose clock is ahead
     assert storage.release_expired_locks() == 0
     assert get(storage, job_id).status is JobStatus.RUNNING
 

@@ -18,8 +18,9 @@ import sqlalchemy as sa
 
 from durable_jobs.errors import CheckpointConflict
 from durable_jobs.job import Checkpoint, Job, JobStatus, utcnow
-from durable_jobs.storage import SQLStorage
+from durable_jobs.storage import Claim, SQLStorage
 from durable_jobs.storage.mysql import STEP
+from durable_jobs.storage.protocol import Reserve
 from tests.helpers import undo_migration_6, wait_for
 
 from .helpers import W1, W2, claim_one, get, make_job, sql
@@ -127,6 +128,29 @@ def test_wake_waiting_ends_waits_in_batches_oldest_deadline_first(storage: SQLSt
     assert storage.wake_waiting(["default"], limit=10) == (["default"], None)
     # The claim takes resumes in deadline order (their run_at).
     assert [j.id for j in storage.claim("default", W2, 10)] == ids
+
+
+def test_wake_and_claim_claims_the_resumes_it_makes_in_the_same_transaction(
+    storage: SQLStorage,
+) -> None:
+    due, first = _suspended(storage, until_in=-1, queue="a")
+    later, _ = _suspended(storage, until_in=60, queue="a")
+    held, _ = _suspended(storage, until_in=-1, queue="held")
+    storage.pause_queue("held")
+    claims = [Claim("a", 5), Claim("held", 5)]
+    woken, claimed = storage.wake_and_claim(["a", "held"], claims, W2, lock_timeout=30)
+    assert woken == ["a", "held"]
+    [[resumed], nothing] = claimed
+    assert nothing == []  # a paused queue's resume waits, due, for the queue's resume
+    assert (resumed.id, resumed.locked_by) == (due, W2)
+    assert (resumed.attempt, resumed.fence) == (1, first.fence + 1)  # no new attempt
+    assert resumed.wait_until is not None
+    assert get(storage, held).status is JobStatus.PENDING
+    assert get(storage, later).status is JobStatus.WAITING
+    # Nothing due: nothing woken, and the claims find what else is due.
+    other = storage.enqueue(make_job(queue="a"))
+    woken, [[plain]] = storage.wake_and_claim(["a"], [Claim("a", 5)], W2)
+    assert (woken, plain.id) == ([], other)
 
 
 def test_a_wait_without_deadline_is_not_ended_by_time(storage: SQLStorage) -> None:
@@ -335,6 +359,77 @@ def test_a_signal_wakes_a_job_waiting_for_it_and_no_other(storage: SQLStorage) -
     assert resumed.attempt == 1
     assert storage.signal(job_id, "go", b"43") == (True, None)  # running: kept
     assert _pending(storage, job_id) == [("other", None), ("go", "42"), ("go", "43")]
+
+
+def _waiting_for_go(storage: SQLStorage, queue: str = "q") -> tuple[str, Job]:
+    """A job claimed by W1 and suspended until it gets the signal ``go``."""
+    job_id = storage.enqueue(make_job(queue=queue))
+    [job] = storage.claim(queue, W1, 1)
+    assert storage.suspend(
+        job_id, worker_id=W1, fence=job.fence, until=None, waiting_for="signal:go", signal="go"
+    )
+    return job_id, job
+
+
+def _reserve_for(worker: str, asked: list[tuple[str, str]]) -> Reserve:
+    def reserve(queue: str, job_type: str) -> tuple[str, float]:
+        asked.append((queue, job_type))
+        return worker, 30.0
+
+    return reserve
+
+
+def test_a_signal_that_wakes_a_job_claims_its_resume_for_the_worker_reserved(
+    storage: SQLStorage,
+) -> None:
+    job_id, job = _waiting_for_go(storage)
+    asked: list[tuple[str, str]] = []
+    reserve = _reserve_for(W2, asked)
+    assert storage.signal_claiming("no-such-job", "go", None, reserve) == (False, None, None)
+    assert storage.signal_claiming(job_id, "other", None, reserve) == (True, None, None)
+    assert asked == []  # a signal that wakes nothing asks for no slot
+    found, woken, run = storage.signal_claiming(job_id, "go", b"1", reserve)
+    assert (found, woken, asked) == (True, "q", [("q", "t")])
+    assert run is not None and run.id == job_id
+    assert (run.status, run.locked_by) == (JobStatus.RUNNING, W2)
+    assert (run.attempt, run.fence) == (1, job.fence + 1)  # a resume, not a new attempt
+    assert run.wait_until is not None and run.waiting_for is None  # the resume marker
+    assert run.lock_expires_at is not None and run.started_at is not None
+    stored = get(storage, job_id)
+    assert (stored.status, stored.locked_by, stored.fence) == (run.status, W2, run.fence)
+    assert storage.claim("q", W1, 1) == []  # claimed once
+    assert _pending(storage, job_id) == [("other", None), ("go", "1")]  # for the run to take
+
+
+def test_a_signal_claims_no_resume_while_the_job_or_its_queue_is_paused(
+    storage: SQLStorage,
+) -> None:
+    reserve = _reserve_for(W2, [])
+    job_id, _ = _waiting_for_go(storage, "held")
+    storage.pause_queue("held")
+    assert storage.signal_claiming(job_id, "go", None, reserve) == (True, "held", None)
+    assert get(storage, job_id).status is JobStatus.PENDING  # a due resume, unclaimed
+    assert storage.claim("held", W1, 1) == []
+    storage.resume_queue("held")
+    [resumed] = storage.claim("held", W1, 1)
+    assert resumed.attempt == 1
+
+    paused_id, _ = _waiting_for_go(storage)
+    assert storage.pause(paused_id)
+    assert storage.signal_claiming(paused_id, "go", None, reserve) == (True, "q", None)
+    assert get(storage, paused_id).status is JobStatus.PAUSED
+
+
+def test_a_signal_without_a_slot_reserved_leaves_a_due_resume(storage: SQLStorage) -> None:
+    job_id, _ = _waiting_for_go(storage)
+    assert storage.signal_claiming(job_id, "go", None, lambda queue, job_type: None) == (
+        True,
+        "q",
+        None,
+    )
+    assert get(storage, job_id).status is JobStatus.PENDING
+    [resumed] = storage.claim("q", W1, 1)
+    assert resumed.attempt == 1
 
 
 def test_a_signal_sent_before_the_suspension_commits_is_not_missed(storage: SQLStorage) -> None:

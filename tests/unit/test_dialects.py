@@ -57,12 +57,23 @@ def test_an_admin_statement_takes_the_same_parameters_in_every_dialect(name: str
         assert _params(first, first.admin_sql[name]) == _params(other, other.admin_sql[name])
 
 
+# Migrations of one backend's own (the others record the version with nothing to do):
+# 13 is PostgreSQL's outcome trigger for ``Queue.result``.
+_ONE_BACKENDS = {13: "postgresql"}
+
+
 def test_every_dialect_has_the_same_migrations() -> None:
     first, *others = DIALECTS
     for other in others:
         assert len(first.migrations) == len(other.migrations)
-        for mine, theirs in zip(first.migrations, other.migrations, strict=True):
-            assert len(mine) == len(theirs)
+        for version, (mine, theirs) in enumerate(
+            zip(first.migrations, other.migrations, strict=True), start=1
+        ):
+            if version not in _ONE_BACKENDS:
+                assert len(mine) == len(theirs)
+    for version, owner in _ONE_BACKENDS.items():
+        for dialect in DIALECTS:
+            assert bool(dialect.migrations[version - 1]) == (dialect.name == owner)
 
 
 def _sqlite_schema() -> sqlite3.Connection:

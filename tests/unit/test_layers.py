@@ -37,17 +37,23 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "instrument",
                 "results",
                 "release",
+                "clock",
             }
         ),
     ),
     ("storage", frozenset({"storage"})),
-    ("enqueueing", frozenset({"queue", "durable", "schedules", "waiting", "children"})),
+    (
+        "enqueueing",
+        frozenset(
+            {"queue", "durable", "schedules", "waiting", "children", "explain", "operations"}
+        ),
+    ),
     ("running", frozenset({"executor", "maintenance", "scheduler"})),
     ("worker parts", frozenset({"dispatcher", "reporter"})),
     ("completer", frozenset({"completer"})),
     ("worker", frozenset({"worker"})),
     ("public API", frozenset({""})),
-    ("tools", frozenset({"cli", "dashboard", "metrics", "tracing"})),
+    ("tools", frozenset({"cli", "contrib", "dashboard", "metrics", "tracing", "testing"})),
 ]
 
 # (importer, imported) pairs allowed to point up from inside a function.

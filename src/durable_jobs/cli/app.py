@@ -20,9 +20,12 @@ from .dashboard_cmd import dashboard
 from .database import DEFAULT_URL, DatabaseUrl, JsonFlag, get_job, open_storage
 from .demo import demo
 from .errors import CLIError, FriendlyErrors
+from .explain_cmd import explain
 from .jobs_cmd import jobs_app
 from .loader import load_queue
+from .ops_cmd import prune
 from .worker_cmd import worker
+from .workers_cmd import workers
 
 __all__ = ["app"]
 
@@ -192,7 +195,10 @@ app.add_typer(jobs_app, name="jobs")
 app.command()(cancel)
 app.command()(pause)
 app.command()(resume)
+app.command()(explain)
+app.command()(workers)
 app.command()(stats)
+app.command()(prune)
 app.command()(schedules)
 app.command()(dashboard)
 app.command()(demo)

@@ -63,6 +63,7 @@ def create_app(
         Route("/workers", board.workers, name="workers"),
         Route("/enqueue", board.enqueue_form, name="enqueue"),
         Route("/actions/retry", board.retry, methods=["POST"], name="retry"),
+        Route("/actions/retry-failed", board.retry_failed, methods=["POST"], name="retry-failed"),
         Route("/actions/delete", board.delete, methods=["POST"], name="delete"),
         Route("/actions/cancel", board.cancel, methods=["POST"], name="cancel"),
         Route("/actions/pause", board.pause, methods=["POST"], name="pause"),

@@ -29,6 +29,7 @@ from ..queue import Queue
 from ..storage import JobStore
 from ..storage.admin import Cursor
 from .charts import throughput_chart
+from .explain_panel import explain_panel
 from .format import FILTERS
 from .security import Auth, FormError, allowed, csrf_token, read_form, set_csrf_cookie
 
@@ -41,6 +42,7 @@ PAGE_SIZE = 50
 # Messages shown after an action redirects; looked up by key so no text is reflected.
 _DONE = {
     "retried": "Job retried: it is pending again with its full retry budget.",
+    "retried-failed": "Failed jobs retried: they are pending again with their full retry budget.",
     "deleted": "Job deleted.",
     "enqueued": "Job enqueued.",
     "cancelled": "Job cancelled, with its unfinished descendants.",
@@ -49,6 +51,9 @@ _DONE = {
     "queue-paused": "Queue paused: no worker claims from it until it is resumed.",
     "queue-resumed": "Queue resumed.",
 }
+# The job list's filters (query parameters), and the statuses a job can be retried in.
+_JOB_FILTERS = ("status", "queue", "type", "tag", "meta")
+_RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.RETRYING})
 # Statuses a pause can be asked for in (a paused job has paused_from set).
 _PAUSABLE = frozenset({JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING, JobStatus.WAITING})
 
@@ -187,8 +192,9 @@ class Dashboard:
         q = request.query_params
         try:
             wanted_id = _text(q.get("id", ""))
-            filters = {name: _text(q.get(name, "")) for name in ("status", "queue", "type")}
+            filters = {name: _text(q.get(name, "")) for name in _JOB_FILTERS}
             status = JobStatus(filters["status"]) if filters["status"] else None
+            meta = _meta_filter(filters["meta"])
             before = Cursor.parse(q["before"]) if q.get("before") else None
             after = None if before else (Cursor.parse(q["after"]) if q.get("after") else None)
         except (Refused, ValueError):
@@ -200,6 +206,8 @@ class Dashboard:
                 status=status,
                 queue=filters["queue"] or None,
                 job_type=filters["type"] or None,
+                tag=filters["tag"] or None,
+                meta=meta,
                 before=before,
                 after=after,
                 limit=PAGE_SIZE,
@@ -242,11 +250,13 @@ class Dashboard:
         return {
             "page": "jobs",
             "job": job,
+            "explanation": explain_panel(self.producer.explain(job_id)),
             "children": self.admin.children(job_id),
             "progress": None if job.progress is None else json.dumps(job.progress),
             "steps": steps,
             "timeline": _timeline(job, steps),
-            "retryable": job.status in (JobStatus.FAILED, JobStatus.RETRYING),
+            "attempts": self.admin.attempts(job_id),
+            "retryable": job.status in _RETRYABLE,
             "cancellable": not job.status.is_terminal,
             "pausable": job.status in _PAUSABLE and job.paused_from is None,
             "resumable": job.paused_from is not None and not job.status.is_terminal,
@@ -294,10 +304,12 @@ class Dashboard:
     def _workers(self) -> dict[str, Any]:
         running = self.admin.running_jobs()
         workers = sorted(self.storage.live_workers(LIVE_WORKER_WINDOW), key=lambda w: w.id)
+        counts = self.storage.explain_reads().running_by_worker()
         live = {w.id for w in workers}
         return {
             "page": "workers",
             "workers": [(w, [j for j in running if j.locked_by == w.id]) for w in workers],
+            "running_counts": counts,
             # Running jobs no live worker owns: the reaper takes them back after the
             # lock timeout. Worth seeing while it has not.
             "orphans": [j for j in running if j.locked_by not in live],
@@ -341,16 +353,31 @@ class Dashboard:
             raise Refused(exc.status, str(exc)) from None
 
     async def retry(self, request: Request) -> Response:
-        """Retry a failed or retrying job now, with its full retry budget."""
+        """Retry a failed, cancelled or retrying job now, with its full retry budget."""
         try:
             job_id = _text((await self._action_form(request)).get("id", ""))
             if await run_in_threadpool(self.admin.retry, job_id) is None:
                 raise await run_in_threadpool(
-                    self._not_done, job_id, "only failed or retrying jobs can be retried"
+                    self._not_done, job_id, "only failed, cancelled or retrying jobs can be retried"
                 )
         except Refused as refused:
             return await self.refused(request, refused)
         return self.redirect(request, "/jobs/" + quote(job_id), done="retried")
+
+    async def retry_failed(self, request: Request) -> Response:
+        """Retry every failed job of a type and queue (either may be empty: any)."""
+        try:
+            form = await self._action_form(request)
+            wanted = {name: _text(form.get(name, "")) for name in ("type", "queue")}
+        except Refused as refused:
+            return await self.refused(request, refused)
+        await run_in_threadpool(
+            lambda: self.admin.retry_failed(
+                job_type=wanted["type"] or None, queue=wanted["queue"] or None
+            )
+        )
+        given = {name: value for name, value in wanted.items() if value}
+        return self.redirect(request, "/jobs", status="failed", **given, done="retried-failed")
 
     async def delete(self, request: Request) -> Response:
         """Delete a job that is not running, with its checkpoints."""
@@ -458,6 +485,16 @@ def _text(value: str) -> str:
     if "\x00" in value:
         raise Refused(400, "text with a NUL character")
     return value.strip()
+
+
+def _meta_filter(text: str) -> dict[str, str] | None:
+    """The job list's meta filter, ``key=value``; raises ``ValueError`` for another form."""
+    if not text:
+        return None
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"meta filter {text!r} is not of the form key=value")
+    return {key.strip(): value.strip()}
 
 
 def _enqueue_request(form: dict[str, str]) -> tuple[str, Any, dict[str, Any]]:

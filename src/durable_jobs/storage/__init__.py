@@ -5,6 +5,7 @@ All SQL of the library lives in this package.
 
 from .protocol import JobStore, Listener, Storage
 from .records import (
+    ChildOutcome,
     ChildrenWait,
     Claim,
     ClaimedJobs,
@@ -18,6 +19,7 @@ from .sql import SQLStorage
 from .transient import is_transient, retry_transient
 
 __all__ = [
+    "ChildOutcome",
     "ChildrenWait",
     "Claim",
     "ClaimedJobs",

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..job import Job, JobStatus, utcnow
+from ..job import Job, JobStatus
+from . import dead_letters, retention, search
 from .records import ScheduleState
 from .sql import _JOB as _JOB_FIELDS
 from .sql import SQLStorage
@@ -55,6 +57,20 @@ STATEMENTS = (
     "retry",
     "delete_job",
     "delete_checkpoints",
+    "created_after",
+    "created_before",
+    "labelled_page",
+    "labelled_status",
+    "labelled_queue",
+    "labelled_type",
+    "labelled_older",
+    "labelled_newer",
+    "labelled_after",
+    "labelled_before",
+    "labelled_also",
+    "failed_batch",
+    "failed_since",
+    "retry_failed",
 )
 
 # Each dialect defines these statements in its ``admin_sql`` (``sqlite.py``,
@@ -70,6 +86,22 @@ _CREATED_AT, _POSITION = _JOB.index("created_at"), _JOB.index("position")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# A listing's filters on the jobs' own columns: (fragment, the parameter that asks for it).
+_FILTERS = (
+    ("by_queue", "queue"),
+    ("by_type", "type"),
+    ("created_after", "created_after"),
+    ("created_before", "created_before"),
+)
+# The same filters in a search by labels, and its status filter.
+_LABELLED_FILTERS = (
+    ("labelled_status", "status"),
+    ("labelled_queue", "queue"),
+    ("labelled_type", "type"),
+    ("labelled_after", "created_after"),
+    ("labelled_before", "created_before"),
+)
 
 
 def failure_rate(completed: int, failed: int) -> float | None:
@@ -110,6 +142,12 @@ class JobPage:
     jobs: list[Job]
     older: Cursor | None  # pass as ``before`` for the next (older) page, if there is one
     newer: Cursor | None  # pass as ``after`` for the previous (newer) page, if there is one
+
+    @property
+    def next(self) -> Cursor | None:
+        """The cursor of the following (older) page, for ``Queue.list_jobs(after=...)``;
+        None on the last page."""
+        return self.older
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,43 +225,40 @@ class Admin:
         status: JobStatus | None = None,
         queue: str | None = None,
         job_type: str | None = None,
+        tag: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         before: Cursor | None = None,
         after: Cursor | None = None,
         limit: int = 50,
     ) -> JobPage:
         """Up to ``limit`` jobs matching the filters, newest first.
 
-        ``before`` gives the page of jobs older than that cursor, ``after`` the page of
-        jobs newer than it (still shown newest first); neither gives the newest page.
+        ``tag`` and each ``meta`` entry must all be on a job; ``created_after`` (inclusive)
+        and ``created_before`` (exclusive) bound its creation time. ``before`` gives the
+        page of jobs older than that cursor, ``after`` the page of jobs newer than it
+        (still shown newest first); neither gives the newest page.
         """
         if before is not None and after is not None:
             raise ValueError("give before or after, not both")
-        sql, t = self._sql, self.storage.dialect.time_param
-        filters = ""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        wanted = search.labels(tag, meta)
+        t = self.storage.dialect.time_param
         params: dict[str, Any] = {"limit": limit + 1}  # one more: is there a next page?
-        if queue is not None:
-            filters += sql["by_queue"]
-            params["queue"] = queue
-        if job_type is not None:
-            filters += sql["by_type"]
-            params["type"] = job_type
+        fields = {"queue": queue, "type": job_type}
+        fields |= {"created_after": t(created_after), "created_before": t(created_before)}
+        params |= {name: value for name, value in fields.items() if value is not None}
         cursor = before or after
         if cursor is not None:
-            filters += sql["older_than" if before is not None else "newer_than"]
             params.update(created_at=t(cursor.created_at), tie=cursor.tie)
+        direction = "older" if before is not None else "newer" if after is not None else None
         order = "ASC" if after is not None else "DESC"
-        text = sql["jobs_page"].format(filters=filters, order=order)
-        # One index range scan per status: the index leads with status, so a listing of
-        # all statuses is a merge of a few short scans rather than a sort of every row.
-        statuses = [status] if status is not None else list(JobStatus)
-        runs: list[list[tuple[Cursor, Any]]] = []
-        with self.storage._cursor() as cur:
-            for each in statuses:
-                cur.execute(text, {**params, "status": each.value})
-                rows = cur.fetchall()
-                if rows:
-                    rows = self.storage._named(cur, text, _JOB, rows)
-                runs.append([(self._position(row), row) for row in rows])
+        if wanted:
+            runs = [self._labelled_run(wanted, status, params, direction, order)]
+        else:
+            runs = self._status_runs(status, params, direction, order)
         newest_first = after is None
         merged = heapq.merge(*runs, key=lambda item: item[0], reverse=newest_first)
         page = list(itertools.islice(merged, limit + 1))
@@ -238,6 +273,61 @@ class Admin:
         if newest_first:
             return JobPage(jobs, older=last if more else None, newer=first if before else None)
         return JobPage(jobs, older=last, newer=first if more else None)
+
+    def _status_runs(
+        self,
+        status: JobStatus | None,
+        params: dict[str, Any],
+        direction: str | None,
+        order: str,
+    ) -> list[list[tuple[Cursor, Any]]]:
+        """The page's candidates by the status index: one run per status, in order."""
+        sql = self._sql
+        filters = "".join(sql[fragment] for fragment, param in _FILTERS if param in params)
+        if direction is not None:
+            filters += sql[f"{direction}_than"]
+        text = sql["jobs_page"].format(filters=filters, order=order)
+        # One index range scan per status: the index leads with status, so a listing of
+        # all statuses is a merge of a few short scans rather than a sort of every row.
+        statuses = [status] if status is not None else list(JobStatus)
+        runs: list[list[tuple[Cursor, Any]]] = []
+        with self.storage._cursor() as cur:
+            for each in statuses:
+                runs.append(self._run_rows(cur, text, {**params, "status": each.value}))
+        return runs
+
+    def _labelled_run(
+        self,
+        wanted: list[search.Label],
+        status: JobStatus | None,
+        params: dict[str, Any],
+        direction: str | None,
+        order: str,
+    ) -> list[tuple[Cursor, Any]]:
+        """The page's candidates by the labels' index, from the first label wanted."""
+        sql = self._sql
+        params = dict(params)
+        if status is not None:
+            params["status"] = status.value
+        filters = "".join(sql[fragment] for fragment, param in _LABELLED_FILTERS if param in params)
+        if direction is not None:
+            filters += sql[f"labelled_{direction}"]
+        (kind, label, value), *others = wanted
+        params.update(kind=kind, label=label, value=value)
+        for n, (kind, label, value) in enumerate(others, start=1):
+            filters += sql["labelled_also"].replace("also_", f"also{n}_")
+            params.update({f"also{n}_kind": kind, f"also{n}_label": label})
+            params[f"also{n}_value"] = value
+        text = sql["labelled_page"].format(filters=filters, order=order)
+        with self.storage._cursor() as cur:
+            return self._run_rows(cur, text, params)
+
+    def _run_rows(self, cur: Any, text: str, params: dict[str, Any]) -> list[tuple[Cursor, Any]]:
+        cur.execute(text, params)
+        rows = cur.fetchall()
+        if rows:
+            rows = self.storage._named(cur, text, _JOB, rows)
+        return [(self._position(row), row) for row in rows]
 
     def _position(self, row: Sequence[Any]) -> Cursor:
         created_at = self.storage.dialect.time_value(row[_CREATED_AT])
@@ -273,7 +363,7 @@ class Admin:
 
     def throughput(self, minutes: int = 60, *, now: datetime | None = None) -> list[Minute]:
         """Jobs finished per minute over the last ``minutes`` whole minutes and this one."""
-        now = now or utcnow()
+        now = now or self.storage._now()
         end = now.replace(second=0, microsecond=0)
         start = end - timedelta(minutes=minutes - 1)
         params = {"since": self.storage.dialect.time_param(start)}
@@ -299,7 +389,7 @@ class Admin:
         for queue, status, count in self.counts():
             stats.setdefault(queue, QueueStats(queue)).counts[status] = count
         depths = self.storage.queue_depths()
-        now = utcnow()  # after the query, so no wait comes out negative
+        now = self.storage._now()  # after the query, so no wait comes out negative
         for depth in depths:
             if depth.oldest_run_at is not None:
                 stats.setdefault(depth.queue, QueueStats(depth.queue)).oldest_due = (
@@ -309,7 +399,7 @@ class Admin:
 
     def oldest_due(self, *, now: datetime | None = None) -> Job | None:
         """The job that has waited longest past its run time, if any is due."""
-        params = {"now": self.storage.dialect.time_param(now or utcnow())}
+        params = {"now": self.storage.dialect.time_param(now or self.storage._now())}
         rows = self._rows("oldest_due", params, _JOB_FIELDS)
         return self.storage._job(rows[0]) if rows else None
 
@@ -325,24 +415,54 @@ class Admin:
     # -- actions ------------------------------------------------------------------------
 
     def retry(self, job_id: str) -> Job | None:
-        """Give a failed or retrying job a fresh start now; returns it as stored.
+        """Give a failed, cancelled or retrying job a fresh start now; returns it as stored.
 
         It becomes ``pending`` with ``attempt`` 0 (its full retry budget again; its next
         run shows attempt 1). Its ``fence`` is kept, so a run of the job that lost its
         lock before still has its writes rejected. Its checkpoints are kept, so a
-        workflow resumes after its last completed step, and ``last_error`` stays until
-        the next run. None when there is no such job or it is neither failed nor
-        retrying (nothing changes then).
+        workflow resumes after its last completed step; ``last_error`` stays until the
+        next run, and its attempt history stays. Workers of other processes are told.
+        None when there is no such job or it is in none of those statuses (nothing
+        changes then).
         """
-        now = self.storage.dialect.time_param(utcnow())
+        now = self.storage.dialect.time_param(self.storage._now())
         sql = self._sql["retry"]
-        with self.storage._cursor(write=True) as cur:
+        with self.storage._cursor(write=True, atomic=True) as cur:
             cur.execute(sql, {"id": job_id, "now": now})
             rows = cur.fetchall()
             if not rows:
                 return None
-            [job] = self.storage._named(cur, sql, _JOB_FIELDS, rows)
-        return self.storage._job(job)
+            [row] = self.storage._named(cur, sql, _JOB_FIELDS, rows)
+            job = self.storage._job(row)
+            self.storage.dialect.notify_queues(cur, [job.queue])
+        return job
+
+    def retry_failed(
+        self,
+        *,
+        job_type: str | None = None,
+        queue: str | None = None,
+        since: datetime | None = None,
+    ) -> tuple[int, set[str]]:
+        """Retry every failed job of ``job_type`` and ``queue`` that failed at or after
+        ``since``, a batch per transaction; returns how many, and their queues."""
+        return dead_letters.retry_failed(self.storage, job_type=job_type, queue=queue, since=since)
+
+    def attempts(self, job_id: str) -> list[dead_letters.Attempt]:
+        """The failed attempts of a job, oldest first."""
+        return dead_letters.attempts(self.storage, job_id)
+
+    def prune(
+        self,
+        older_than: timedelta,
+        statuses: Iterable[JobStatus | str] | str = ("completed",),
+        *,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Delete jobs of ``statuses`` (finished ones only) that finished more than
+        ``older_than`` ago, with all that is kept for them, in small batches; returns
+        how many jobs. ``stop``, once set, ends the work after the batch under way."""
+        return retention.prune(self.storage, older_than, statuses, stop=stop)
 
     def delete(self, job_id: str, *, force: bool = False) -> Job | None:
         """Delete a job with its checkpoints; returns the job as it was.
@@ -358,4 +478,7 @@ class Admin:
                 return None
             [job] = self.storage._named(cur, sql, _JOB_FIELDS, rows)
             cur.execute(self._sql["delete_checkpoints"], {"id": job_id})
+            ids = {"ids": self.storage.dialect.list_param([job_id])}
+            for kept in ("prune_signals", "prune_attempts", "prune_labels"):
+                cur.execute(self.storage.dialect.sql[kept], ids)
         return self.storage._job(job)

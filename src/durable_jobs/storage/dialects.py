@@ -33,6 +33,7 @@ from .urls import masked
 
 if TYPE_CHECKING:
     from ..job import Job
+    from .notify import ListenerThread
     from .protocol import Listener
     from .records import Outcome
     from .sql import SQLStorage
@@ -93,15 +94,16 @@ STATEMENTS = (
     "due_jobs",
     "next_wake",
     "due_waiting",
-    "wake",
     "set_progress",
     "lock_job",
     "insert_signal",
     "wake_signalled",
+    "claim_signalled",
     "lock_run",
     "pending_signals",
     "delete_signals",
     "settle_child",
+    "settle_children",
     "wake_parent",
     "cancellable_children",
     "cancellable",
@@ -130,6 +132,15 @@ STATEMENTS = (
     "release_unique",
     "upsert_schedule",
     "list_schedules",
+    "record_attempt",
+    "record_lost_attempt",
+    "attempts",
+    "prunable",
+    "prune_checkpoints",
+    "prune_signals",
+    "prune_attempts",
+    "prune_labels",
+    "prune_jobs",
 )
 
 
@@ -163,7 +174,7 @@ class Dialect:
     ``storage._run``/``storage._execute`` for a statement that commits by itself).
 
     Returning rows: ``claim``, ``complete``, ``fail``, ``suspend``, ``set_progress``,
-    ``settle_child``, ``wake_parent``,
+    ``settle_child``, ``settle_children``, ``wake_parent``, ``claim_signalled``,
     ``save_checkpoint`` and ``insert_unique_job`` use ``UPDATE``/``INSERT … RETURNING``.
     A backend without ``UPDATE … RETURNING`` (MariaDB 10.11 has RETURNING for INSERT and
     DELETE only) plugs in by overriding ``claim_rows`` (select ``FOR UPDATE SKIP LOCKED``
@@ -186,6 +197,8 @@ class Dialect:
     admin_sql: ClassVar[dict[str, str]]
     #: The statements of concurrency caps and rate limits, in ``limits.STATEMENTS`` order.
     limits_sql: ClassVar[dict[str, str]]
+    #: The reads of ``queue.explain`` and the worker registry, in ``explain.STATEMENTS`` order.
+    explain_sql: ClassVar[dict[str, str]]
     create_version_table: ClassVar[str]
     #: The driver connection's attribute and value that put it in autocommit (for
     #: drivers that switch it with a method, override ``enter_autocommit`` instead).
@@ -342,7 +355,8 @@ class Dialect:
     ) -> list[Any]:
         """Claim jobs as the ``claim`` statement (or ``statement``, one written like it)
         does, within the transaction on ``cur``; returns the claimed rows (the job's
-        columns and ``dequeue_order``)."""
+        columns and ``dequeue_order``). ``due_waiting`` is written like it: it takes
+        the due waits as a claim takes due jobs."""
         cur.execute(statement or self.sql["claim"], params)
         rows: list[Any] = cur.fetchall()
         return rows
@@ -351,6 +365,17 @@ class Dialect:
 
     def listener(self, engine: sa.Engine) -> Listener | None:
         """What reports new jobs from other processes; None when nothing needs to."""
+        return None
+
+    #: Marks a job (``%(id)s`` or ``:id``) as awaited by ``Queue.result``, so that its
+    #: outcome is announced (PostgreSQL's trigger); None where no mark is needed.
+    want_outcome: ClassVar[str | None] = None
+
+    def outcome_listener(
+        self, engine: sa.Engine, watched: Callable[[], list[str]]
+    ) -> ListenerThread | None:
+        """What tells ``Queue.result`` waiters (the jobs ``watched()`` gives) that their
+        jobs may have finished (see ``outcomes.py``); None: they re-read on a timer."""
         return None
 
     def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:

@@ -214,6 +214,63 @@ _MYSQL_MIGRATION_11 = (
     "ALTER TABLE sdj_workers ADD COLUMN version VARCHAR(64) NOT NULL DEFAULT ''",
 )
 
+# Operations: see sqlite.py's migration 12. Each trigger's body tests its column first,
+# so jobs without tags or meta insert nothing more. Meta keys holding a quote or a
+# backslash are not labelled (a JSON path cannot name them plainly).
+_MYSQL_META_VALUE = """JSON_EXTRACT({job}.meta, CONCAT('$."', k.k, '"'))"""
+_MYSQL_TAGS = """SELECT DISTINCT 't', LEFT(t.tag, 200), '', {job}.created_at, {job}.seq, {job}.id
+    FROM {source}JSON_TABLE({job}.tags, '$[*]' COLUMNS (tag VARCHAR(1000) PATH '$')) AS t
+    WHERE t.tag IS NOT NULL"""
+_MYSQL_META = f"""SELECT 'm', LEFT(k.k, 200), LEFT(JSON_UNQUOTE({_MYSQL_META_VALUE}), 200),
+        {{job}}.created_at, {{job}}.seq, {{job}}.id
+    FROM {{source}}JSON_TABLE(JSON_KEYS({{job}}.meta), '$[*]'
+        COLUMNS (k VARCHAR(1000) PATH '$')) AS k
+    WHERE LOCATE('"', k.k) = 0 AND LOCATE('\\\\', k.k) = 0
+      AND JSON_TYPE({_MYSQL_META_VALUE}) IN ('STRING', 'INTEGER', 'BOOLEAN')"""
+_MYSQL_LABEL = "INSERT IGNORE INTO sdj_job_labels (kind, label, value, created, job_seq, job_id)"
+
+
+def _mysql_label_trigger(column: str, select: str) -> str:
+    """The trigger that labels new jobs from their ``column`` (tags or meta)."""
+    return f"""CREATE TRIGGER IF NOT EXISTS sdj_jobs_{column} AFTER INSERT ON sdj_jobs
+    FOR EACH ROW BEGIN
+        IF NEW.{column} IS NOT NULL THEN
+            {_MYSQL_LABEL} {select.format(job="NEW", source="")};
+        END IF;
+    END"""
+
+
+_MYSQL_MIGRATION_12 = (
+    f"""CREATE TABLE sdj_job_labels (
+        kind CHAR(1) NOT NULL,
+        label VARCHAR(200) NOT NULL,
+        value VARCHAR(200) NOT NULL,
+        created DATETIME(6) NOT NULL,
+        job_seq BIGINT NOT NULL,
+        job_id VARCHAR(255) NOT NULL,
+        PRIMARY KEY (kind, label, value, created, job_seq)
+    ) {_TABLE}""",
+    "CREATE INDEX sdj_job_labels_job ON sdj_job_labels (job_id)",
+    _mysql_label_trigger("tags", _MYSQL_TAGS),
+    _mysql_label_trigger("meta", _MYSQL_META),
+    f"""{_MYSQL_LABEL} {_MYSQL_TAGS.format(job="j", source="sdj_jobs AS j, ")}
+        UNION ALL {_MYSQL_META.format(job="j", source="sdj_jobs AS j, ")}""",
+    f"""CREATE TABLE sdj_attempts (
+        seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        job_id VARCHAR(255) NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker VARCHAR(255),
+        error LONGTEXT,
+        traceback LONGTEXT,
+        started_at DATETIME(6),
+        finished_at DATETIME(6) NOT NULL
+    ) {_TABLE}""",
+    "CREATE INDEX sdj_attempts_job ON sdj_attempts (job_id, seq)",
+)
+
+# Nothing here: see sqlite.py's migration 13.
+_MYSQL_MIGRATION_13: tuple[str, ...] = ()
+
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
 # done before, and are passed over (only while migrating).
@@ -230,6 +287,79 @@ def _in_list(param: str) -> str:
         f"SELECT v FROM JSON_TABLE(%({param})s, '$[*]' COLUMNS (v VARCHAR(255) PATH '$'))"
         f" AS {param}_list"
     )
+
+
+_MYSQL_FINISHED = "('completed', 'failed', 'cancelled')"
+
+
+def _join_ids(column: str) -> str:
+    """A join of the ids in the JSON list ``%(ids)s`` on ``column``, for a multi-table
+    DELETE or UPDATE: MariaDB runs ``IN (subquery)`` there as a scan of the table."""
+    return (
+        "JOIN JSON_TABLE(%(ids)s, '$[*]' COLUMNS (v VARCHAR(255) COLLATE utf8mb4_bin"
+        f" PATH '$')) AS ids ON {column} = ids.v"
+    )
+
+
+_MYSQL_OPS = {
+    "record_attempt": """INSERT INTO sdj_attempts
+            (job_id, attempt, worker, error, traceback, started_at, finished_at)
+        SELECT id, attempt, locked_by, %(error)s, %(summary)s, started_at, %(now)s
+        FROM sdj_jobs WHERE id = %(id)s AND status = 'running'
+          AND (%(worker)s IS NULL OR (locked_by = %(worker)s AND fence = %(fence)s))""",
+    "record_lost_attempt": """INSERT INTO sdj_attempts
+            (job_id, attempt, worker, error, traceback, started_at, finished_at)
+        SELECT id, attempt, locked_by,
+            CONCAT('WorkerLost: worker ', COALESCE(locked_by, '?'), %(error)s),
+            NULL, started_at, %(now)s FROM sdj_jobs
+        WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s""",
+    "attempts": """SELECT attempt, worker, error, traceback, started_at, finished_at
+        FROM sdj_attempts WHERE job_id = %(job_id)s ORDER BY seq""",
+    "prunable": f"""SELECT id, created_at FROM sdj_jobs AS j
+        WHERE status = %(status)s AND created_at < %(cutoff)s AND finished_at < %(cutoff)s
+          AND created_at >= %(after_at)s AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sdj_jobs AS p
+              WHERE p.id = j.parent_id AND p.status NOT IN {_MYSQL_FINISHED}))
+        ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+    "prune_checkpoints": f"DELETE t FROM sdj_checkpoints AS t {_join_ids('t.job_id')}",
+    "prune_signals": f"DELETE t FROM sdj_signals AS t {_join_ids('t.job_id')}",
+    "prune_attempts": f"DELETE t FROM sdj_attempts AS t {_join_ids('t.job_id')}",
+    "prune_labels": f"DELETE t FROM sdj_job_labels AS t {_join_ids('t.job_id')}",
+    "prune_jobs": f"""DELETE t FROM sdj_jobs AS t {_join_ids("t.id")}
+        WHERE t.status IN {_MYSQL_FINISHED}""",
+}
+
+_MYSQL_SEARCH = {
+    "created_after": " AND created_at >= %(created_after)s",
+    "created_before": " AND created_at < %(created_before)s",
+    "labelled_page": f"""SELECT {JOB_COLUMNS}, l.job_seq AS position
+        FROM sdj_job_labels AS l JOIN sdj_jobs AS j ON j.id = l.job_id
+        WHERE l.kind = %(kind)s AND l.label = %(label)s AND l.value = %(value)s{{filters}}
+        ORDER BY l.created {{order}}, l.job_seq {{order}} LIMIT %(limit)s""",
+    "labelled_status": " AND j.status = %(status)s",
+    "labelled_queue": " AND j.queue = %(queue)s",
+    "labelled_type": " AND j.type = %(type)s",
+    "labelled_older": " AND l.created <= %(created_at)s"
+    " AND (l.created < %(created_at)s OR l.job_seq < %(tie)s)",
+    "labelled_newer": " AND l.created >= %(created_at)s"
+    " AND (l.created > %(created_at)s OR l.job_seq > %(tie)s)",
+    "labelled_after": " AND l.created >= %(created_after)s",
+    "labelled_before": " AND l.created < %(created_before)s",
+    "labelled_also": """ AND EXISTS (SELECT 1 FROM sdj_job_labels AS also_l
+        WHERE also_l.job_id = l.job_id AND also_l.kind = %(also_kind)s
+          AND also_l.label = %(also_label)s AND also_l.value = %(also_value)s)""",
+    "failed_batch": """SELECT id, created_at, queue FROM sdj_jobs
+        WHERE status = 'failed' AND created_at >= %(after_at)s
+          AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND finished_at <= %(until)s{filters}
+        ORDER BY created_at, id LIMIT %(limit)s""",
+    "failed_since": " AND finished_at >= %(since)s",
+    "retry_failed": f"""UPDATE sdj_jobs AS t {_join_ids("t.id")}
+        SET t.status = 'pending', t.attempt = 0, t.run_at = %(now)s, t.wait_until = NULL,
+            t.completed_at = NULL, t.finished_at = NULL, t.finished_by = NULL,
+            t.updated_at = %(now)s
+        WHERE t.status = 'failed'""",
+}
 
 
 def _claim_part(status: str) -> str:
@@ -323,6 +453,24 @@ _MYSQL_LIMITS = {
         WHERE type = %(type)s AND limit_key <> '' AND refilled_at < %(before)s""",
 }
 
+# The reads of ``queue.explain`` and ``sdj workers`` (``explain.py``), in
+# ``explain.STATEMENTS`` order. Plain reads: they lock nothing a claim takes.
+_MYSQL_EXPLAIN = {
+    # A waiting parent's children not finished yet, counted down by their outcomes.
+    "children_left": "SELECT children_left FROM sdj_jobs WHERE id = %(id)s",
+    # Due jobs before one in its queue's dequeue order (served by the dequeue index).
+    "jobs_ahead": """SELECT COUNT(*) AS ahead FROM sdj_jobs AS a
+        JOIN sdj_jobs AS j ON j.id = %(id)s AND a.queue = j.queue
+        WHERE a.status IN ('pending', 'retrying') AND a.run_at <= %(now)s
+          AND (a.priority > j.priority OR (a.priority = j.priority
+            AND (a.run_at < j.run_at OR (a.run_at = j.run_at AND a.seq < j.seq))))""",
+    "bucket": """SELECT tokens, refilled_at, UTC_TIMESTAMP(6) AS now FROM sdj_limits
+        WHERE type = %(type)s AND limit_key = %(key)s""",
+    # Served by the running index.
+    "running_by_worker": """SELECT locked_by AS worker, COUNT(*) AS running FROM sdj_jobs
+        WHERE status = 'running' GROUP BY locked_by""",
+}
+
 
 # Error numbers that a later attempt may not meet: lost, refused or gone connections
 # (2002, 2003, 2006, 2013, 2055), too many connections (1040), a server shutting down
@@ -355,6 +503,8 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_9,
         _MYSQL_MIGRATION_10,
         _MYSQL_MIGRATION_11,
+        _MYSQL_MIGRATION_12,
+        _MYSQL_MIGRATION_13,
     )
     insert_chunk = 1000
 
@@ -485,18 +635,23 @@ class MySQLDialect(Dialect):
             WHERE status = 'waiting' AND wait_until IS NOT NULL
               AND queue IN ({_in_list("queues")})
             ORDER BY wait_until LIMIT 1""",
-        "due_waiting": f"""SELECT id, queue FROM sdj_jobs
+        # The due waits ended, in the claim's three steps (``claim_rows``): lock them
+        # (SKIP LOCKED: a wait another worker is ending is left to it), make each a due
+        # resume (held, if it was paused meanwhile), read them back. run_at reads
+        # wait_until before it is assigned (left to right).
+        "due_waiting": f"""SELECT id FROM sdj_jobs
             WHERE status = 'waiting' AND wait_until <= %(now)s
               AND queue IN ({_in_list("queues")})
             ORDER BY wait_until LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED""",
-        # run_at reads wait_until before it is assigned (left to right).
-        "wake": """UPDATE sdj_jobs SET
-            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
-            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
-            run_at = COALESCE(wait_until, %(now)s), wait_until = COALESCE(wait_until, %(now)s),
-            waiting_for = NULL, updated_at = %(now)s
-            WHERE id = %(id)s AND status = 'waiting'""",
+            FOR UPDATE SKIP LOCKED{STEP}
+            UPDATE sdj_jobs SET
+                status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+                paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+                run_at = COALESCE(wait_until, %(now)s),
+                wait_until = COALESCE(wait_until, %(now)s), waiting_for = NULL,
+                updated_at = %(now)s
+            WHERE id IN ({_IDS}) AND status = 'waiting'{STEP}
+            SELECT id, queue FROM sdj_jobs WHERE id IN ({_IDS})""",
         "set_progress": f"""UPDATE sdj_jobs SET progress = %(progress)s, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s
@@ -504,8 +659,12 @@ class MySQLDialect(Dialect):
         # Signals serialise on their job's row: a signal and a suspension that waits for
         # it (an UPDATE of the row, then a look for signals) never miss each other.
         "lock_job": "SELECT id FROM sdj_jobs WHERE id = %(id)s FOR UPDATE",
-        "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
-            VALUES (%(job_id)s, %(name)s, %(payload)s, %(now)s)""",
+        # The job's row locked, then the signal stored (only for a job that exists); the
+        # rows are the lock's: what the wake-up needs of the job.
+        "insert_signal": f"""SELECT id, queue, type, status, waiting_for FROM sdj_jobs
+            WHERE id = %(job_id)s FOR UPDATE
+            {STEP}INSERT INTO sdj_signals (job_id, name, payload, created_at)
+            SELECT id, %(name)s, %(payload)s, %(now)s FROM sdj_jobs WHERE id = %(job_id)s""",
         # run_at, then wait_until: both the moment of the signal.
         "wake_signalled": f"""UPDATE sdj_jobs SET
             status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
@@ -514,6 +673,16 @@ class MySQLDialect(Dialect):
             wait_until = %(now)s, waiting_for = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
             {STEP}SELECT queue FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
+        # wake_signalled and the claim of the woken run in one: the resume goes on with
+        # the same attempt. Not while the job or its queue is paused.
+        "claim_signalled": f"""UPDATE sdj_jobs SET status = 'running', fence = fence + 1,
+                lock_expires_at = {_MYSQL_EXPIRY}, locked_by = %(worker)s,
+                heartbeat_at = %(now)s, started_at = %(now)s, updated_at = %(now)s,
+                run_at = %(now)s, wait_until = %(now)s, waiting_for = NULL
+            WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
+              AND paused_from IS NULL
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses AS p WHERE p.queue = sdj_jobs.queue)
+            {STEP}SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
         "lock_run": """SELECT id FROM sdj_jobs
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s
@@ -534,6 +703,17 @@ class MySQLDialect(Dialect):
                 p.children_need, p.children_spare
             FROM sdj_jobs AS p JOIN sdj_jobs AS c ON p.id = c.parent_id
             WHERE c.id = %(id)s AND ROW_COUNT() > 0""",
+        # Completed children of one parent (``ids``, all children of ``parent``), counted
+        # down together: once per batch. Found by their ids alone (see PostgreSQL's).
+        "settle_children": f"""UPDATE sdj_jobs AS p JOIN (SELECT parent_group, COUNT(*) AS n
+                FROM sdj_jobs WHERE id IN ({_in_list("ids")})
+                GROUP BY parent_group) AS s ON p.wait_group = s.parent_group
+            SET p.children_left = p.children_left - s.n,
+                p.children_need = p.children_need - s.n
+            WHERE p.id = %(parent)s
+            {STEP}SELECT id, queue, status, wait_group, children_left, children_need,
+                children_spare
+            FROM sdj_jobs WHERE id = %(parent)s AND ROW_COUNT() > 0""",
         # run_at, then wait_until: both now.
         "wake_parent": f"""UPDATE sdj_jobs SET
             status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
@@ -653,6 +833,7 @@ class MySQLDialect(Dialect):
                 next_fire_at = IF({_SCHEDULE_MOVES}, VALUES(next_fire_at), next_fire_at),
                 spec = VALUES(spec)""",
         "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
+        **_MYSQL_OPS,
     }
     create_version_table = f"""CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER NOT NULL PRIMARY KEY, applied_at DATETIME(6) NOT NULL) {_TABLE}"""
@@ -687,7 +868,7 @@ class MySQLDialect(Dialect):
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
                 wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
                 updated_at = %(now)s
-            WHERE id = %(id)s AND status IN ('failed', 'retrying')
+            WHERE id = %(id)s AND status IN ('failed', 'retrying', 'cancelled')
             {STEP}SELECT {JOB_COLUMNS} FROM sdj_jobs WHERE id = %(id)s AND ROW_COUNT() > 0""",
         # The rows are the first step's: the job as it was, locked until deleted.
         "delete_job": f"""SELECT {JOB_COLUMNS} FROM sdj_jobs
@@ -695,8 +876,10 @@ class MySQLDialect(Dialect):
             {STEP}DELETE FROM sdj_jobs
             WHERE id = %(id)s AND (%(force)s OR status <> 'running')""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
+        **_MYSQL_SEARCH,
     }
     limits_sql: ClassVar[dict[str, str]] = _MYSQL_LIMITS
+    explain_sql: ClassVar[dict[str, str]] = _MYSQL_EXPLAIN
 
     # -- engines and connections --------------------------------------------------------
 

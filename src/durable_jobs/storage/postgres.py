@@ -27,6 +27,7 @@ from .dialects import (
     MissingDriver,
 )
 from .notify import CHANNEL, ListenerThread, Notify
+from .outcomes import OUTCOME_CHANNEL
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -191,6 +192,128 @@ _POSTGRES_MIGRATION_10 = (
 # The release of the library each worker runs: see sqlite.py's migration 11.
 _POSTGRES_MIGRATION_11 = ("ALTER TABLE sdj_workers ADD COLUMN version TEXT NOT NULL DEFAULT ''",)
 
+# Operations: see sqlite.py's migration 12. The trigger's WHEN is checked without
+# calling the function, so jobs without tags and meta cost nothing more.
+_POSTGRES_LABELS = """SELECT DISTINCT 't', left(t.tag, 200), '', {job}.created_at, {job}.seq,
+        {job}.id FROM {source}jsonb_array_elements_text({job}.tags::jsonb) AS t (tag)
+    WHERE {job}.tags IS NOT NULL
+    UNION ALL
+    SELECT 'm', left(m.key, 200), left(m.value #>> '{{}}', 200), {job}.created_at, {job}.seq,
+        {job}.id FROM {source}jsonb_each({job}.meta::jsonb) AS m
+    WHERE {job}.meta IS NOT NULL AND (jsonb_typeof(m.value) IN ('string', 'boolean')
+        OR (jsonb_typeof(m.value) = 'number' AND m.value::text ~ '^-?[0-9]+$'))"""
+_POSTGRES_MIGRATION_12 = (
+    """CREATE TABLE sdj_job_labels (
+        kind TEXT NOT NULL,
+        label TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created TIMESTAMPTZ NOT NULL,
+        job_seq BIGINT NOT NULL,
+        job_id TEXT NOT NULL,
+        PRIMARY KEY (kind, label, value, created, job_seq)
+    )""",
+    "CREATE INDEX sdj_job_labels_job ON sdj_job_labels (job_id)",
+    f"""CREATE FUNCTION sdj_label_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO sdj_job_labels (kind, label, value, created, job_seq, job_id)
+        {_POSTGRES_LABELS.format(job="NEW", source="")}
+        ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER sdj_jobs_labels AFTER INSERT ON sdj_jobs FOR EACH ROW
+        WHEN (NEW.tags IS NOT NULL OR NEW.meta IS NOT NULL) EXECUTE FUNCTION sdj_label_job()""",
+    f"""INSERT INTO sdj_job_labels (kind, label, value, created, job_seq, job_id)
+        {_POSTGRES_LABELS.format(job="j", source="sdj_jobs AS j, ")} ON CONFLICT DO NOTHING""",
+    """CREATE TABLE sdj_attempts (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        error TEXT,
+        traceback TEXT,
+        started_at TIMESTAMPTZ,
+        finished_at TIMESTAMPTZ NOT NULL
+    )""",
+    "CREATE INDEX sdj_attempts_job ON sdj_attempts (job_id, seq)",
+)
+
+# Outcomes awaited by ``Queue.result`` in any process (storage/outcomes.py): a waiter
+# marks its job, and the job's end notifies the job's id. Only marked rows run the
+# trigger's function, so the other jobs' ends cost no more than before.
+_POSTGRES_MIGRATION_13 = (
+    "ALTER TABLE sdj_jobs ADD COLUMN outcome_wanted BOOLEAN",
+    f"""CREATE FUNCTION sdj_notify_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{OUTCOME_CHANNEL}', NEW.id);
+        RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER sdj_jobs_outcome AFTER UPDATE ON sdj_jobs FOR EACH ROW
+        WHEN (NEW.outcome_wanted AND NEW.status IN ('completed', 'failed', 'cancelled'))
+        EXECUTE FUNCTION sdj_notify_outcome()""",
+)
+
+_POSTGRES_FINISHED = "('completed', 'failed', 'cancelled')"
+_POSTGRES_OPS = {
+    "record_attempt": """INSERT INTO sdj_attempts
+            (job_id, attempt, worker, error, traceback, started_at, finished_at)
+        SELECT id, attempt, locked_by, %(error)s, %(summary)s, started_at, %(now)s
+        FROM sdj_jobs WHERE id = %(id)s AND status = 'running'
+          AND (%(worker)s::text IS NULL
+               OR (locked_by = %(worker)s AND fence = %(fence)s::int))""",
+    "record_lost_attempt": """INSERT INTO sdj_attempts
+            (job_id, attempt, worker, error, traceback, started_at, finished_at)
+        SELECT id, attempt, locked_by,
+            'WorkerLost: worker ' || COALESCE(locked_by, '?') || %(error)s::text,
+            NULL, started_at, %(now)s FROM sdj_jobs
+        WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s""",
+    "attempts": """SELECT attempt, worker, error, traceback, started_at, finished_at
+        FROM sdj_attempts WHERE job_id = %(job_id)s ORDER BY seq""",
+    # Locked, skipping rows others hold: a job being retried meanwhile is left alone.
+    "prunable": f"""SELECT id, created_at FROM sdj_jobs AS j
+        WHERE status = %(status)s AND created_at < %(cutoff)s AND finished_at < %(cutoff)s
+          AND created_at >= %(after_at)s AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sdj_jobs AS p
+              WHERE p.id = j.parent_id AND p.status NOT IN {_POSTGRES_FINISHED}))
+        ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED""",
+    "prune_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = ANY(%(ids)s::text[])",
+    "prune_signals": "DELETE FROM sdj_signals WHERE job_id = ANY(%(ids)s::text[])",
+    "prune_attempts": "DELETE FROM sdj_attempts WHERE job_id = ANY(%(ids)s::text[])",
+    "prune_labels": "DELETE FROM sdj_job_labels WHERE job_id = ANY(%(ids)s::text[])",
+    "prune_jobs": f"""DELETE FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])
+        AND status IN {_POSTGRES_FINISHED}""",
+}
+
+_POSTGRES_SEARCH = {
+    "created_after": " AND created_at >= %(created_after)s",
+    "created_before": " AND created_at < %(created_before)s",
+    "labelled_page": f"""SELECT {JOB_COLUMNS}, l.job_seq AS position
+        FROM sdj_job_labels AS l JOIN sdj_jobs AS j ON j.id = l.job_id
+        WHERE l.kind = %(kind)s AND l.label = %(label)s AND l.value = %(value)s{{filters}}
+        ORDER BY l.created {{order}}, l.job_seq {{order}} LIMIT %(limit)s""",
+    "labelled_status": " AND j.status = %(status)s",
+    "labelled_queue": " AND j.queue = %(queue)s",
+    "labelled_type": " AND j.type = %(type)s",
+    "labelled_older": " AND l.created <= %(created_at)s"
+    " AND (l.created < %(created_at)s OR l.job_seq < %(tie)s)",
+    "labelled_newer": " AND l.created >= %(created_at)s"
+    " AND (l.created > %(created_at)s OR l.job_seq > %(tie)s)",
+    "labelled_after": " AND l.created >= %(created_after)s",
+    "labelled_before": " AND l.created < %(created_before)s",
+    "labelled_also": """ AND EXISTS (SELECT 1 FROM sdj_job_labels AS also_l
+        WHERE also_l.job_id = l.job_id AND also_l.kind = %(also_kind)s
+          AND also_l.label = %(also_label)s AND also_l.value = %(also_value)s)""",
+    "failed_batch": """SELECT id, created_at, queue FROM sdj_jobs
+        WHERE status = 'failed' AND created_at >= %(after_at)s
+          AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND finished_at <= %(until)s{filters}
+        ORDER BY created_at, id LIMIT %(limit)s""",
+    "failed_since": " AND finished_at >= %(since)s",
+    "retry_failed": """UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
+            wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
+            updated_at = %(now)s
+        WHERE id = ANY(%(ids)s::text[]) AND status = 'failed'""",
+}
+
 # Lock expiry runs on the server's clock, never on the workers' and reapers' own clocks,
 # which need not agree. clock_timestamp(): the moment the row is written, not the start
 # of its transaction, so a lock never starts out shorter than its timeout.
@@ -261,6 +384,24 @@ _POSTGRES_LIMITS = {
         WHERE type = %(type)s AND limit_key <> '' AND refilled_at < %(before)s""",
 }
 
+# The reads of ``queue.explain`` and ``sdj workers`` (``explain.py``), in
+# ``explain.STATEMENTS`` order. Plain reads: they lock nothing a claim takes.
+_POSTGRES_EXPLAIN = {
+    # A waiting parent's children not finished yet, counted down by their outcomes.
+    "children_left": "SELECT children_left FROM sdj_jobs WHERE id = %(id)s",
+    # Due jobs before one in its queue's dequeue order (served by the dequeue index).
+    "jobs_ahead": """SELECT COUNT(*) AS ahead FROM sdj_jobs AS a
+        JOIN sdj_jobs AS j ON j.id = %(id)s AND a.queue = j.queue
+        WHERE a.status IN ('pending', 'retrying') AND a.run_at <= %(now)s
+          AND (a.priority > j.priority OR (a.priority = j.priority
+            AND (a.run_at < j.run_at OR (a.run_at = j.run_at AND a.seq < j.seq))))""",
+    "bucket": """SELECT tokens, refilled_at, clock_timestamp() AS now FROM sdj_limits
+        WHERE type = %(type)s AND limit_key = %(key)s""",
+    # Served by the running index.
+    "running_by_worker": """SELECT locked_by AS worker, COUNT(*) AS running FROM sdj_jobs
+        WHERE status = 'running' GROUP BY locked_by""",
+}
+
 # Any constant works as long as every process uses the same one.
 MIGRATION_LOCK_KEY = 0x5D1_0B5
 
@@ -291,6 +432,8 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_9,
         _POSTGRES_MIGRATION_10,
         _POSTGRES_MIGRATION_11,
+        _POSTGRES_MIGRATION_12,
+        _POSTGRES_MIGRATION_13,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts
@@ -451,18 +594,22 @@ class PostgresDialect(Dialect):
             WHERE status = 'waiting' AND wait_until IS NOT NULL
               AND queue = ANY(%(queues)s::text[])
             ORDER BY wait_until LIMIT 1""",
-        # SKIP LOCKED: a wait another worker is waking is left to it.
-        "due_waiting": """SELECT id, queue FROM sdj_jobs
-            WHERE status = 'waiting' AND wait_until <= %(now)s
-              AND queue = ANY(%(queues)s::text[])
-            ORDER BY wait_until LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED""",
-        "wake": """UPDATE sdj_jobs SET
-            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
-            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
-            run_at = COALESCE(wait_until, %(now)s), wait_until = COALESCE(wait_until, %(now)s),
-            waiting_for = NULL, updated_at = %(now)s
-            WHERE id = %(id)s AND status = 'waiting'""",
+        # The due waits ended, in one statement: each job becomes a due resume (held,
+        # if it was paused meanwhile). SKIP LOCKED: a wait another worker is ending is
+        # left to it.
+        "due_waiting": """UPDATE sdj_jobs AS j SET
+                status = CASE WHEN j.paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+                paused_from = CASE WHEN j.paused_from IS NULL THEN NULL ELSE 'pending' END,
+                run_at = COALESCE(j.wait_until, %(now)s),
+                wait_until = COALESCE(j.wait_until, %(now)s), waiting_for = NULL,
+                updated_at = %(now)s
+            FROM (SELECT id FROM sdj_jobs
+                WHERE status = 'waiting' AND wait_until <= %(now)s
+                  AND queue = ANY(%(queues)s::text[])
+                ORDER BY wait_until LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED) AS due
+            WHERE j.id = due.id
+            RETURNING j.id, j.queue""",
         "set_progress": """UPDATE sdj_jobs SET progress = %(progress)s, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s::int
@@ -470,8 +617,13 @@ class PostgresDialect(Dialect):
         # Signals serialise on their job's row: a signal and a suspension that waits for
         # it (an UPDATE of the row, then a look for signals) never miss each other.
         "lock_job": "SELECT id FROM sdj_jobs WHERE id = %(id)s FOR NO KEY UPDATE",
-        "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
-            VALUES (%(job_id)s, %(name)s, %(payload)s, %(now)s)""",
+        # The job's row locked and the signal stored, in one round trip; returns what
+        # the wake-up needs of the job (no row: no such job, and nothing stored).
+        "insert_signal": """WITH j AS (SELECT id, queue, type, status, waiting_for
+                FROM sdj_jobs WHERE id = %(job_id)s FOR NO KEY UPDATE),
+            s AS (INSERT INTO sdj_signals (job_id, name, payload, created_at)
+                SELECT id, %(name)s, %(payload)s, %(now)s FROM j)
+            SELECT id, queue, type, status, waiting_for FROM j""",
         "wake_signalled": """UPDATE sdj_jobs SET
             status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
             paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
@@ -479,6 +631,16 @@ class PostgresDialect(Dialect):
             wait_until = %(now)s, waiting_for = NULL, updated_at = %(now)s
             WHERE id = %(id)s AND status = 'waiting' AND waiting_for = %(waiting_for)s
             RETURNING queue""",
+        # wake_signalled and the claim of the woken run in one: the resume goes on with
+        # the same attempt. Not while the job or its queue is paused.
+        "claim_signalled": f"""UPDATE sdj_jobs AS j SET status = 'running', fence = j.fence + 1,
+                lock_expires_at = {_POSTGRES_EXPIRY}, locked_by = %(worker)s,
+                heartbeat_at = %(now)s, started_at = %(now)s, updated_at = %(now)s,
+                run_at = %(now)s, wait_until = %(now)s, waiting_for = NULL
+            WHERE j.id = %(id)s AND j.status = 'waiting' AND j.waiting_for = %(waiting_for)s
+              AND j.paused_from IS NULL
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses WHERE queue = j.queue)
+            RETURNING {", ".join("j." + c for c in JOB_COLUMNS.split(", "))}""",
         "lock_run": """SELECT id FROM sdj_jobs
             WHERE id = %(id)s AND status = 'running' AND locked_by = %(worker)s
               AND fence = %(fence)s::int
@@ -494,6 +656,20 @@ class PostgresDialect(Dialect):
                 children_spare = p.children_spare - (1 - %(ok)s::int)
             FROM sdj_jobs AS c
             WHERE c.id = %(id)s AND p.id = c.parent_id AND p.wait_group = c.parent_group
+            RETURNING p.id, p.queue, p.status, p.wait_group, p.children_left, p.children_need,
+                p.children_spare""",
+        # Completed children of one parent (``ids``, all children of ``parent``), counted
+        # down together: one update of the parent's row per batch, not per child. The
+        # children are looked up by id, one by one (LIMIT keeps the lateral subquery a
+        # nested loop): a filter on parent_id would lead the planner through every
+        # sibling in the parent's index, and a join on the ids to a scan of the table.
+        "settle_children": """UPDATE sdj_jobs AS p SET children_left = p.children_left - s.n,
+                children_need = p.children_need - s.n
+            FROM (SELECT c.parent_group, COUNT(*) AS n
+                FROM unnest(%(ids)s::text[]) AS v(id) CROSS JOIN LATERAL (
+                    SELECT parent_group FROM sdj_jobs WHERE id = v.id LIMIT 1) AS c
+                GROUP BY c.parent_group) AS s
+            WHERE p.id = %(parent)s AND p.wait_group = s.parent_group
             RETURNING p.id, p.queue, p.status, p.wait_group, p.children_left, p.children_need,
                 p.children_spare""",
         "wake_parent": """UPDATE sdj_jobs SET
@@ -610,6 +786,7 @@ class PostgresDialect(Dialect):
             WHERE sdj_schedules.spec <> excluded.spec OR sdj_schedules.next_fire_at IS NULL
                 OR excluded.next_fire_at >= sdj_schedules.next_fire_at""",
         "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
+        **_POSTGRES_OPS,
     }
     create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"""
@@ -645,15 +822,17 @@ class PostgresDialect(Dialect):
                 UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = %(now)s,
                     wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
                     updated_at = %(now)s
-                WHERE id = %(id)s AND status IN ('failed', 'retrying')
+                WHERE id = %(id)s AND status IN ('failed', 'retrying', 'cancelled')
                 RETURNING {JOB_COLUMNS})
             SELECT {JOB_COLUMNS}, pg_notify('sdj_jobs', queue)::text FROM r""",
         "delete_job": f"""DELETE FROM sdj_jobs
             WHERE id = %(id)s AND (%(force)s::boolean OR status <> 'running')
             RETURNING {JOB_COLUMNS}""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = %(id)s",
+        **_POSTGRES_SEARCH,
     }
     limits_sql: ClassVar[dict[str, str]] = _POSTGRES_LIMITS
+    explain_sql: ClassVar[dict[str, str]] = _POSTGRES_EXPLAIN
 
     # -- engines and connections --------------------------------------------------------
 
@@ -747,6 +926,13 @@ class PostgresDialect(Dialect):
     def listener(self, engine: sa.Engine) -> Listener | None:
         return PostgresListener(engine)
 
+    want_outcome = "UPDATE sdj_jobs SET outcome_wanted = TRUE WHERE id = %(id)s"
+
+    def outcome_listener(
+        self, engine: sa.Engine, watched: Callable[[], list[str]]
+    ) -> ListenerThread | None:
+        return PostgresOutcomeListener(engine)
+
     def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
         if queues:
             cur.execute(_NOTIFY, {"queues": sorted(queues)})
@@ -775,6 +961,20 @@ _INSERT_NAMES = INSERT_COLUMNS.split(", ")
 _RUN_AT, _QUEUE = _INSERT_NAMES.index("run_at"), _INSERT_NAMES.index("queue")
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS q"
 _LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+
+class PostgresOutcomeListener(ListenerThread):
+    """Listens on the outcomes channel, which a watched job's end notifies with its id."""
+
+    def _listen(
+        self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
+    ) -> None:
+        conn.autocommit = True
+        conn.execute(f"LISTEN {OUTCOME_CHANNEL}")
+        on_reconnect()
+        while not stop.is_set():
+            for note in conn.notifies(timeout=0.05):
+                on_notify(note.payload)
 
 
 class PostgresListener(ListenerThread):

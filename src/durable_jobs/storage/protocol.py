@@ -16,12 +16,16 @@ from ..job import Checkpoint, Job, JobStatus
 
 if TYPE_CHECKING:
     import threading
+    from typing import TypeAlias
 
     import sqlalchemy as sa
+    from sqlalchemy.engine.interfaces import DBAPIConnection
 
     from ..retry import Backoff
     from .admin import Admin
+    from .explain import ExplainReads
     from .records import (
+        ChildOutcome,
         ChildrenWait,
         Claim,
         Outcome,
@@ -31,7 +35,16 @@ if TYPE_CHECKING:
         WorkerInfo,
     )
 
-__all__ = ["JobStore", "Listener", "Storage"]
+    # What an enqueue may join: a SQLAlchemy connection's transaction, or whatever a
+    # connection of the storage's driver that someone else manages (Django) has open.
+    CallerConnection: TypeAlias = sa.Connection | DBAPIConnection
+
+__all__ = ["JobStore", "Listener", "Reserve", "Storage"]
+
+#: Reserves a free slot of a worker of this process for a job, of the queue and type
+#: given, that is about to be claimed for it: that worker's id and lock timeout, or
+#: None when no worker has one.
+Reserve = Callable[[str, str], tuple[str, float] | None]
 
 
 @runtime_checkable
@@ -134,6 +147,11 @@ class JobStore(Protocol):
         """The wake-up listener, or None when in-process wake-ups reach every worker."""
         ...
 
+    def watch_outcome(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``callback`` when job ``job_id`` may have finished in any process, until
+        the returned function is called; None where the backend cannot tell."""
+        ...
+
     @property
     def database_errors(self) -> tuple[type[BaseException], ...]:
         """The exception classes a statement of this storage raises when the database
@@ -142,6 +160,10 @@ class JobStore(Protocol):
 
     def admin(self) -> Admin:
         """The operator's queries (listings, counts, retries) on this storage."""
+        ...
+
+    def explain_reads(self) -> ExplainReads:
+        """The reads behind ``queue.explain`` and the worker registry's views."""
         ...
 
     def close(self) -> None: ...
@@ -153,9 +175,9 @@ class JobStore(Protocol):
     def schema_version(self) -> int: ...
 
     # -- enqueue
-    def enqueue(self, job: Job, *, connection: sa.Connection | None = None) -> str: ...
+    def enqueue(self, job: Job, *, connection: CallerConnection | None = None) -> str: ...
     def enqueue_many(
-        self, jobs: Iterable[Job], *, connection: sa.Connection | None = None
+        self, jobs: Iterable[Job], *, connection: CallerConnection | None = None
     ) -> list[str]: ...
     def enqueue_claimed(
         self, job: Job, worker_id: str, *, lock_timeout: timedelta | float = ...
@@ -219,6 +241,13 @@ class JobStore(Protocol):
         children: ChildrenWait | None = None,
     ) -> bool: ...
     def signal(self, job_id: str, name: str, payload: bytes | None) -> tuple[bool, str | None]: ...
+    def signal_claiming(
+        self,
+        job_id: str,
+        name: str,
+        payload: bytes | None,
+        reserve: Reserve | None,
+    ) -> tuple[bool, str | None, Job | None]: ...
     def observe_signals(
         self,
         job_id: str,
@@ -233,6 +262,15 @@ class JobStore(Protocol):
     def wake_waiting(
         self, queues: Sequence[str], *, limit: int = ..., now: datetime | None = None
     ) -> tuple[list[str], tuple[str, datetime] | None]: ...
+    def wake_and_claim(
+        self,
+        queues: Sequence[str],
+        claims: Sequence[Claim],
+        worker_id: str,
+        *,
+        lock_timeout: timedelta | float = ...,
+        limit: int = ...,
+    ) -> tuple[list[str], list[list[Job]]]: ...
     def set_progress(
         self, job_id: str, progress: bytes | None, *, worker_id: str, fence: int
     ) -> bool: ...
@@ -248,7 +286,7 @@ class JobStore(Protocol):
         fence: int,
         wait: ChildrenWait | None = None,
     ) -> bool: ...
-    def children_outcomes(self, ids: Sequence[str]) -> dict[str, Job]: ...
+    def children_outcomes(self, ids: Sequence[str]) -> dict[str, ChildOutcome]: ...
     def cancel_children(self, parent_id: str, group: str) -> int: ...
     def wake_decided(self, queues: Sequence[str], *, limit: int = ...) -> list[str]: ...
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from ..job import Job
+    from ..job import Job, JobStatus
 
 __all__ = [
+    "ChildOutcome",
     "ChildrenWait",
     "Claim",
     "ClaimedJobs",
@@ -105,6 +106,19 @@ class Outcome:
     result: bytes | None
     #: The job's parent, if it is a child: its outcome counts down the parent's wait.
     parent_id: str | None = None
+
+
+class ChildOutcome(NamedTuple):
+    """What a parent reads of a child it waited for: a tuple, since a fan-out's resume
+    reads thousands of them at once."""
+
+    id: str
+    type: str
+    status: JobStatus
+    result: bytes | None
+    last_error: str | None
+    finished_at: datetime | None
+    parent_id: str | None
 
 
 @dataclass(frozen=True, slots=True)

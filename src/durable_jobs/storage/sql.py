@@ -23,14 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import CheckpointConflict, SchemaNotReady, StorageError
-from ..job import Checkpoint, Job, JobStatus, children_wait, new_ids, signal_wait, utcnow
+from ..job import Checkpoint, Job, JobStatus, children_wait, new_ids, signal_wait
 from ..retry import DEFAULT_BACKOFF, Backoff, delayed, policy_for
 from . import limits
+from .clocked import ClockedCursor, Rewriter
 from .dialects import Dialect, dialect_for, dialect_for_url, utc
 from .failures import storage_error
-from .protocol import JobStore, Listener
+from .outcomes import OutcomeNotices
+from .protocol import JobStore, Listener, Reserve
 from .records import (
+    ChildOutcome,
     ChildrenWait,
     Claim,
     Outcome,
@@ -43,6 +47,8 @@ from .records import (
 
 if TYPE_CHECKING:
     from .admin import Admin
+    from .explain import ExplainReads
+    from .protocol import CallerConnection
 
 __all__ = [
     "WAKE_BATCH",
@@ -92,6 +98,7 @@ _DEPTH = ("queue", "due", "oldest_run_at")
 _WAITING = ("queue", "waiting")
 _SETTLED = ("id", "fence", "status")
 _DUE_WAIT = ("id", "queue")
+_LOCKED = ("id", "queue", "type", "status", "waiting_for")
 _NEXT_WAKE = ("queue", "wait_until")
 _TAKE_BACK = ("id", "fence", "attempt", "max_retries", "backoff", "type")
 _SETTLED_PARENT = (
@@ -156,6 +163,36 @@ class SQLStorage:
         # A caller's engine keeps at least half its pool for the caller.
         self._idle_max = min(_IDLE_CONNECTIONS, pool_size if self._owns_engine else pool_size // 2)
         self._wake_listeners: list[Callable[[Sequence[str]], None]] = []
+        self._outcomes: OutcomeNotices | None = None  # made by the first watch
+        self._outcomes_lock = threading.Lock()
+        self._outcomes_checked = False
+        #: The clock every time this storage writes or compares comes from.
+        self.clock: Clock = SYSTEM_CLOCK
+        self._now: Callable[[], datetime] = SYSTEM_CLOCK.now
+        # Set with a clock of its own: statements then read it, not the database's.
+        self._rewrite: Rewriter | None = None
+        # Where a connection keeps this storage's cursor: rewriting ones apart, since
+        # pooled connections outlive a change of clock (and may serve other storages).
+        self._cursor_key = "sdj_cursor"
+
+    def use_clock(self, clock: Clock) -> None:
+        """Read the time from ``clock`` from now on. Any clock but ``SYSTEM_CLOCK`` (a
+        test's ``durable_jobs.testing.FakeClock``) also replaces the database's clock in
+        every statement, so that the database never reads its own.
+
+        Meant to be set before the storage is shared with other threads.
+        """
+        self.clock = clock
+        self._now = clock.now
+        system = clock is SYSTEM_CLOCK
+        self._rewrite = None if system else Rewriter(self.engine.dialect.name)
+        self._cursor_key = "sdj_cursor" if system else f"sdj_clocked_cursor_{id(self)}"
+
+    def _clocked(self, cur: Any) -> Any:
+        """``cur``, rewritten to read this storage's clock when it has its own."""
+        if self._rewrite is None:
+            return cur
+        return ClockedCursor(cur, self._rewrite, lambda: self.dialect.time_param(self._now()))
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -171,6 +208,35 @@ class SQLStorage:
         until ``stop_event`` is set. None for an in-memory SQLite database (one process:
         in-process wake-ups reach every worker)."""
         return self.dialect.listener(self.engine)
+
+    def watch_outcome(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``callback`` (from another thread) whenever job ``job_id`` may have
+        finished, in any process, until the returned function is called; None where
+        the backend cannot tell (MySQL, in-memory SQLite): then only re-reading does.
+        Returns once outcomes committed from then on will be noticed."""
+        notices = self._outcome_notices()
+        if notices is None:
+            return None
+        unwatch = notices.watch(job_id, callback)
+        if self.dialect.want_outcome is not None:
+            try:
+                self._execute(self.dialect.want_outcome, {"id": job_id}, write=True)
+            except BaseException:
+                unwatch()
+                raise
+        return unwatch
+
+    def _outcome_notices(self) -> OutcomeNotices | None:
+        with self._outcomes_lock:
+            if not self._outcomes_checked:
+                self._outcomes_checked = True
+                listener = self.dialect.outcome_listener(self.engine, self._watched_outcomes)
+                if listener is not None:
+                    self._outcomes = OutcomeNotices(listener)
+            return self._outcomes
+
+    def _watched_outcomes(self) -> list[str]:
+        return [] if self._outcomes is None else self._outcomes.watched()
 
     @property
     def database_errors(self) -> tuple[type[BaseException], ...]:
@@ -204,8 +270,16 @@ class SQLStorage:
 
         return Admin(self)
 
+    def explain_reads(self) -> ExplainReads:
+        """The reads behind ``queue.explain`` and the worker registry's views."""
+        from .explain import ExplainReads  # explain builds on this module
+
+        return ExplainReads(self)
+
     def close(self) -> None:
         """Close pooled connections (only those of an engine this storage created)."""
+        if self._outcomes is not None:
+            self._outcomes.close()
         self._drop_idle()
         if self._owns_engine:
             self.engine.dispose()
@@ -238,14 +312,14 @@ class SQLStorage:
 
     def _kept_cursor(self, raw: Any) -> Any:
         # One cursor per connection, kept: making one costs as much as a small statement.
-        cur = raw.info.get("sdj_cursor")
+        cur = raw.info.get(self._cursor_key)
         if cur is None:
-            cur = raw.info["sdj_cursor"] = self.dialect.cursor(raw)
+            cur = raw.info[self._cursor_key] = self._clocked(self.dialect.cursor(raw))
         return cur
 
     def _failed(self, raw: Any, cur: Any, exc: BaseException) -> None:
         """Forget a connection's cursor after an error, and roll back (or discard) it."""
-        raw.info.pop("sdj_cursor", None)
+        raw.info.pop(self._cursor_key, None)
         with contextlib.suppress(Exception):
             cur.close()
         self._abort(raw, exc)
@@ -416,7 +490,7 @@ class SQLStorage:
             cur.execute(d.create_version_table)
             cur.execute(d.sql["schema_versions"])
             applied = {row[0] for row in cur.fetchall()}
-            now = d.time_param(utcnow())
+            now = d.time_param(self._now())
             for version, statements in enumerate(d.migrations, start=1):
                 if version in applied:
                     continue
@@ -564,25 +638,30 @@ class SQLStorage:
 
     # -- enqueue ------------------------------------------------------------------------
 
-    def enqueue(self, job: Job, *, connection: sa.Connection | None = None) -> str:
+    def enqueue(self, job: Job, *, connection: CallerConnection | None = None) -> str:
         """Store a new job (in ``connection``'s transaction when given); returns its id,
         or for a job with a ``unique_key`` held by another job, that job's id (and
-        stores nothing)."""
+        stores nothing).
+
+        ``connection`` is a SQLAlchemy ``Connection``, or a connection of this storage's
+        driver (psycopg, sqlite3, PyMySQL) to its database that someone else manages
+        (Django's): the statements run on a cursor of it, in whatever transaction it has
+        open, and are neither committed nor rolled back here."""
         if connection is not None:
             return self.enqueue_many([job], connection=connection)[0]
         if job.unique_key is not None:
             # The usual case, a key no job holds, takes one statement like any enqueue;
             # a key held already is looked into in a transaction.
-            [row] = self._stamp([job], utcnow())
+            [row] = self._stamp([job], self._now())
             if self._run_grouped("insert_unique_job", self._insert_params(row)):
                 return job.id
             return self._enqueue_deduplicated([job], None)[0]
-        [row] = self._stamp([job], utcnow())
+        [row] = self._stamp([job], self._now())
         self._run_grouped("insert_job", self._insert_params(row))
         return job.id
 
     def enqueue_many(
-        self, jobs: Iterable[Job], *, connection: sa.Connection | None = None
+        self, jobs: Iterable[Job], *, connection: CallerConnection | None = None
     ) -> list[str]:
         """Store jobs all-or-nothing in one transaction; returns their ids in order.
 
@@ -594,7 +673,7 @@ class SQLStorage:
         """
         if isinstance(jobs, Sequence) and any(job.unique_key is not None for job in jobs):
             return self._enqueue_deduplicated(list(jobs), connection)
-        now = utcnow()
+        now = self._now()
         chunks = _chunks(jobs, self.dialect.insert_chunk)
         first = next(chunks, [])
         if connection is not None:
@@ -607,7 +686,9 @@ class SQLStorage:
             return [self.enqueue(job) for job in first]
         return self.dialect.insert_many(self, itertools.chain([first], chunks), now)
 
-    def _enqueue_deduplicated(self, jobs: list[Job], connection: sa.Connection | None) -> list[str]:
+    def _enqueue_deduplicated(
+        self, jobs: list[Job], connection: CallerConnection | None
+    ) -> list[str]:
         """``enqueue_many`` of jobs some of which have a ``unique_key``, all-or-nothing in
         one transaction: a job whose key another job holds (stored before, or earlier in
         ``jobs``) is not stored, and its place in the returned ids holds that job's id.
@@ -617,7 +698,7 @@ class SQLStorage:
         to the next job that asks for it; the database's unique index on the key decides
         between concurrent producers.
         """
-        now = utcnow()
+        now = self._now()
         rows = self._stamp(jobs, now)
         if connection is not None:
             return self._store_deduplicated(jobs, rows, now, connection)
@@ -637,7 +718,7 @@ class SQLStorage:
         jobs: list[Job],
         rows: list[tuple[Any, ...]],
         now: datetime,
-        connection: sa.Connection | None,
+        connection: CallerConnection | None,
     ) -> list[str]:
         held: dict[str, str] = {}
         ids: list[str] = []
@@ -656,15 +737,22 @@ class SQLStorage:
         return ids
 
     @contextlib.contextmanager
-    def _job_cursor(self, connection: sa.Connection | None) -> Iterator[Any]:
+    def _job_cursor(self, connection: CallerConnection | None) -> Iterator[Any]:
         """A cursor in a transaction of ours, or in ``connection``'s (the caller's)."""
         if connection is None:
             with self._cursor(write=True, atomic=True) as cur:
                 yield cur
             return
+        if not isinstance(connection, sa.Connection):
+            cur = self.dialect.cursor(connection)
+            try:
+                yield self._clocked(cur)
+            finally:
+                cur.close()
+            return
         if connection.engine.dialect.name != self.engine.dialect.name:
             raise ValueError("connection belongs to a different kind of database than storage")
-        yield self.dialect.cursor(connection.connection)
+        yield self._clocked(self.dialect.cursor(connection.connection))
 
     def _insert_unique(self, cur: Any, job: Job, params: dict[str, Any], now: datetime) -> str:
         """Store ``job`` unless another job holds its key; the id of the job that holds it."""
@@ -699,7 +787,7 @@ class SQLStorage:
         Returns False when the job's queue is paused: the job is then stored unclaimed,
         for the claims once the queue is resumed.
         """
-        now = utcnow()
+        now = self._now()
         [row] = self._stamp([job], now)
         params = {
             **self._insert_params(row),
@@ -719,7 +807,7 @@ class SQLStorage:
 
         The database's unique index decides, so of any number of racing callers one stores.
         """
-        [row] = self._stamp([job], utcnow())
+        [row] = self._stamp([job], self._now())
         params = {**self._insert_params(row), "unique_key": unique_key}
         return bool(self._run("insert_unique_job", params))
 
@@ -736,8 +824,12 @@ class SQLStorage:
             job.created_at = job.updated_at = now
         return rows
 
-    def _enqueue_in(self, connection: sa.Connection, params: list[dict[str, Any]]) -> None:
+    def _enqueue_in(self, connection: CallerConnection, params: list[dict[str, Any]]) -> None:
         # The caller's transaction decides when (and whether) the jobs become visible.
+        if not isinstance(connection, sa.Connection):
+            with self._job_cursor(connection) as cur:
+                cur.executemany(self._sql["insert_job"], params)
+            return
         if connection.engine.dialect.name != self.engine.dialect.name:
             raise ValueError("connection belongs to a different kind of database than storage")
         connection.exec_driver_sql(self._sql["insert_job"], params)
@@ -771,7 +863,7 @@ class SQLStorage:
         """
         claim = Claim(queue, limit, skip_types, min_retries, limited, plain)
         with self._cursor(write=True, atomic=bool(limited)) as cur:
-            return self._claim_in(cur, claim, worker_id, now or utcnow(), _seconds(lock_timeout))
+            return self._claim_in(cur, claim, worker_id, now or self._now(), _seconds(lock_timeout))
 
     def _claim_in(
         self, cur: Any, claim: Claim, worker_id: str, now: datetime, lock_timeout: float
@@ -808,7 +900,7 @@ class SQLStorage:
         transaction: a worker that finishes jobs and takes new ones pays one commit (the
         cost that bounds throughput) instead of two.
         """
-        now = utcnow()
+        now = self._now()
         seconds = _seconds(lock_timeout)
         woken: list[str] = []
         with self._cursor(write=True, atomic=True) as cur:
@@ -845,7 +937,7 @@ class SQLStorage:
         ``attempt`` is the former name of ``fence``. A child's completion counts down
         its parent's wait in the same transaction (see ``spawn``).
         """
-        now = self.dialect.time_param(utcnow())
+        now = self.dialect.time_param(self._now())
         params = {
             "id": job_id,
             "result": None if result is None else result.decode(),
@@ -866,7 +958,7 @@ class SQLStorage:
         if not outcomes:
             return set()
         woken: list[str] = []
-        now = utcnow()
+        now = self._now()
         with self._cursor(write=True, atomic=True) as cur:
             accepted = self._complete_in(cur, worker_id, outcomes, now)
             self._settle_completed(cur, outcomes, accepted, now, woken)
@@ -889,18 +981,33 @@ class SQLStorage:
         woken: list[str],
     ) -> None:
         """Count the children among ``outcomes`` just completed (and only they) down
-        their parents' waits, in the transaction on ``cur``; the queues of parents this
-        resumed are added to ``woken``."""
-        children = [
-            (o.parent_id, o.job_id)
-            for o in outcomes
-            if o.parent_id is not None and o.job_id in accepted
-        ]
-        if children:
-            # In parent order: two batches lock the parents they share in the same order.
-            children.sort()
-            now = self.dialect.time_param(at)
-            self._settle(cur, [(child, True) for _parent, child in children], now, woken)
+        their parents' waits, in the transaction on ``cur``, one statement per parent;
+        the queues of parents this resumed are added to ``woken``."""
+        by_parent: dict[str, list[str]] = {}
+        for o in outcomes:
+            if o.parent_id is not None and o.job_id in accepted:
+                by_parent.setdefault(o.parent_id, []).append(o.job_id)
+        if not by_parent:
+            return
+        now = self.dialect.time_param(at)
+        sql = self._sql["settle_children"]
+        resumed: list[str] = []
+        # In parent order: two batches lock the parents they share in the same order.
+        for parent_id in sorted(by_parent):
+            ids = self.dialect.list_param(by_parent[parent_id])
+            cur.execute(sql, {"parent": parent_id, "ids": ids})
+            rows = cur.fetchall()
+            if not rows:
+                continue
+            [(parent, _q, status, group, left, need, spare)] = self._named(
+                cur, sql, _SETTLED_PARENT, rows
+            )
+            # Successes never spend a wait's spare failures: only the decision is left.
+            if status == JobStatus.WAITING.value and decided(left, need, spare):
+                self._wake_parent(cur, parent, group, now, resumed)
+        if resumed:
+            self.dialect.notify_queues(cur, resumed)
+            woken.extend(resumed)
 
     def fail(
         self,
@@ -921,7 +1028,7 @@ class SQLStorage:
         permanent failure counts down its parent's wait in the same transaction;
         ``child=False`` (the caller knows the job has no parent) spares the look.
         """
-        now = utcnow()
+        now = self._now()
         t = self.dialect.time_param
         params = {
             "id": job_id,
@@ -934,14 +1041,16 @@ class SQLStorage:
             "worker": worker_id,
             "fence": _fence(fence, attempt),
         }
-        if run_at is not None or child is False:
-            return bool(self._run("fail", params))
-        # A permanent failure: a child's counts down its parent's wait with it.
+        params["summary"] = traceback_summary(params["traceback"])
+        # The attempt's row in the job's history commits with the failure. A child's
+        # permanent failure counts down its parent's wait with it.
+        settle = run_at is None and child is not False
         woken: list[str] = []
         with self._cursor(write=True, atomic=True) as cur:
+            cur.execute(self._sql["record_attempt"], params)
             cur.execute(self._sql["fail"], params)
             failed = bool(cur.fetchall())
-            if failed:
+            if failed and settle:
                 self._settle(cur, [(job_id, False)], params["now"], woken)
         self._announce_woken(woken)
         return failed
@@ -976,7 +1085,7 @@ class SQLStorage:
         run's lock.
         """
         t = self.dialect.time_param
-        now = t(utcnow())
+        now = t(self._now())
         params = {
             "id": job_id,
             "until": t(until),
@@ -1055,7 +1164,7 @@ class SQLStorage:
         their outcomes decide its wait even before it suspends. Returns False (nothing
         stored) when the run no longer holds the parent's lock.
         """
-        now = utcnow()
+        now = self._now()
         with self._cursor(write=True, atomic=True) as cur:
             run = {"id": parent_id, "worker": worker_id, "fence": fence}
             cur.execute(self._sql["lock_run"], run)
@@ -1081,33 +1190,31 @@ class SQLStorage:
                 cur.execute(self._sql["start_children_wait"], start)
         return True
 
-    def children_outcomes(self, ids: Sequence[str]) -> dict[str, Job]:
-        """The jobs ``ids`` that exist, by id, with what their outcome needs: ``type``,
-        ``status``, ``result``, ``last_error``, ``finished_at`` and ``parent_id`` (other
-        fields unset)."""
+    def children_outcomes(self, ids: Sequence[str]) -> dict[str, ChildOutcome]:
+        """The outcomes of the jobs ``ids`` that exist, by id."""
         if not ids:
             return {}
         t = self.dialect.time_value
         params = {"ids": self.dialect.list_param(list(ids))}
-        found: dict[str, Job] = {}
-        for id_, type_, status, result, error, finished, parent in self._read(
-            "children_outcomes", params, _CHILD_OUTCOME
-        ):
-            found[id_] = Job(
-                id=id_,
-                type=type_,
-                status=JobStatus(status),
-                result=None if result is None else result.encode(),
-                last_error=error,
-                finished_at=t(finished),
-                parent_id=parent,
+        return {
+            id_: ChildOutcome(
+                id_,
+                type_,
+                JobStatus(status),
+                None if result is None else result.encode(),
+                error,
+                t(finished),
+                parent,
             )
-        return found
+            for id_, type_, status, result, error, finished, parent in self._read(
+                "children_outcomes", params, _CHILD_OUTCOME
+            )
+        }
 
     def cancel_children(self, parent_id: str, group: str) -> int:
         """Fail the unfinished children (pending, retrying or waiting; not running) of
         ``parent_id``'s wait ``group`` with the error ``CANCELLED``; returns how many."""
-        now = self.dialect.time_param(utcnow())
+        now = self.dialect.time_param(self._now())
         with self._cursor(write=True, atomic=True) as cur:
             return self._cancel_in(cur, parent_id, group, now)
 
@@ -1120,7 +1227,7 @@ class SQLStorage:
         names = self.dialect.list_param(list(queues))
         resumed: list[str] = []
         while True:  # a batch of parents per transaction
-            now = self.dialect.time_param(utcnow())
+            now = self.dialect.time_param(self._now())
             woken: list[str] = []
             with self._cursor(write=True, atomic=True) as cur:
                 sql = self._sql["decided_parents"]
@@ -1220,7 +1327,7 @@ class SQLStorage:
                 tries += 1
 
     def _cancel(self, job_id: str) -> list[Job] | None:
-        now = self.dialect.time_param(utcnow())
+        now = self.dialect.time_param(self._now())
         woken: list[str] = []
         with self._cursor(write=True, atomic=True) as cur:
             cur.execute(self._sql["lock_job"], {"id": job_id})
@@ -1249,13 +1356,13 @@ class SQLStorage:
         """Ask for a pause of ``job_id``: held at once unless running or waiting, else
         held once it would run again. False when it is not pausable (finished, paused
         already, or no such job)."""
-        params = {"id": job_id, "now": self.dialect.time_param(utcnow())}
+        params = {"id": job_id, "now": self.dialect.time_param(self._now())}
         return bool(self._run("pause_job", params))
 
     def resume(self, job_id: str) -> bool:
         """Withdraw a pause of ``job_id``: a held job gets its status back (and is
         claimable at once if due). False when no pause of it was asked for."""
-        params = {"id": job_id, "now": self.dialect.time_param(utcnow())}
+        params = {"id": job_id, "now": self.dialect.time_param(self._now())}
         with self._cursor(write=True, atomic=True) as cur:
             cur.execute(self._sql["resume_job"], params)
             rows = cur.fetchall() if self._has_rows(cur) else []
@@ -1267,7 +1374,7 @@ class SQLStorage:
 
     def pause_queue(self, queue: str) -> None:
         """Stop every worker from claiming jobs of ``queue`` (stored: it lasts)."""
-        self._run("pause_queue", {"queue": queue, "now": self.dialect.time_param(utcnow())})
+        self._run("pause_queue", {"queue": queue, "now": self.dialect.time_param(self._now())})
 
     def resume_queue(self, queue: str) -> None:
         """Let workers claim from ``queue`` again, and wake those waiting for work."""
@@ -1292,20 +1399,53 @@ class SQLStorage:
         Serialised on the job's row with the suspensions that wait for it (see
         ``suspend``), so that neither side misses the other.
         """
-        now = self.dialect.time_param(utcnow())
-        woken: list[Any] = []
+        found, queue, _run = self.signal_claiming(job_id, name, payload, None)
+        return found, queue
+
+    def signal_claiming(
+        self,
+        job_id: str,
+        name: str,
+        payload: bytes | None,
+        reserve: Reserve | None,
+    ) -> tuple[bool, str | None, Job | None]:
+        """``signal``, and when it wakes the job, its resumed run claimed in the same
+        transaction for the worker ``reserve(queue, type)`` names with its lock timeout
+        (None: none is free, and the job is a due resume as ``signal`` leaves it).
+
+        Returns whether the job exists, its queue when the signal woke it, and the run
+        claimed, if any: none while the job or its queue is paused (the worker's
+        reservation is then to be given back).
+        """
+        now = self.dialect.time_param(self._now())
+        waiting_for = signal_wait(name)
+        text = None if payload is None else payload.decode()
+        stored = {"job_id": job_id, "name": name, "payload": text, "now": now}
         with self._cursor(write=True, atomic=True) as cur:
-            cur.execute(self._sql["lock_job"], {"id": job_id})
-            found = bool(cur.fetchall())
-            if found:
-                text = None if payload is None else payload.decode()
-                row = {"job_id": job_id, "name": name, "payload": text, "now": now}
-                cur.execute(self._sql["insert_signal"], row)
-                wake = {"id": job_id, "waiting_for": signal_wait(name), "now": now}
-                cur.execute(self._sql["wake_signalled"], wake)
-                woken = cur.fetchall()
-                self.dialect.notify_queues(cur, [row[0] for row in woken])
-        return found, (woken[0][0] if woken else None)
+            sql = self._sql["insert_signal"]
+            cur.execute(sql, stored)
+            rows = cur.fetchall()
+            if not rows:
+                return False, None, None
+            [(_id, queue, type_, status, waits_for)] = self._named(cur, sql, _LOCKED, rows)
+            wake = {"id": job_id, "waiting_for": waiting_for, "now": now}
+            taker = None
+            waiting = status == JobStatus.WAITING.value and waits_for == waiting_for
+            if reserve is not None and waiting:
+                taker = reserve(queue, type_)
+            if taker is not None:
+                worker, lock_timeout = taker
+                claim = {**wake, "worker": worker, "lock_timeout": lock_timeout}
+                sql = self._sql["claim_signalled"]
+                cur.execute(sql, claim)
+                claimed = cur.fetchall()
+                if claimed:
+                    [run] = self._named(cur, sql, _JOB, claimed)
+                    return True, queue, self._job(run)
+            cur.execute(self._sql["wake_signalled"], wake)
+            woken = [row[0] for row in cur.fetchall()]
+            self.dialect.notify_queues(cur, woken)
+        return True, (woken[0] if woken else None), None
 
     def observe_signals(
         self,
@@ -1360,26 +1500,65 @@ class SQLStorage:
 
         The waiting index serves both looks; nothing is written when nothing is due.
         """
-        now = now or utcnow()
+        now = now or self._now()
         names = self.dialect.list_param(list(queues))
-        params = {"queues": names, "now": self.dialect.time_param(now)}
         following = self._next_wake(names)
         if following is None or following[1] > now:
             return [], following
+        woken, woke, _claimed = self._wake_in(names, now, limit, [], "", 0.0)
+        if woke >= limit:
+            return woken, (following[0], now)  # more are due: look again at once
+        return woken, self._next_wake(names)
+
+    def wake_and_claim(
+        self,
+        queues: Sequence[str],
+        claims: Sequence[Claim],
+        worker_id: str,
+        *,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT,
+        limit: int = WAKE_BATCH,
+    ) -> tuple[list[str], list[list[Job]]]:
+        """End the due waits of ``queues`` as ``wake_waiting`` does, then make the
+        ``claims`` for ``worker_id`` in the same transaction (jobs per claim, in order):
+        a worker whose timer says a wait has ended starts its resume after one commit,
+        not two, and without a look first. Returns the queues of the jobs woken (not when
+        the next wait ends: ``wake_waiting`` tells) and the jobs claimed.
+        """
+        names = self.dialect.list_param(list(queues))
+        now = self._now()
+        woken, _woke, claimed = self._wake_in(
+            names, now, limit, claims, worker_id, _seconds(lock_timeout)
+        )
+        return woken, claimed
+
+    def _wake_in(
+        self,
+        names: Any,
+        now: datetime,
+        limit: int,
+        claims: Sequence[Claim],
+        worker_id: str,
+        lock_timeout: float,
+    ) -> tuple[list[str], int, list[list[Job]]]:
+        """Wake up to ``limit`` due waits of the queues ``names``, then make ``claims``,
+        in one transaction: the queues woken, how many jobs, and the jobs claimed."""
+        at = self.dialect.time_param(now)
         with self._cursor(write=True, atomic=True) as cur:
             sql = self._sql["due_waiting"]
-            cur.execute(sql, {**params, "limit": limit})
-            rows = cur.fetchall()
+            params = {"queues": names, "now": at, "limit": limit}
+            rows = self.dialect.claim_rows(cur, params, sql)
             woken: list[str] = []
             if rows:
                 rows = self._named(cur, sql, _DUE_WAIT, rows)
-                wake = [{"id": job_id, "now": params["now"]} for job_id, _queue in rows]
-                cur.executemany(self._sql["wake"], wake)
                 woken = sorted({queue for _job_id, queue in rows})
-                self.dialect.notify_queues(cur, woken)
-        if len(rows) >= limit:
-            return woken, (rows[-1][1], now)  # more are due: look again at once
-        return woken, self._next_wake(names)
+            claimed = [self._claim_in(cur, claim, worker_id, now, lock_timeout) for claim in claims]
+            if rows:
+                # Other processes hear only of the resumes these claims did not take.
+                taken = {job.id for jobs in claimed for job in jobs}
+                left = {queue for job_id, queue in rows if job_id not in taken}
+                self.dialect.notify_queues(cur, sorted(left))
+        return woken, len(rows), claimed
 
     def _next_wake(self, queues: Any) -> tuple[str, datetime] | None:
         rows = self._read("next_wake", {"queues": queues}, _NEXT_WAKE)
@@ -1398,7 +1577,7 @@ class SQLStorage:
         params = {
             "id": job_id,
             "progress": None if progress is None else progress.decode(),
-            "now": self.dialect.time_param(utcnow()),
+            "now": self.dialect.time_param(self._now()),
             "worker": worker_id,
             "fence": fence,
         }
@@ -1411,7 +1590,7 @@ class SQLStorage:
         ``jobs`` are ``(job id, fence)`` pairs; the fence stays as it is (the next claim
         takes a new one), so a retried release can never give back a later run.
         """
-        now = self.dialect.time_param(utcnow())
+        now = self.dialect.time_param(self._now())
         params = [
             {"id": job_id, "fence": fence, "worker": worker_id, "now": now}
             for job_id, fence in jobs
@@ -1447,7 +1626,7 @@ class SQLStorage:
         params = {
             "id": job_id,
             "worker": worker_id,
-            "now": self.dialect.time_param(utcnow()),
+            "now": self.dialect.time_param(self._now()),
             "lock_timeout": _seconds(lock_timeout),
         }
         self._run("heartbeat_job", params)
@@ -1471,7 +1650,7 @@ class SQLStorage:
         (the connection died after the commit) goes stale and is taken back. Each lock
         then expires ``lock_timeout`` (the worker's) from now, on the database's clock.
         """
-        now = self.dialect.time_param(utcnow())
+        now = self.dialect.time_param(self._now())
         held = None if jobs is None else self.dialect.list_param(jobs)
         beat = {
             "worker": worker_id,
@@ -1500,7 +1679,7 @@ class SQLStorage:
 
     def live_workers(self, max_age: timedelta) -> list[WorkerInfo]:
         """Workers whose last heartbeat is within ``max_age``."""
-        cutoff = self.dialect.time_param(utcnow() - max_age)
+        cutoff = self.dialect.time_param(self._now() - max_age)
         t = self.dialect.time_value
         workers = []
         for id_, host, pid, queues, types, started_at, heartbeat_at, version in self._read(
@@ -1517,7 +1696,7 @@ class SQLStorage:
 
     def prune_workers(self, max_age: timedelta) -> None:
         """Forget workers whose last heartbeat is older than ``max_age``."""
-        self._run("prune_workers", {"cutoff": self.dialect.time_param(utcnow() - max_age)})
+        self._run("prune_workers", {"cutoff": self.dialect.time_param(self._now() - max_age)})
 
     def release_expired_locks(
         self, *, backoff: Callable[[str], Backoff | None] | None = None
@@ -1555,7 +1734,7 @@ class SQLStorage:
         Taken-back jobs are handled as by ``release_expired_locks``, which workers use.
         """
         seconds = _seconds(timeout)
-        cutoff = self.dialect.time_param(utcnow() - timedelta(seconds=seconds))
+        cutoff = self.dialect.time_param(self._now() - timedelta(seconds=seconds))
         return self._take_back(
             "stale_locks",
             {"cutoff": cutoff},
@@ -1585,8 +1764,9 @@ class SQLStorage:
                 rows = cur.fetchall()
                 if rows:
                     rows = self._named(cur, sql, _TAKE_BACK, rows)
-                    now = utcnow()
+                    now = self._now()
                     updates = [self._taken_back(row, now, error, backoff) for row in rows]
+                    cur.executemany(self._sql["record_lost_attempt"], updates)
                     cur.executemany(self._sql["reap"], updates)
                     # Runs that failed for good (the rows are locked: every reap took).
                     lost = [(u["id"], False) for u in updates if u["finished_at"] is not None]
@@ -1644,13 +1824,13 @@ class SQLStorage:
 
     def get_due_jobs(self, limit: int) -> list[Job]:
         """Jobs waiting to run whose run time has come, in dequeue order."""
-        params = {"now": self.dialect.time_param(utcnow()), "limit": limit}
+        params = {"now": self.dialect.time_param(self._now()), "limit": limit}
         return [self._job(row) for row in self._read("due_jobs", params, _JOB)]
 
     def queue_depths(self) -> list[QueueDepth]:
         """Per queue with due jobs: how many are due now and the oldest one's run time."""
         t = self.dialect.time_value
-        params = {"now": self.dialect.time_param(utcnow())}
+        params = {"now": self.dialect.time_param(self._now())}
         rows = self._read("queue_depths", params, _DEPTH)
         return [QueueDepth(queue, due, t(oldest)) for queue, due, oldest in rows]
 
@@ -1680,7 +1860,7 @@ class SQLStorage:
             "queue": queue,
             "last_fire_at": t(last_fire_at),
             "next_fire_at": t(next_fire_at),
-            "now": t(utcnow()),
+            "now": t(self._now()),
         }
         self._run("upsert_schedule", params)
 
@@ -1775,6 +1955,18 @@ def _fence(fence: int | None, attempt: int | None) -> int | None:
 # Error messages (``last_error``, a failed step's checkpoint) are capped as arguments and
 # results are: an exception's text can be any size, and it is read back with its row.
 MAX_ERROR_TEXT = 64 * 1024  # characters
+
+
+_SUMMARY_LINES = 12  # of a traceback, kept with each failed attempt
+
+
+def traceback_summary(text: str | None) -> str | None:
+    """The end of a traceback, kept with each failed attempt: its last frames and the
+    error (the job keeps its latest traceback whole)."""
+    if text is None:
+        return None
+    lines = text.rstrip("\n").splitlines()
+    return "\n".join(lines[-_SUMMARY_LINES:])
 
 
 def storable_text(text: str | None) -> str | None:

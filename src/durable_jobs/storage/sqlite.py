@@ -262,6 +262,134 @@ _SQLITE_MIGRATION_10 = (
 # during a rolling upgrade ('' for workers of older releases).
 _SQLITE_MIGRATION_11 = ("ALTER TABLE sdj_workers ADD COLUMN version TEXT NOT NULL DEFAULT ''",)
 
+# Operations (``storage/search.py``, ``storage/retention.py``): a job's tags and scalar
+# meta values as rows of a side table led by (kind, label, value, creation order), so a
+# search by tag or meta reads one index range newest first; and each failed attempt of a
+# job as a row of its history. Triggers write the labels in the enqueue's own statement
+# (every way of enqueueing, one transaction); their WHEN spares jobs without tags or meta.
+# Labels keep 200 characters (searches compare the same prefix).
+_SQLITE_TAGS = """SELECT DISTINCT 't', substr(t.value, 1, 200), '', {job}.created_at,
+        {job}.rowid, {job}.id FROM {source}json_each({job}.tags) AS t
+    WHERE t.type = 'text'"""
+_SQLITE_META = """SELECT 'm', substr(m.key, 1, 200), substr(CASE m.type WHEN 'text' THEN m.value
+            WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(m.value AS TEXT) END,
+            1, 200), {job}.created_at, {job}.rowid, {job}.id
+        FROM {source}json_each({job}.meta) AS m
+    WHERE m.type IN ('text', 'integer', 'true', 'false')"""
+_SQLITE_LABEL = (
+    "INSERT OR IGNORE INTO sdj_job_labels (kind, label, value, created, job_seq, job_id)"
+)
+_SQLITE_MIGRATION_12 = (
+    """CREATE TABLE sdj_job_labels (
+        kind TEXT NOT NULL,
+        label TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created TEXT NOT NULL,
+        job_seq INTEGER NOT NULL,
+        job_id TEXT NOT NULL,
+        PRIMARY KEY (kind, label, value, created, job_seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX sdj_job_labels_job ON sdj_job_labels (job_id)",
+    f"""CREATE TRIGGER sdj_jobs_tags AFTER INSERT ON sdj_jobs WHEN NEW.tags IS NOT NULL BEGIN
+        {_SQLITE_LABEL} {_SQLITE_TAGS.format(job="NEW", source="")};
+    END""",
+    f"""CREATE TRIGGER sdj_jobs_meta AFTER INSERT ON sdj_jobs WHEN NEW.meta IS NOT NULL BEGIN
+        {_SQLITE_LABEL} {_SQLITE_META.format(job="NEW", source="")};
+    END""",
+    f"""{_SQLITE_LABEL} {_SQLITE_TAGS.format(job="j", source="sdj_jobs AS j, ")}
+        UNION ALL {_SQLITE_META.format(job="j", source="sdj_jobs AS j, ")}""",
+    """CREATE TABLE sdj_attempts (
+        seq INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        error TEXT,
+        traceback TEXT,
+        started_at TEXT,
+        finished_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX sdj_attempts_job ON sdj_attempts (job_id, seq)",
+)
+
+# Nothing here: PostgreSQL's migration 13 marks the jobs awaited by ``Queue.result``
+# for its outcome trigger; this backend's waiters need no mark (SQLite watches the
+# file; MySQL re-reads). The version keeps the backends' schema versions in step.
+_SQLITE_MIGRATION_13: tuple[str, ...] = ()
+
+# Operations' statements (``search.py``, ``retention.py``), at the end of ``sql``.
+_SQLITE_FINISHED = "('completed', 'failed', 'cancelled')"
+_SQLITE_OPS = {
+    # The failed run's row in its job's history, fenced like the fail it comes before.
+    "record_attempt": """INSERT INTO sdj_attempts
+            (job_id, attempt, worker, error, traceback, started_at, finished_at)
+        SELECT id, attempt, locked_by, :error, :summary, started_at, :now FROM sdj_jobs
+        WHERE id = :id AND status = 'running'
+          AND (:worker IS NULL OR (locked_by = :worker AND fence = :fence))""",
+    # A run taken back from a lost worker, before its reap (the same words as the reap's).
+    "record_lost_attempt": """INSERT INTO sdj_attempts
+            (job_id, attempt, worker, error, traceback, started_at, finished_at)
+        SELECT id, attempt, locked_by, 'WorkerLost: worker ' || COALESCE(locked_by, '?') || :error,
+            NULL, started_at, :now FROM sdj_jobs
+        WHERE id = :id AND status = 'running' AND fence = :fence""",
+    "attempts": """SELECT attempt, worker, error, traceback, started_at, finished_at
+        FROM sdj_attempts WHERE job_id = :job_id ORDER BY seq""",
+    # Finished jobs of one status past the cutoff, oldest first from a (created_at, id)
+    # position, along the status index (finished_at >= created_at, so the created_at
+    # range holds them all). A child whose parent has not finished stays: the parent
+    # may still read its outcome.
+    "prunable": f"""SELECT id, created_at FROM sdj_jobs AS j
+        WHERE status = :status AND created_at < :cutoff AND finished_at < :cutoff
+          AND created_at >= :after_at AND (created_at > :after_at OR id > :after_id)
+          AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sdj_jobs AS p
+              WHERE p.id = j.parent_id AND p.status NOT IN {_SQLITE_FINISHED}))
+        ORDER BY created_at, id LIMIT :limit""",
+    "prune_checkpoints": """DELETE FROM sdj_checkpoints
+        WHERE job_id IN (SELECT value FROM json_each(:ids))""",
+    "prune_signals": "DELETE FROM sdj_signals WHERE job_id IN (SELECT value FROM json_each(:ids))",
+    "prune_attempts": """DELETE FROM sdj_attempts
+        WHERE job_id IN (SELECT value FROM json_each(:ids))""",
+    "prune_labels": """DELETE FROM sdj_job_labels
+        WHERE job_id IN (SELECT value FROM json_each(:ids))""",
+    "prune_jobs": f"""DELETE FROM sdj_jobs WHERE id IN (SELECT value FROM json_each(:ids))
+        AND status IN {_SQLITE_FINISHED}""",
+}
+
+# Searches and bulk retries (``search.py``), at the end of ``admin_sql``. A search by
+# labels reads the labels' index newest first from the first label (the others and the
+# job's own fields filter); ``labelled_also`` is written once per further label, its
+# ``also_`` names numbered.
+_SQLITE_SEARCH = {
+    "created_after": " AND created_at >= :created_after",
+    "created_before": " AND created_at < :created_before",
+    "labelled_page": f"""SELECT {JOB_COLUMNS}, l.job_seq AS position
+        FROM sdj_job_labels AS l JOIN sdj_jobs AS j ON j.id = l.job_id
+        WHERE l.kind = :kind AND l.label = :label AND l.value = :value{{filters}}
+        ORDER BY l.created {{order}}, l.job_seq {{order}} LIMIT :limit""",
+    "labelled_status": " AND j.status = :status",
+    "labelled_queue": " AND j.queue = :queue",
+    "labelled_type": " AND j.type = :type",
+    "labelled_older": " AND l.created <= :created_at"
+    " AND (l.created < :created_at OR l.job_seq < :tie)",
+    "labelled_newer": " AND l.created >= :created_at"
+    " AND (l.created > :created_at OR l.job_seq > :tie)",
+    "labelled_after": " AND l.created >= :created_after",
+    "labelled_before": " AND l.created < :created_before",
+    "labelled_also": """ AND EXISTS (SELECT 1 FROM sdj_job_labels AS also_l
+        WHERE also_l.job_id = l.job_id AND also_l.kind = :also_kind
+          AND also_l.label = :also_label AND also_l.value = :also_value)""",
+    # Failed jobs to retry, oldest first from a (created_at, id) position, that failed
+    # by :until (the start of the bulk retry: jobs failing again meanwhile are not taken).
+    "failed_batch": """SELECT id, created_at, queue FROM sdj_jobs
+        WHERE status = 'failed' AND created_at >= :after_at
+          AND (created_at > :after_at OR id > :after_id) AND finished_at <= :until{filters}
+        ORDER BY created_at, id LIMIT :limit""",
+    "failed_since": " AND finished_at >= :since",
+    "retry_failed": """UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
+            wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
+            updated_at = :now
+        WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'failed'""",
+}
+
 # SQLite has no server: every process using the file shares the host's clock, which is
 # the database's clock. Times in the fixed-width text of ``time_param`` (milliseconds).
 _SQLITE_CLOCK = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
@@ -336,6 +464,24 @@ _SQLITE_LIMITS = {
         WHERE type = :type AND limit_key <> '' AND refilled_at < :before""",
 }
 
+# The reads of ``queue.explain`` and ``sdj workers`` (``explain.py``), in
+# ``explain.STATEMENTS`` order. Plain reads: they lock nothing a claim takes.
+_SQLITE_EXPLAIN = {
+    # A waiting parent's children not finished yet, counted down by their outcomes.
+    "children_left": "SELECT children_left FROM sdj_jobs WHERE id = :id",
+    # Due jobs before one in its queue's dequeue order (served by the dequeue index).
+    "jobs_ahead": """SELECT COUNT(*) AS ahead FROM sdj_jobs AS a
+        JOIN sdj_jobs AS j ON j.id = :id AND a.queue = j.queue
+        WHERE a.status IN ('pending', 'retrying') AND a.run_at <= :now
+          AND (a.priority > j.priority OR (a.priority = j.priority
+            AND (a.run_at < j.run_at OR (a.run_at = j.run_at AND a.rowid < j.rowid))))""",
+    "bucket": f"""SELECT tokens, refilled_at, {_SQLITE_CLOCK} AS now FROM sdj_limits
+        WHERE type = :type AND limit_key = :key""",
+    # Served by the running index.
+    "running_by_worker": """SELECT locked_by AS worker, COUNT(*) AS running FROM sdj_jobs
+        WHERE status = 'running' GROUP BY locked_by""",
+}
+
 
 # Result codes (the low byte of an extended code) that a later attempt may not meet:
 # busy and locked (another writer), an I/O error, a full disk, a file that could not be
@@ -389,6 +535,8 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_9,
         _SQLITE_MIGRATION_10,
         _SQLITE_MIGRATION_11,
+        _SQLITE_MIGRATION_12,
+        _SQLITE_MIGRATION_13,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
@@ -532,17 +680,19 @@ class SQLiteDialect(Dialect):
             WHERE status = 'waiting' AND wait_until IS NOT NULL
               AND queue IN (SELECT value FROM json_each(:queues))
             ORDER BY wait_until LIMIT 1""",
-        "due_waiting": """SELECT id, queue FROM sdj_jobs
-            WHERE status = 'waiting' AND wait_until <= :now
-              AND queue IN (SELECT value FROM json_each(:queues))
-            ORDER BY wait_until LIMIT :limit""",
-        # wait_until stays set: it tells the claim that this run resumes (no new attempt).
-        "wake": """UPDATE sdj_jobs SET
-            status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
-            paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
-            run_at = COALESCE(wait_until, :now),
-            wait_until = COALESCE(wait_until, :now), waiting_for = NULL, updated_at = :now
-            WHERE id = :id AND status = 'waiting'""",
+        # The due waits ended, in one statement: each job becomes a due resume (held,
+        # if it was paused meanwhile). wait_until stays set: it tells the claim that this
+        # run resumes (no new attempt).
+        "due_waiting": """UPDATE sdj_jobs SET
+                status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
+                paused_from = CASE WHEN paused_from IS NULL THEN NULL ELSE 'pending' END,
+                run_at = COALESCE(wait_until, :now),
+                wait_until = COALESCE(wait_until, :now), waiting_for = NULL, updated_at = :now
+            WHERE id IN (SELECT id FROM sdj_jobs
+                WHERE status = 'waiting' AND wait_until <= :now
+                  AND queue IN (SELECT value FROM json_each(:queues))
+                ORDER BY wait_until LIMIT :limit)
+            RETURNING id, queue""",
         # Fenced like outcomes: only the running run may report its progress.
         "set_progress": """UPDATE sdj_jobs SET progress = :progress, updated_at = :now
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence
@@ -550,8 +700,14 @@ class SQLiteDialect(Dialect):
         # Signals serialise on their job's row (here, on the IMMEDIATE transaction around
         # them): a signal and a suspension that waits for it never miss each other.
         "lock_job": "SELECT id FROM sdj_jobs WHERE id = :id",
+        # Stored only for a job that exists; returns what the wake-up needs of the job.
         "insert_signal": """INSERT INTO sdj_signals (job_id, name, payload, created_at)
-            VALUES (:job_id, :name, :payload, :now)""",
+            SELECT id, :name, :payload, :now FROM sdj_jobs WHERE id = :job_id
+            RETURNING job_id AS id,
+                (SELECT queue FROM sdj_jobs WHERE id = job_id) AS queue,
+                (SELECT type FROM sdj_jobs WHERE id = job_id) AS type,
+                (SELECT status FROM sdj_jobs WHERE id = job_id) AS status,
+                (SELECT waiting_for FROM sdj_jobs WHERE id = job_id) AS waiting_for""",
         # A job waiting for this signal resumes now (wait_until: the resume marker).
         "wake_signalled": """UPDATE sdj_jobs SET
             status = CASE WHEN paused_from IS NULL THEN 'pending' ELSE 'paused' END,
@@ -560,6 +716,16 @@ class SQLiteDialect(Dialect):
             wait_until = :now, waiting_for = NULL, updated_at = :now
             WHERE id = :id AND status = 'waiting' AND waiting_for = :waiting_for
             RETURNING queue""",
+        # wake_signalled and the claim of the woken run in one: the resume goes on with
+        # the same attempt. Not while the job or its queue is paused.
+        "claim_signalled": f"""UPDATE sdj_jobs SET status = 'running', fence = fence + 1,
+                lock_expires_at = {_SQLITE_EXPIRY}, locked_by = :worker, heartbeat_at = :now,
+                started_at = :now, updated_at = :now, run_at = :now, wait_until = :now,
+                waiting_for = NULL
+            WHERE id = :id AND status = 'waiting' AND waiting_for = :waiting_for
+              AND paused_from IS NULL
+              AND NOT EXISTS (SELECT 1 FROM sdj_queue_pauses AS p WHERE p.queue = sdj_jobs.queue)
+            RETURNING {JOB_COLUMNS}""",
         # The running run, locked for an observation of its signals (fenced).
         "lock_run": """SELECT id FROM sdj_jobs
             WHERE id = :id AND status = 'running' AND locked_by = :worker AND fence = :fence""",
@@ -573,6 +739,15 @@ class SQLiteDialect(Dialect):
                 children_need = children_need - :ok, children_spare = children_spare - (1 - :ok)
             WHERE id = (SELECT parent_id FROM sdj_jobs WHERE id = :id)
               AND wait_group = (SELECT parent_group FROM sdj_jobs WHERE id = :id)
+            RETURNING id, queue, status, wait_group, children_left, children_need,
+                children_spare""",
+        # Completed children of one parent (``ids``, all children of ``parent``), counted
+        # down together: once per batch. Found by their ids alone (see PostgreSQL's).
+        "settle_children": """UPDATE sdj_jobs SET children_left = children_left - s.n,
+                children_need = children_need - s.n
+            FROM (SELECT parent_group, COUNT(*) AS n FROM sdj_jobs
+                WHERE id IN (SELECT value FROM json_each(:ids)) GROUP BY parent_group) AS s
+            WHERE sdj_jobs.id = :parent AND sdj_jobs.wait_group = s.parent_group
             RETURNING id, queue, status, wait_group, children_left, children_need,
                 children_spare""",
         # A decided wait resumes its parent now (wait_until: the resume marker), once:
@@ -689,6 +864,7 @@ class SQLiteDialect(Dialect):
             WHERE sdj_schedules.spec <> excluded.spec OR sdj_schedules.next_fire_at IS NULL
                 OR excluded.next_fire_at >= sdj_schedules.next_fire_at""",
         "list_schedules": f"SELECT {SCHEDULE_COLUMNS} FROM sdj_schedules ORDER BY name",
+        **_SQLITE_OPS,
     }
     create_version_table = """CREATE TABLE IF NOT EXISTS sdj_schema_version (
         version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"""
@@ -728,14 +904,16 @@ class SQLiteDialect(Dialect):
         "retry": f"""UPDATE sdj_jobs SET status = 'pending', attempt = 0, run_at = :now,
                 wait_until = NULL, completed_at = NULL, finished_at = NULL, finished_by = NULL,
                 updated_at = :now
-            WHERE id = :id AND status IN ('failed', 'retrying')
+            WHERE id = :id AND status IN ('failed', 'retrying', 'cancelled')
             RETURNING {JOB_COLUMNS}""",
         # A running job only with :force: its worker would go on running it.
         "delete_job": f"""DELETE FROM sdj_jobs WHERE id = :id AND (:force OR status <> 'running')
             RETURNING {JOB_COLUMNS}""",
         "delete_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = :id",
+        **_SQLITE_SEARCH,
     }
     limits_sql: ClassVar[dict[str, str]] = _SQLITE_LIMITS
+    explain_sql: ClassVar[dict[str, str]] = _SQLITE_EXPLAIN
 
     # -- engines and connections --------------------------------------------------------
 
@@ -826,6 +1004,13 @@ class SQLiteDialect(Dialect):
         if self.in_memory(engine.url):
             return None  # one process: in-process wake-ups reach every worker
         return SQLiteWatcher(engine)
+
+    def outcome_listener(
+        self, engine: sa.Engine, watched: Callable[[], list[str]]
+    ) -> ListenerThread | None:
+        if self.in_memory(engine.url):
+            return None  # one process: the queue's own events tell of every outcome
+        return SQLiteOutcomeWatcher(engine, watched)
 
     def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
         # Committed with the wake-up it announces: the watchers read these counters.
@@ -943,6 +1128,37 @@ _SIGNALLED = """SELECT max(s.seq), json_group_array(DISTINCT j.queue)
 
 _WAKE = """INSERT INTO sdj_wakes (queue, seq) VALUES (:queue, 1)
     ON CONFLICT (queue) DO UPDATE SET seq = seq + 1"""
+
+
+class SQLiteOutcomeWatcher(ListenerThread):
+    """Notices watched jobs finished by any process, within milliseconds: on each change
+    of the file's ``PRAGMA data_version`` (see ``SQLiteWatcher``), one read of the
+    watched jobs that have finished."""
+
+    def __init__(
+        self, engine: sa.Engine, watched: Callable[[], list[str]], interval: float = 0.002
+    ) -> None:
+        super().__init__(engine)
+        self._watched = watched
+        self._interval = interval
+
+    def _listen(
+        self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
+    ) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        on_reconnect()
+        while not stop.wait(self._interval):
+            now = conn.execute("PRAGMA data_version").fetchone()[0]
+            if now == version:
+                continue
+            version = now
+            ids = json.dumps(self._watched())
+            for (job_id,) in conn.execute(_FINISHED_AMONG, (ids,)).fetchall():
+                on_notify(job_id)
+
+
+_FINISHED_AMONG = f"""SELECT id FROM sdj_jobs
+    WHERE id IN (SELECT value FROM json_each(?)) AND status IN {_SQLITE_FINISHED}"""
 
 
 class SQLiteWatcher(ListenerThread):

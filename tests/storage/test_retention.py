@@ -1,0 +1,129 @@
+"""Retention on every backend: pruning finished jobs with all that is kept for them, in
+batches, sparing unfinished jobs and the children their parents still wait for; and a
+worker's retention policy."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+import durable_jobs as jobs
+from durable_jobs.job import Job, utcnow
+from durable_jobs.storage import retention
+from tests.helpers import wait_for
+from tests.storage.helpers import claim_one, count, sql
+
+_KEPT_FOR_A_JOB = ("sdj_checkpoints", "sdj_signals", "sdj_attempts", "sdj_job_labels")
+
+
+def _age(storage: jobs.SQLStorage, job_id: str, status: str, days: float) -> None:
+    """Make ``job_id`` a job of ``status`` created and finished ``days`` ago."""
+    at = storage.dialect.time_param(utcnow() - timedelta(days=days))
+    sql(
+        storage,
+        "UPDATE sdj_jobs SET status = :s, created_at = :t, finished_at = :t WHERE id = :id",
+        s=status,
+        t=at,
+        id=job_id,
+    )
+
+
+def _failed_with_everything(storage: jobs.SQLStorage, queue: jobs.Queue) -> str:
+    """A failed job with an attempt, a checkpoint, a signal and labels."""
+    job_id = queue.enqueue("doomed", tags=["t"], meta={"k": "v"})
+    job = claim_one(storage, "w")
+    sql(
+        storage,
+        "INSERT INTO sdj_checkpoints (id, job_id, scope, call_index, call_type, created_at)"
+        " VALUES (:id, :job, '', 0, 'step', :t)",
+        id=f"cp-{job_id}",
+        job=job_id,
+        t=storage.dialect.time_param(utcnow()),
+    )
+    assert storage.fail(job_id, "boom", None, worker_id="w", fence=job.fence, traceback="tb")
+    queue.signal(job_id, "late", 1)  # kept for a finished job
+    return job_id
+
+
+def test_prune_deletes_old_finished_jobs_with_what_is_kept_for_them(
+    storage: jobs.SQLStorage,
+) -> None:
+    queue = jobs.Queue(storage)
+    doomed = _failed_with_everything(storage, queue)
+    kept = [count(storage, table) for table in _KEPT_FOR_A_JOB]
+    assert kept == [1, 1, 1, 2]  # a checkpoint, a signal, an attempt, a tag and a meta label
+    old_done = queue.enqueue("done")
+    new_done = queue.enqueue("done")
+    pending = queue.enqueue("waiting-its-turn")
+    _age(storage, doomed, "failed", 10)
+    _age(storage, old_done, "completed", 10)
+    _age(storage, new_done, "completed", 1)
+    sql(
+        storage,
+        "UPDATE sdj_jobs SET created_at = :t WHERE id = :id",
+        t=storage.dialect.time_param(utcnow() - timedelta(days=30)),
+        id=pending,
+    )
+    assert queue.prune(older_than=timedelta(days=7)) == 1  # completed only, by default
+    assert queue.get_job(old_done) is None and queue.get_job(new_done) is not None
+    assert queue.get_job(doomed) is not None
+    assert queue.prune(timedelta(days=7), statuses=("completed", "failed", "cancelled")) == 1
+    assert queue.get_job(doomed) is None
+    for table in _KEPT_FOR_A_JOB:
+        assert count(storage, table) == 0, table
+    assert queue.get_job(pending) is not None  # never finished: never pruned
+
+
+def test_a_finished_child_is_kept_while_its_parent_waits(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    parent = queue.enqueue("parent")
+    child = storage.enqueue(Job(type="child", parent_id=parent))
+    _age(storage, child, "completed", 10)
+    sql(storage, "UPDATE sdj_jobs SET status = 'waiting' WHERE id = :id", id=parent)
+    assert queue.prune(timedelta(days=7)) == 0
+    _age(storage, parent, "completed", 10)
+    assert queue.prune(timedelta(days=7)) == 2
+
+
+def test_prune_goes_in_batches(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    ids = queue.enqueue_many([("done", i) for i in range(11)])
+    for job_id in ids:
+        _age(storage, job_id, "completed", 10)
+    keep = queue.enqueue("done")
+    _age(storage, keep, "completed", 1)
+    assert retention.prune(storage, timedelta(days=7), batch=3) == 11
+    assert count(storage) == 1
+
+
+def test_bad_prune_input_is_refused_and_deletes_nothing(storage: jobs.SQLStorage) -> None:
+    queue = jobs.Queue(storage)
+    job_id = queue.enqueue("done")
+    _age(storage, job_id, "completed", 10)
+    with pytest.raises(ValueError, match="must not be negative"):
+        queue.prune(older_than=timedelta(days=-1))
+    with pytest.raises(ValueError, match="cannot prune jobs in status 'pending'"):
+        queue.prune(timedelta(days=1), statuses=("completed", "pending"))
+    with pytest.raises(ValueError, match="cannot prune jobs in status 'done'"):
+        queue.prune(timedelta(days=1), statuses="done")
+    with pytest.raises(ValueError, match="retention\\['completed'\\]"):
+        queue.worker(retention={"completed": timedelta(days=-7)})
+    with pytest.raises(ValueError, match="cannot prune jobs in status 'running'"):
+        queue.worker(retention={"running": timedelta(days=7)})
+    assert count(storage) == 1
+
+
+def test_a_worker_with_a_retention_policy_prunes_finished_jobs(
+    storage: jobs.SQLStorage,
+) -> None:
+    queue = jobs.Queue(storage)
+    queue.register("quick", lambda n: n)
+    old = queue.enqueue("quick", 0)
+    _age(storage, old, "completed", 8)
+    young_failed = queue.enqueue("quick", 1)
+    _age(storage, young_failed, "failed", 8)
+    policy = {"completed": timedelta(days=7), "failed": timedelta(days=30)}
+    with queue.worker(poll_interval=0.05, retention=policy):
+        wait_for(lambda: queue.get_job(old) is None)
+    assert queue.get_job(young_failed) is not None
