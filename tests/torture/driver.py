@@ -962,10 +962,10 @@ class Run:
         return True
 
     def _holds_database_lock(self) -> bool:
-        """Whether a frozen worker may hold a database lock: SQLite's write lock, a
-        transaction left open (idle) by a server session for over 200 ms, or a session
-        waiting for a lock (frozen while it waits, its transaction holds what it took
-        before, and goes idle holding it all once the lock is granted)."""
+        """Whether a frozen worker may hold a database lock: SQLite's write lock, or a
+        server session's transaction open for over 200 ms, whatever the session does:
+        idle, sending a COPY, or waiting for a lock (once granted, the frozen worker
+        holds it with all its transaction took before)."""
         if self.storage.dialect.name == "sqlite":
             path = self.storage.engine.url.database
             assert path is not None
@@ -980,15 +980,14 @@ class Run:
                 conn.close()
         if self.storage.dialect.name == "postgresql":
             statement = (
-                "SELECT count(*) FROM pg_stat_activity WHERE (state LIKE 'idle in transaction%'"
-                " AND state_change < now() - interval '200 milliseconds')"
-                " OR wait_event_type = 'Lock'"
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                " AND xact_start < now() - interval '200 milliseconds'"
             )
-        else:  # MariaDB: an InnoDB transaction whose session sleeps between statements
+        else:  # MariaDB: an InnoDB transaction whose session has been in one state long
             statement = (
                 "SELECT count(*) FROM information_schema.innodb_trx t"
                 " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
-                " WHERE (p.command = 'Sleep' AND p.time_ms > 200) OR t.trx_state = 'LOCK WAIT'"
+                " WHERE p.time_ms > 200 OR t.trx_state = 'LOCK WAIT'"
             )
         rows = _retry("reading sessions", lambda: _query(self.storage, statement))
         return bool(rows[0][0])
