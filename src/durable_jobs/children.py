@@ -23,7 +23,7 @@ import asyncio
 import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import codec, context, durable
@@ -187,7 +187,8 @@ def _fan_out(pos: durable.Position, described: list[Sub], rule: dict[str, Any]) 
     fresh = cp is None
     if cp is None:
         # Built (and checked) only by the run that stores them: a replay has their ids.
-        jobs = [_child(pos.ctx, s, "jobs.fan_out") for s in described]
+        now = pos.ctx.queue.clock.now()  # one time for the batch, as enqueue_many does
+        jobs = [_child(pos.ctx, s, "jobs.fan_out", now) for s in described]
         wait = _wait_of(pos.path, len(jobs), rule)
         cp = _store_children(pos, jobs, FAN_OUT, rule, wait)
     ids = _stored_ids(pos, cp, FAN_OUT, "a fan-out")
@@ -363,9 +364,10 @@ def _subs(subs: Iterable[Sub]) -> list[Sub]:
     return described
 
 
-def _child(ctx: context.JobContext, described: Any, where: str) -> Job:
-    """A child job built as ``enqueue`` builds one; ``InvalidCallArguments`` if it does
-    not fit (checked before the call takes an index)."""
+def _child(ctx: context.JobContext, described: Any, where: str, now: datetime | None = None) -> Job:
+    """A child job built as ``enqueue`` builds one (created ``now``: the clock's by
+    default); ``InvalidCallArguments`` if it does not fit (checked before the call takes
+    an index)."""
     if not isinstance(described, Sub):
         raise InvalidCallArguments(f"{where}: expected jobs.sub(...), got {described!r}")
     if "connection" in described.options:
@@ -374,7 +376,7 @@ def _child(ctx: context.JobContext, described: Any, where: str) -> Job:
             " transaction"
         )
     try:
-        job = ctx.queue.build_job(described.target, described.args, described.options)
+        job = ctx.queue.build_job(described.target, described.args, described.options, now)
     except (TypeError, ValueError) as exc:
         raise InvalidCallArguments(f"{where}: {exc}") from exc
     job.parent_id = ctx.job.id

@@ -225,11 +225,17 @@ class Queue:
     # -- enqueue ------------------------------------------------------------------------
 
     def build_job(
-        self, name_or_fn: str | Callable[..., Any], args: Any, options: Mapping[str, Any]
+        self,
+        name_or_fn: str | Callable[..., Any],
+        args: Any,
+        options: Mapping[str, Any],
+        now: datetime | None = None,
     ) -> Job:
-        """Validate and encode a job without storing it."""
+        """Validate and encode a job without storing it (created ``now``: the queue
+        clock's by default)."""
         name = self.resolve_name(name_or_fn)
-        return self._new_job(name, args, self._job_options(name, options), self.clock.now())
+        when = self.clock.now() if now is None else now
+        return self._new_job(name, args, self._job_options(name, options), when)
 
     def _job_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """Checked options with the handler's defaults under them (not to be mutated:

@@ -106,6 +106,8 @@ _SETTLED_PARENT = (
 )  # fmt: skip
 _DECIDED = ("id", "queue", "wait_group", "children_spare")
 _CHILD_OUTCOME = ("id", "type", "status", "result", "last_error", "finished_at", "parent_id")
+# A status by its stored value: a lookup, where ``JobStatus(value)`` costs a call each.
+_STATUSES = {status.value: status for status in JobStatus}
 _COUNTED = ("ok", "failed")
 _CLAIMABLE = frozenset({"pending", "retrying"})
 # Statuses of unfinished jobs, which hold their unique key.
@@ -1200,7 +1202,7 @@ class SQLStorage:
             id_: ChildOutcome(
                 id_,
                 type_,
-                JobStatus(status),
+                _STATUSES[status],
                 None if result is None else result.encode(),
                 error,
                 t(finished),
