@@ -14,37 +14,24 @@ from typing import Any
 import pytest
 
 import durable_jobs as jobs
+from tests.cli.outputs import error, ok
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _ok(result: Any) -> str:
-    assert result.exit_code == 0, result.output
-    return str(result.stdout)
-
-
-def _error(result: Any) -> str:
-    assert result.exit_code == 1, result.output
-    lines = str(result.output).strip().splitlines()
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 def test_explain_a_job_in_words_and_json(sdj: Any, db_url: str, queue: jobs.Queue) -> None:
     job_id = queue.enqueue("report", delay=timedelta(hours=3))
-    text = _ok(sdj("explain", job_id, "--database-url", db_url))
+    text = ok(sdj("explain", job_id, "--database-url", db_url))
     first, *facts = text.splitlines()
     assert first.startswith(f"job {job_id}: It is delayed until ")
     assert "  reason: delayed" in facts and "  status: pending" in facts
-    data = json.loads(_ok(sdj("explain", job_id, "--database-url", db_url, "--json")))
+    data = json.loads(ok(sdj("explain", job_id, "--database-url", db_url, "--json")))
     assert data["job_id"] == job_id and data["reason"] == "delayed"
     assert data["message"].startswith("It is delayed until ")
     assert 10700 < data["facts"]["seconds"] <= 10800
-    assert (
-        _error(sdj("explain", "nope", "--database-url", db_url)) == "Error: no job with id 'nope'"
-    )
-    line = _error(sdj("explain", job_id, "not-a-target", "--database-url", db_url))
+    assert error(sdj("explain", "nope", "--database-url", db_url)) == "Error: no job with id 'nope'"
+    line = error(sdj("explain", job_id, "not-a-target", "--database-url", db_url))
     assert line == "Error: expected MODULE:QUEUE, such as myapp.tasks:queue; got 'not-a-target'"
 
 
@@ -66,11 +53,11 @@ def test_explain_reads_caps_from_the_queue_given(
     with queue.worker(poll_interval=0.05, lock_timeout=5):
         wait_for(lambda: (j := queue.get_job(first)) is not None and j.status.is_terminal)
     data = json.loads(
-        _ok(sdj("explain", second, f"{module}:queue", "--database-url", db_url, "--json"))
+        ok(sdj("explain", second, f"{module}:queue", "--database-url", db_url, "--json"))
     )
     assert data["reason"] == "rate_limit" and data["facts"]["rate_limit"] == "1/h"
     # Without the queue the limits are unknown: nobody serves "default" now.
-    plain = json.loads(_ok(sdj("explain", second, "--database-url", db_url, "--json")))
+    plain = json.loads(ok(sdj("explain", second, "--database-url", db_url, "--json")))
     assert plain["reason"] == "no_worker_for_queue"
 
 
@@ -93,21 +80,21 @@ def test_workers_lists_each_process_with_its_running_jobs(
 ) -> None:
     held = queue.enqueue("hold")
     wait_for(lambda: (j := queue.get_job(held)) is not None and j.status == "running", timeout=30)
-    [data] = json.loads(_ok(sdj("workers", "--database-url", db_url, "--json")))
+    [data] = json.loads(ok(sdj("workers", "--database-url", db_url, "--json")))
     assert data["pid"] == worker_process.pid and data["running"] == 1
     assert data["queues"] == ["default"] and data["types"] == ["hold", "ping"]
     assert data["version"] == jobs.__version__
     assert set(data) == {
         "id", "host", "pid", "queues", "types", "version", "started_at", "last_seen", "running",
     }  # fmt: skip
-    text = _ok(sdj("workers", "--database-url", db_url))
+    text = ok(sdj("workers", "--database-url", db_url))
     assert "1 worker(s) seen in the last 1m00s" in text
     row = next(line for line in text.splitlines() if data["id"] in line)
     assert "hold, ping" in row and jobs.__version__ in row and row.rstrip().endswith("1")
-    explained = json.loads(_ok(sdj("explain", held, "--database-url", db_url, "--json")))
+    explained = json.loads(ok(sdj("explain", held, "--database-url", db_url, "--json")))
     assert explained["reason"] == "running" and explained["facts"]["worker"] == data["id"]
 
 
 def test_workers_with_none_live(sdj: Any, db_url: str, queue: jobs.Queue) -> None:
-    assert json.loads(_ok(sdj("workers", "--database-url", db_url, "--json"))) == []
-    assert "no live workers" in _ok(sdj("workers", "--database-url", db_url))
+    assert json.loads(ok(sdj("workers", "--database-url", db_url, "--json"))) == []
+    assert "no live workers" in ok(sdj("workers", "--database-url", db_url))

@@ -6,12 +6,8 @@ import json
 from typing import Any
 
 import durable_jobs as jobs
+from tests.cli.outputs import ok
 from tests.helpers import wait_for
-
-
-def _ok(result: Any) -> str:
-    assert result.exit_code == 0, result.output
-    return str(result.stdout)
 
 
 def _sleeping_job(queue: jobs.Queue) -> jobs.Job:
@@ -36,18 +32,18 @@ def test_jobs_list_and_show_a_waiting_job(sdj: Any, db_url: str, queue: jobs.Que
     job = _sleeping_job(queue)
     assert job.wait_until is not None
     listed = json.loads(
-        _ok(sdj("jobs", "list", "--status", "waiting", "--database-url", db_url, "--json"))
+        ok(sdj("jobs", "list", "--status", "waiting", "--database-url", db_url, "--json"))
     )
     assert [(j["id"], j["status"]) for j in listed] == [(job.id, "waiting")]
-    table = _ok(sdj("jobs", "list", "--status", "waiting", "--database-url", db_url))
+    table = ok(sdj("jobs", "list", "--status", "waiting", "--database-url", db_url))
     assert job.id in table and "waiting" in table
 
-    shown = json.loads(_ok(sdj("jobs", "show", job.id, "--database-url", db_url, "--json")))
+    shown = json.loads(ok(sdj("jobs", "show", job.id, "--database-url", db_url, "--json")))
     assert (shown["status"], shown["waiting_for"]) == ("waiting", "sleep")
     assert shown["wait_until"] == job.wait_until.isoformat()
     assert shown["progress"] == {"done": 3, "total": 10}
     assert [(c["call_index"], c["call_type"]) for c in shown["checkpoints"]] == [(0, "jobs.sleep")]
-    text = _ok(sdj("jobs", "show", job.id, "--database-url", db_url))
+    text = ok(sdj("jobs", "show", job.id, "--database-url", db_url))
     assert "waiting_for" in text and "sleep" in text
     assert f"{job.wait_until:%Y-%m-%d %H:%M:%S} UTC (in 59m" in text
     assert '{"done": 3, "total": 10}' in text
@@ -55,9 +51,9 @@ def test_jobs_list_and_show_a_waiting_job(sdj: Any, db_url: str, queue: jobs.Que
 
 def test_stats_count_waiting_jobs(sdj: Any, db_url: str, queue: jobs.Queue) -> None:
     _sleeping_job(queue)
-    stats = json.loads(_ok(sdj("stats", "--database-url", db_url, "--json")))
+    stats = json.loads(ok(sdj("stats", "--database-url", db_url, "--json")))
     assert stats["queues"]["default"]["waiting"] == 1
-    assert "waiting" in _ok(sdj("stats", "--database-url", db_url))
+    assert "waiting" in ok(sdj("stats", "--database-url", db_url))
 
 
 def test_jobs_show_a_fan_out_parent_with_its_children_counted_live(
@@ -76,20 +72,20 @@ def test_jobs_show_a_fan_out_parent_with_its_children_counted_live(
     parent_id = queue.enqueue(parent)
     with queue.worker({"default": 1}, poll_interval=0.05):
         wait_for(lambda: queue.get_job(parent_id).status is jobs.JobStatus.WAITING)
-    shown = json.loads(_ok(sdj("jobs", "show", parent_id, "--database-url", db_url, "--json")))
+    shown = json.loads(ok(sdj("jobs", "show", parent_id, "--database-url", db_url, "--json")))
     assert shown["children"]["total"] == 25 and shown["children"]["by_status"] == {"pending": 25}
     with queue.worker({"kids": 2}, poll_interval=0.05):  # no worker resumes the parent
         wait_for(lambda: queue.storage.admin().children(parent_id).finished == 25)
-    shown = json.loads(_ok(sdj("jobs", "show", parent_id, "--database-url", db_url, "--json")))
+    shown = json.loads(ok(sdj("jobs", "show", parent_id, "--database-url", db_url, "--json")))
     assert shown["status"] == "pending"  # decided: due to resume
     children = shown["children"]
     assert (children["total"], children["finished"]) == (25, 25)
     assert children["by_status"] == {"completed": 24, "failed": 1}
     assert len(children["first"]) == 20 and children["first"][0]["status"] == "failed"
-    text = _ok(sdj("jobs", "show", parent_id, "--database-url", db_url))
+    text = ok(sdj("jobs", "show", parent_id, "--database-url", db_url))
     assert "children: 25 of 25 finished (24 completed, 1 failed)" in text
     assert "the first 20 of 25" in text and "no zero" in text
     leaf = json.loads(
-        _ok(sdj("jobs", "show", children["first"][1]["id"], "--database-url", db_url, "--json"))
+        ok(sdj("jobs", "show", children["first"][1]["id"], "--database-url", db_url, "--json"))
     )
     assert leaf["parent_id"] == parent_id and leaf["children"]["total"] == 0

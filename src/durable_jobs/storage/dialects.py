@@ -148,6 +148,36 @@ class MissingDriver(ImportError):
     """A database URL needs a driver that is not installed (an optional extra)."""
 
 
+# The statements of ``search.py`` that PostgreSQL and MySQL write alike (their drivers
+# both take ``%(name)s`` parameters); each adds its own ``retry_failed``.
+PYFORMAT_SEARCH = {
+    "created_after": " AND created_at >= %(created_after)s",
+    "created_before": " AND created_at < %(created_before)s",
+    "labelled_page": f"""SELECT {JOB_COLUMNS}, l.job_seq AS position
+        FROM sdj_job_labels AS l JOIN sdj_jobs AS j ON j.id = l.job_id
+        WHERE l.kind = %(kind)s AND l.label = %(label)s AND l.value = %(value)s{{filters}}
+        ORDER BY l.created {{order}}, l.job_seq {{order}} LIMIT %(limit)s""",
+    "labelled_status": " AND j.status = %(status)s",
+    "labelled_queue": " AND j.queue = %(queue)s",
+    "labelled_type": " AND j.type = %(type)s",
+    "labelled_older": " AND l.created <= %(created_at)s"
+    " AND (l.created < %(created_at)s OR l.job_seq < %(tie)s)",
+    "labelled_newer": " AND l.created >= %(created_at)s"
+    " AND (l.created > %(created_at)s OR l.job_seq > %(tie)s)",
+    "labelled_after": " AND l.created >= %(created_after)s",
+    "labelled_before": " AND l.created < %(created_before)s",
+    "labelled_also": """ AND EXISTS (SELECT 1 FROM sdj_job_labels AS also_l
+        WHERE also_l.job_id = l.job_id AND also_l.kind = %(also_kind)s
+          AND also_l.label = %(also_label)s AND also_l.value = %(also_value)s)""",
+    "failed_batch": """SELECT id, created_at, queue FROM sdj_jobs
+        WHERE status = 'failed' AND created_at >= %(after_at)s
+          AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND finished_at <= %(until)s{filters}
+        ORDER BY created_at, id LIMIT %(limit)s""",
+    "failed_since": " AND finished_at >= %(since)s",
+}
+
+
 def utc(value: datetime) -> datetime:
     """``value`` as aware UTC; a naive datetime is taken to be UTC already."""
     if value.tzinfo is not None:

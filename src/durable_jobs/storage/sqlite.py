@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -1145,16 +1145,29 @@ class SQLiteOutcomeWatcher(ListenerThread):
     def _listen(
         self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
     ) -> None:
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        commits = _commits(conn, self._interval, stop)
         on_reconnect()
-        while not stop.wait(self._interval):
-            now = conn.execute("PRAGMA data_version").fetchone()[0]
-            if now == version:
-                continue
-            version = now
+        for _ in commits:
             ids = json.dumps(self._watched())
             for (job_id,) in conn.execute(_FINISHED_AMONG, (ids,)).fetchall():
                 on_notify(job_id)
+
+
+def _commits(conn: Any, interval: float, stop: threading.Event) -> Iterator[None]:
+    """Yields each time other connections have committed to the file since the call (or
+    the last yield), looking every ``interval`` s until ``stop`` is set. ``PRAGMA
+    data_version`` reads only shared memory, so it can be polled often."""
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def changes() -> Iterator[None]:
+        nonlocal version
+        while not stop.wait(interval):
+            now = conn.execute("PRAGMA data_version").fetchone()[0]
+            if now != version:
+                version = now
+                yield None
+
+    return changes()
 
 
 _FINISHED_AMONG = f"""SELECT id FROM sdj_jobs
@@ -1179,16 +1192,12 @@ class SQLiteWatcher(ListenerThread):
     def _listen(
         self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
     ) -> None:
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        commits = _commits(conn, self._interval, stop)
         last = conn.execute("SELECT coalesce(max(rowid), 0) FROM sdj_jobs").fetchone()[0]
         signalled = conn.execute("SELECT coalesce(max(seq), 0) FROM sdj_signals").fetchone()[0]
         wakes = dict(conn.execute("SELECT queue, seq FROM sdj_wakes").fetchall())
         on_reconnect()
-        while not stop.wait(self._interval):
-            now = conn.execute("PRAGMA data_version").fetchone()[0]
-            if now == version:
-                continue
-            version = now
+        for _ in commits:
             # One statement, so rows inserted meanwhile are neither lost nor counted twice.
             top, queues = conn.execute(
                 "SELECT max(rowid), json_group_array(DISTINCT queue) FROM sdj_jobs WHERE rowid > ?",
