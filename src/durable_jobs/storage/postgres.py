@@ -909,7 +909,7 @@ class PostgresDialect(Dialect):
     def outcome_listener(
         self, engine: sa.Engine, watched: Callable[[], list[str]]
     ) -> ListenerThread | None:
-        return PostgresOutcomeListener(engine)
+        return PostgresListener(engine, OUTCOME_CHANNEL)
 
     def notify_queues(self, cur: Any, queues: Sequence[str]) -> None:
         if queues:
@@ -941,28 +941,19 @@ _NOTIFY = f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(%(queues)s::text[]) AS 
 _LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%(key)s)"
 
 
-class PostgresOutcomeListener(ListenerThread):
-    """Listens on the outcomes channel, which a watched job's end notifies with its id."""
-
-    def _listen(
-        self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
-    ) -> None:
-        conn.autocommit = True
-        conn.execute(f"LISTEN {OUTCOME_CHANNEL}")
-        on_reconnect()
-        while not stop.is_set():
-            for note in conn.notifies(timeout=0.05):
-                on_notify(note.payload)
-
-
 class PostgresListener(ListenerThread):
-    """Listens on the jobs channel, which inserts notify with their queue's name."""
+    """Listens on ``channel``: the jobs channel, which inserts notify with their queue's
+    name, or the outcomes channel, which a watched job's end notifies with its id."""
+
+    def __init__(self, engine: sa.Engine, channel: str = CHANNEL) -> None:
+        super().__init__(engine)
+        self._channel = channel
 
     def _listen(
         self, conn: Any, on_notify: Notify, on_reconnect: Callable[[], None], stop: threading.Event
     ) -> None:
         conn.autocommit = True
-        conn.execute(f"LISTEN {CHANNEL}")
+        conn.execute(f"LISTEN {self._channel}")
         on_reconnect()
         while not stop.is_set():
             # The timeout bounds how long a stopping worker waits for this thread.
