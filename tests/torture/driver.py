@@ -1801,7 +1801,8 @@ def _check_caps(
     outcome is then fenced), a cancelled one until it returns. A SIGKILLed worker's
     handler records no end: it was dead by the take-back, a lock timeout after its last
     heartbeat. So an execution that went on past the take-back must be a frozen
-    worker's, or have met an outage.
+    worker's, or have met an outage. One that began only after it (its worker froze
+    between the claim and the handler's start) held no slot at all.
     """
     report = run.report
     frozen = {pid for pid, _frozen, _thawed in run.freezes}
@@ -1845,6 +1846,10 @@ def _check_caps(
                                 "back, but its worker was neither frozen nor cut off"
                             )
                     end = span[1] if end is None else min(end, span[1])
+                    if began >= end:
+                        # Its handler began only after the slot had returned (a worker
+                        # frozen between its claim and the handler's start): it held none.
+                        continue
                 elif end is None:
                     problem(f"{where} stored {ending.status} but never recorded its end")
                     continue
