@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from . import codec, context, durable
 from .durable import InvalidCallArguments
@@ -59,13 +60,13 @@ FAIL_FAST, COLLECT = "fail_fast", "collect"
 FOREIGN_POLL = timedelta(seconds=1)
 
 
-@dataclass(frozen=True)
-class Sub:
-    """A child job to enqueue, as ``enqueue`` would take it (``jobs.sub(...)``)."""
+class Sub(NamedTuple):
+    """A child job to enqueue, as ``enqueue`` would take it (``jobs.sub(...)``): a
+    tuple, since a fan-out describes thousands of them at once."""
 
     target: str | Callable[..., Any]
     args: Any = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,10 @@ def _await(
     ctx = pos.ctx
     storage = ctx.queue.storage
     found = retry_transient(
-        lambda: storage.children_outcomes(ids),
+        # A fan-out's children are exactly its group's: read through the parent's index.
+        (lambda: storage.children_outcomes(ids))
+        if foreign
+        else (lambda: storage.group_outcomes(ctx.job.id, wait.group)),
         within=ctx.lock_timeout,
         what=f"reading the children of job {ctx.job.id}",
     )
@@ -308,16 +312,14 @@ def _result(
     if job is None:
         return Result(index, job_id, False, None, f"JobNotFound: no job with id {job_id!r}")
     if job.status is JobStatus.COMPLETED:
+        if job.result is None:
+            return Result(index, job_id, True, None, None)  # its handler returned None
         decode = decoders.get(job.type)
         if decode is None:
             handler = ctx.queue.handler(job.type)
             decode = codec.loads if handler is None else handler.decode_result
             decoders[job.type] = decode
-        if job.result is None and decode is codec.loads:
-            value = None  # a handler that returned None (plain JSON): nothing to decode
-        else:
-            value = decode(job.result or b"null")
-        return Result(index, job_id, True, value, None)
+        return Result(index, job_id, True, decode(job.result), None)
     if job.status in _FAILED:  # a cancelled child counts as failed
         return Result(index, job_id, False, None, job.last_error or job.status.value)
     return Result(index, job_id, False, None, None)
@@ -394,8 +396,9 @@ def _store_children(
     children's ids, and ``extra``), in one fenced transaction; the checkpoint stored."""
     ctx, parent = pos.ctx, pos.ctx.job
     storage = ctx.queue.storage
+    group = pos.path
     for job, id_ in zip(jobs, new_ids(len(jobs)), strict=True):
-        job.id, job.parent_group = id_, pos.path
+        job.id, job.parent_group = id_, group
     cp = Checkpoint(
         job_id=parent.id,
         call_index=pos.index,

@@ -135,6 +135,39 @@ def test_get_jobs_by_status(storage: SQLStorage) -> None:
         storage.get_jobs_by_status("no-such-status", 10)
 
 
+def test_a_batch_keeps_each_rows_own_values_and_their_order(storage: SQLStorage) -> None:
+    # A batch binds the values its rows share once (SQLite): the first chunk differs in
+    # ids and args only; the rest differ in a field each, and one row in all of them.
+    def varied(i: int) -> Job:
+        if i < 260:
+            return make_job("same", args=codec.dumps(i))
+        fields: dict[str, Any] = {
+            "priority": i % 3,
+            "queue": f"q{i % 2}",
+            "max_retries": i % 4,
+            "backoff": b'{"kind":"constant","seconds":1.0}' if i % 2 else None,
+            "meta": {"n": i} if i % 3 else {},
+            "tags": [f"t{i}"] if i % 5 else [],
+            "timeout": timedelta(seconds=i) if i % 2 else None,
+            "parent_id": f"p{i % 2}" if i % 7 else None,
+            "run_at": datetime(2031, 1, 1, tzinfo=UTC) + timedelta(seconds=i % 2),
+        }
+        return make_job(f"type{i % 2}", args=codec.dumps({"i": i}), **fields)
+
+    def fields(j: Job, run_at: datetime | None) -> tuple[Any, ...]:
+        kept = (j.type, j.args, j.priority, j.queue, j.max_retries, j.backoff, j.meta, j.tags)
+        return (*kept, j.timeout, j.parent_id, run_at)
+
+    made = [varied(i) for i in range(300)]
+    expected = [fields(j, j.run_at) for j in made]  # before the insert stamps run_at
+    ids = storage.enqueue_many(made)
+    read = [get(storage, job_id) for job_id in ids]
+    assert [fields(j, j.run_at if j.run_at.year == 2031 else None) for j in read] == expected
+    # Inserted in the batch's order (the order of equal jobs' claims).
+    same = [j.id for j in storage.get_jobs_by_status("pending", 300) if j.type == "same"]
+    assert same == ids[:260]
+
+
 # -- enqueue_many: atomicity --------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from durable_jobs.storage import admin, dialects
 from durable_jobs.storage.dialects import (
+    INSERT_WIDTH,
     STATEMENTS,
     Dialect,
     MissingDriver,
@@ -90,7 +91,8 @@ def test_every_sqlite_statement_compiles_against_the_migrated_schema() -> None:
     conn = _sqlite_schema()
     try:
         texts = {name: SQLiteDialect.sql[name] for name in STATEMENTS}
-        texts["insert_rows"] = SQLiteDialect.insert_rows(3)
+        texts["insert_rows"] = SQLiteDialect.insert_rows(3, (0, 2))
+        texts["insert_rows_all"] = SQLiteDialect.insert_rows(3, tuple(range(INSERT_WIDTH)))
         for name, text in texts.items():
             params = dict.fromkeys(_SQLITE_PARAM.findall(text))
             try:

@@ -119,6 +119,7 @@ STATEMENTS = (
     "regroup_children",
     "count_children",
     "children_outcomes",
+    "group_outcomes",
     "decided_parents",
     "save_checkpoint",
     "get_checkpoints",

@@ -117,7 +117,7 @@ class ChildOutcome(NamedTuple):
     status: JobStatus
     result: bytes | None
     last_error: str | None
-    finished_at: datetime | None
+    finished_at: datetime | None  # when it failed or was cancelled; None once completed
     parent_id: str | None
 
 

@@ -108,6 +108,7 @@ _DECIDED = ("id", "queue", "wait_group", "children_spare")
 _CHILD_OUTCOME = ("id", "type", "status", "result", "last_error", "finished_at", "parent_id")
 # A status by its stored value: a lookup, where ``JobStatus(value)`` costs a call each.
 _STATUSES = {status.value: status for status in JobStatus}
+_STATUS_VALUES = {status: status.value for status in JobStatus}  # ``.value`` costs a call
 _COUNTED = ("ok", "failed")
 _CLAIMABLE = frozenset({"pending", "retrying"})
 # Statuses of unfinished jobs, which hold their unique key.
@@ -617,7 +618,7 @@ class SQLStorage:
             job.args.decode(),
             job.queue,
             job.priority,
-            job.status.value,
+            _STATUS_VALUES[job.status],
             0,
             job.max_retries,
             now if job.run_at is None else self.dialect.time_param(job.run_at),
@@ -1196,8 +1197,16 @@ class SQLStorage:
         """The outcomes of the jobs ``ids`` that exist, by id."""
         if not ids:
             return {}
+        return self._read_outcomes("children_outcomes", {"ids": self.dialect.list_param(list(ids))})
+
+    def group_outcomes(self, parent_id: str, group: str) -> dict[str, ChildOutcome]:
+        """The outcomes of the children of ``parent_id`` counted in its wait ``group``
+        (a fan-out's), by id: read through the parent's index, where a fan-out's
+        thousands of ids would each be looked up."""
+        return self._read_outcomes("group_outcomes", {"parent": parent_id, "group": group})
+
+    def _read_outcomes(self, name: str, params: dict[str, Any]) -> dict[str, ChildOutcome]:
         t = self.dialect.time_value
-        params = {"ids": self.dialect.list_param(list(ids))}
         return {
             id_: ChildOutcome(
                 id_,
@@ -1205,11 +1214,12 @@ class SQLStorage:
                 _STATUSES[status],
                 None if result is None else result.encode(),
                 error,
-                t(finished),
+                # Only a failure's time is ever used (to name a fan-out's first failure).
+                None if status == "completed" else t(finished),
                 parent,
             )
             for id_, type_, status, result, error, finished, parent in self._read(
-                "children_outcomes", params, _CHILD_OUTCOME
+                name, params, _CHILD_OUTCOME
             )
         }
 

@@ -810,6 +810,8 @@ class SQLiteDialect(Dialect):
             FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
         "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id IN (SELECT value FROM json_each(:ids))""",
+        "group_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
+            FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
         # Parents whose wait was decided but who still wait (a wake-up lost): workers
         # resume them.
         "decided_parents": """SELECT id, queue, wait_group, children_spare FROM sdj_jobs
@@ -974,11 +976,19 @@ class SQLiteDialect(Dialect):
 
     @staticmethod
     @functools.cache
-    def insert_rows(count: int) -> str:
-        """An INSERT of ``count`` rows bound positionally: one statement for many rows
-        steps once, where ``executemany`` steps and resets once per row."""
-        row = f"({', '.join(['?'] * INSERT_WIDTH)})"
-        return f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) VALUES {', '.join([row] * count)}"
+    def insert_rows(count: int, varying: tuple[int, ...]) -> str:
+        """An INSERT of ``count`` rows bound positionally, where only the columns at the
+        positions ``varying`` differ from row to row; each other column is bound once.
+        One statement for many rows steps once, where ``executemany`` steps and resets
+        once per row; and binding every value of a batch's rows (mostly the same type,
+        queue, times and parent) costs SQLite twice the insert itself."""
+        picks = iter(range(1, len(varying) + 1))
+        values = [f"column{next(picks)}" if k in varying else "?" for k in range(INSERT_WIDTH)]
+        row = f"({', '.join(['?'] * len(varying))})"
+        return (
+            f"INSERT INTO sdj_jobs ({INSERT_COLUMNS}) SELECT {', '.join(values)}"
+            f" FROM (VALUES {', '.join([row] * count)})"
+        )
 
     def insert_in(
         self, storage: SQLStorage, cur: Any, chunks: Iterable[list[Job]], now: datetime
@@ -986,7 +996,13 @@ class SQLiteDialect(Dialect):
         ids: list[str] = []
         for chunk in chunks:
             rows = storage._stamp(chunk, now)
-            cur.execute(self.insert_rows(len(rows)), list(itertools.chain(*rows)))
+            columns = list(zip(*rows, strict=True))
+            # The id (column 0) is every row's own, even in a chunk of one row.
+            varying = (0, *(k for k in range(1, INSERT_WIDTH) if _varies(columns[k])))
+            params = [c[0] for k, c in enumerate(columns) if k not in varying]
+            each_row = zip(*(columns[k] for k in varying), strict=True)
+            params.extend(itertools.chain.from_iterable(each_row))
+            cur.execute(self.insert_rows(len(rows), varying), params)
             ids.extend(job.id for job in chunk)
         return ids
 
@@ -1032,6 +1048,10 @@ class SQLiteDialect(Dialect):
 
     def list_param(self, values: Sequence[str]) -> Any:
         return json.dumps(list(values))
+
+
+def _varies(column: tuple[Any, ...]) -> bool:
+    return column.count(column[0]) != len(column)
 
 
 # -- group commit ---------------------------------------------------------------------
