@@ -21,6 +21,7 @@ import durable_jobs as jobs
 from durable_jobs import results
 from durable_jobs.results import MAX_INTERVAL
 from durable_jobs.storage import SQLStorage
+from tests.conftest import BACKENDS
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +212,50 @@ def test_an_outcome_stored_elsewhere_wakes_the_waiter(
         wait_for(lambda: not any(t.name == "sdj-outcomes" for t in threading.enumerate()))
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_waiters_mark_never_hides_a_due_job_from_a_claim(
+    queue: jobs.Queue, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter marks its job (PostgreSQL) with an UPDATE, which holds the row's lock a
+    moment; a claim meanwhile skips the job (SKIP LOCKED), and its worker, idle, would
+    wait for its next poll. The mark wakes the queue's workers instead. Made certain:
+    another transaction holds the row while the worker's first claim runs, and the mark
+    waits for it."""
+    queue.register("t", lambda: "done")
+    job_id = queue.enqueue("t")
+    claimed = threading.Event()
+    claim = queue.storage.claim
+
+    def observed(*args: Any, **kwargs: Any) -> list[jobs.Job]:
+        try:
+            return claim(*args, **kwargs)
+        finally:
+            claimed.set()
+
+    monkeypatch.setattr(queue.storage, "claim", observed)
+    holder = SQLStorage(db_url)
+    waited: list[float] = []
+    with holder.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT id FROM sdj_jobs WHERE id = %s FOR UPDATE", (job_id,))
+
+        def wait() -> None:
+            assert queue.result(job_id, timeout=30) == "done"
+            waited.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        blocked = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_for(lambda: holder._execute(blocked, {}, write=False)[0][0] > 0)
+        with queue.worker(poll_interval=30.0):
+            assert claimed.wait(10)
+            assert not waited
+            conn.rollback()  # the mark goes on, and commits
+            released = time.monotonic()
+            waiter.join(20)
+    holder.close()
+    assert waited and waited[0] - released < 10  # not the next poll, 30 s away
 
 
 @pytest.mark.slow

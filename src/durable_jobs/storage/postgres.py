@@ -906,7 +906,13 @@ class PostgresDialect(Dialect):
     def listener(self, engine: sa.Engine) -> Listener | None:
         return PostgresListener(engine)
 
-    want_outcome = "UPDATE sdj_jobs SET outcome_wanted = TRUE WHERE id = %(id)s"
+    # The mark locks the row a moment: a claim then skips the job (SKIP LOCKED) and its
+    # worker, told nothing more is due, would wait for its next poll. A job that could be
+    # claimed wakes its queue's workers when the mark commits.
+    want_outcome = f"""WITH marked AS (
+            UPDATE sdj_jobs SET outcome_wanted = TRUE WHERE id = %(id)s RETURNING queue, status)
+        SELECT pg_notify('{CHANNEL}', queue) FROM marked
+        WHERE status IN ('pending', 'retrying')"""
 
     def outcome_listener(
         self, engine: sa.Engine, watched: Callable[[], list[str]]
