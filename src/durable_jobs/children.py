@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -31,6 +31,7 @@ from . import codec, context, durable
 from .durable import InvalidCallArguments
 from .errors import ChildFailed, NondeterminismError, Suspend
 from .job import Checkpoint, Job, JobStatus, children_wait, new_ids
+from .queue import Stored
 from .storage import ChildOutcome, ChildrenWait, retry_transient
 from .storage.records import decided
 from .storage.sql import CANCELLED
@@ -119,7 +120,7 @@ def spawn_async(
 def _spawn(pos: durable.Position, job: Job) -> str:
     cp = durable.checkpoint_at(pos)
     if cp is None:
-        cp = _store_children(pos, [job], SPAWN, {}, None)
+        cp = _store_children(pos, lambda: [job], 1, SPAWN, {}, None)
     ids = _stored_ids(pos, cp, SPAWN, "a spawn")
     return ids[0]
 
@@ -187,11 +188,16 @@ def _fan_out(pos: durable.Position, described: list[Sub], rule: dict[str, Any]) 
     cp = durable.checkpoint_at(pos)
     fresh = cp is None
     if cp is None:
-        # Built (and checked) only by the run that stores them: a replay has their ids.
+        # Built (and checked) only by the run that stores them, as they are stored: a
+        # replay has their ids. Thousands of jobs that lived until the last was stored
+        # would each be traced by the garbage collector's full passes.
         now = pos.ctx.queue.clock.now()  # one time for the batch, as enqueue_many does
-        jobs = [_child(pos.ctx, s, "jobs.fan_out", now) for s in described]
-        wait = _wait_of(pos.path, len(jobs), rule)
-        cp = _store_children(pos, jobs, FAN_OUT, rule, wait)
+        wait = _wait_of(pos.path, len(described), rule)
+
+        def build() -> Iterator[Job]:
+            return (_child(pos.ctx, s, "jobs.fan_out", now) for s in described)
+
+        cp = _store_children(pos, build, len(described), FAN_OUT, rule, wait)
     ids = _stored_ids(pos, cp, FAN_OUT, "a fan-out")
     if len(ids) != len(described):
         raise NondeterminismError(
@@ -387,26 +393,36 @@ def _child(ctx: context.JobContext, described: Any, where: str, now: datetime | 
 
 def _store_children(
     pos: durable.Position,
-    jobs: Sequence[Job],
+    build: Callable[[], Iterable[Job]],
+    count: int,
     call_type: str,
     extra: dict[str, Any],
     wait: ChildrenWait | None,
 ) -> Checkpoint:
-    """Store ``jobs`` as children made by the step at ``pos``, with its checkpoint (the
-    children's ids, and ``extra``), in one fenced transaction; the checkpoint stored."""
+    """Store the ``count`` jobs ``build()`` gives as children made by the step at
+    ``pos``, with its checkpoint (the children's ids, and ``extra``), in one fenced
+    transaction; the checkpoint stored. The jobs are drawn as they are stored (again on
+    a retry), and kept only for those who are told of them."""
     ctx, parent = pos.ctx, pos.ctx.job
     storage = ctx.queue.storage
     group = pos.path
-    for job, id_ in zip(jobs, new_ids(len(jobs)), strict=True):
-        job.id, job.parent_group = id_, group
+    ids = new_ids(count)
     cp = Checkpoint(
         job_id=parent.id,
         call_index=pos.index,
         call_type=call_type,
-        result=codec.dumps({"ids": [job.id for job in jobs], **extra}),
+        result=codec.dumps({"ids": ids, **extra}),
         scope=pos.scope,
     )
+    told = Stored(keep=ctx.queue.tells_of_jobs)
     tries = 0
+
+    def children() -> Iterator[Job]:
+        told.clear()
+        for job, id_ in zip(build(), ids, strict=True):
+            job.id, job.parent_group = id_, group
+            told.add(job)
+            yield job
 
     def attempt() -> bool:
         nonlocal tries
@@ -414,7 +430,7 @@ def _store_children(
         if tries > 1 and _stored_at(pos) is not None:
             return True  # an earlier try committed, and only its reply was lost
         return storage.spawn(
-            parent.id, jobs, cp, worker_id=ctx.worker_id, fence=parent.fence, wait=wait
+            parent.id, children(), cp, worker_id=ctx.worker_id, fence=parent.fence, wait=wait
         )
 
     held = retry_transient(
@@ -427,7 +443,7 @@ def _store_children(
     stored = (_stored_at(pos) if tries > 1 else None) or cp
     durable.remember(pos, stored)
     if stored.id == cp.id:
-        ctx.queue.announce(jobs)
+        ctx.queue.announce_stored(told)
     return stored
 
 

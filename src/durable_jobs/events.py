@@ -212,6 +212,11 @@ class Hooks:
         with self._lock:
             self._enqueued = (*self._enqueued, fn)
 
+    @property
+    def has_enqueued(self) -> bool:
+        """Whether any enqueued hook is registered."""
+        return bool(self._enqueued)
+
     def fire_enqueued(self, jobs: Sequence[Job]) -> None:
         """Run the enqueued hooks for committed ``jobs``; one that raises is logged."""
         for fn in self._enqueued:

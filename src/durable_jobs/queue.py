@@ -413,6 +413,19 @@ class Queue:
         process's workers for them, fire the enqueue hooks and publish ``JobEnqueued``."""
         self._announce(jobs, None)
 
+    @property
+    def tells_of_jobs(self) -> bool:
+        """Whether stored jobs are handed to anyone (enqueue hooks, event subscribers);
+        if not, ``announce_stored`` needs only where they wait (``Stored(keep=False)``)."""
+        return self.hooks.has_enqueued or self.bus.has_subscribers
+
+    def announce_stored(self, stored: Stored) -> None:
+        """``announce`` of the jobs ``stored`` saw stored (those it kept, if any)."""
+        if stored.jobs:
+            self._announce(stored.jobs, None)
+        else:
+            self._wake_workers(stored)
+
     def _explain(self, error: BaseException) -> None:
         """Raise a clearer error than ``error`` when a write failed because the database
         was never migrated (a queue made from a storage object does not migrate it)."""
@@ -422,24 +435,25 @@ class Queue:
     def _announce(self, jobs: Sequence[Job], taker: LocalWorker | None) -> None:
         """After stored jobs commit: wake this process's workers and publish events."""
         if taker is None and self._workers:
-            now = self.clock.now()
-            due: set[str] = set()
-            later: dict[str, datetime] = {}
+            stored = Stored(keep=False)
             for job in jobs:
-                if job.run_at is None or job.run_at <= now:
-                    due.add(job.queue)
-                elif job.queue not in later or job.run_at < later[job.queue]:
-                    later[job.queue] = job.run_at
-            for worker in list(self._workers):
-                worker.wake(due)
-                if later:
-                    worker.wake_at(later)
+                stored.add(job)
+            self._wake_workers(stored)
         self.hooks.fire_enqueued(jobs)
         if self.bus.has_subscribers:
             for job in jobs:
                 self.bus.publish(JobEnqueued(job))
         if taker is not None:  # after JobEnqueued, which must come before JobStarted
             taker.start_enqueued(jobs[0])
+
+    def _wake_workers(self, stored: Stored) -> None:
+        """Wake this process's workers for the queues of jobs ``stored`` saw stored."""
+        now = self.clock.now()
+        for worker in list(self._workers):
+            worker.wake(stored.queues_due(now))
+            later = stored.queues_later(now)
+            if later:
+                worker.wake_at(later)
 
     def _local_taker(
         self, jobs: Sequence[Job], connection: sa.Connection | None
@@ -888,3 +902,31 @@ def _copy_of(template: list[Any], now: datetime) -> Job:
     values[_CREATED] = values[_UPDATED] = now
     values[_TAGS], values[_META] = list(values[_TAGS]), dict(values[_META])
     return Job(*values)
+
+
+class Stored:
+    """What is told of jobs as they are stored: the jobs themselves when ``keep``
+    (someone is handed them), else only each queue's earliest ``run_at``."""
+
+    def __init__(self, *, keep: bool) -> None:
+        self._keep = keep
+        self.jobs: list[Job] = []
+        self._earliest: dict[str, datetime | None] = {}  # None: due at once
+
+    def clear(self) -> None:
+        """Forget what was seen (a retried transaction stores the jobs again)."""
+        self.jobs.clear()
+        self._earliest.clear()
+
+    def add(self, job: Job) -> None:
+        if self._keep:
+            self.jobs.append(job)
+        at, seen = job.run_at, self._earliest.get(job.queue, job.run_at)
+        if job.queue not in self._earliest or at is None or (seen is not None and at < seen):
+            self._earliest[job.queue] = at
+
+    def queues_due(self, now: datetime) -> set[str]:
+        return {q for q, at in self._earliest.items() if at is None or at <= now}
+
+    def queues_later(self, now: datetime) -> dict[str, datetime]:
+        return {q: at for q, at in self._earliest.items() if at is not None and at > now}

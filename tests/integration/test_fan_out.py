@@ -368,3 +368,39 @@ def test_workers_resume_a_parent_whose_wake_up_was_lost_exactly_once(queue: jobs
     assert time.monotonic() - started < 2 + 1
     assert runs.resumed == [False, True]
     assert queue.storage.wake_decided(["p"]) == []
+
+
+@pytest.mark.parametrize("told", ["nobody", "hook", "events"])
+def test_children_are_told_to_whoever_listens_and_wake_the_workers(
+    queue: jobs.Queue, told: str
+) -> None:
+    """Children are drawn as they are stored, and kept only for enqueue hooks and event
+    subscribers, who get every one; either way they wake the idle workers of their
+    queues, sooner than a poll (a delayed child at its time)."""
+    seen: list[str] = []
+    if told == "hook":
+        queue.hooks.on_enqueued(lambda made: seen.extend(j.id for j in made if j.parent_id))
+    stream = queue.events(maxsize=1_000) if told == "events" else None
+
+    @queue.job()
+    def kid(n: int) -> int:
+        return n
+
+    @queue.job()
+    def parent() -> list[int]:
+        subs = [jobs.sub(kid, i) for i in range(5)]
+        subs.append(jobs.sub(kid, 5, queue="side", delay=0.5))
+        return [r.value for r in jobs.fan_out(subs)]
+
+    job_id = queue.enqueue(parent)
+    started = time.monotonic()
+    with queue.worker({"default": 4, "side": 1}, **WORKER):
+        assert queue.result(job_id, timeout=30) == [0, 1, 2, 3, 4, 5]
+    assert time.monotonic() - started < 4  # the poll is 5 s away
+    if stream is not None:
+        while (event := stream.get(timeout=0)) is not None:
+            if isinstance(event, jobs.JobEnqueued) and event.job.parent_id == job_id:
+                seen.append(event.job.id)
+        stream.close()
+    assert _count_children(queue, job_id) == 6
+    assert len(seen) == (0 if told == "nobody" else 6)

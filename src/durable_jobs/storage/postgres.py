@@ -710,7 +710,10 @@ class PostgresDialect(Dialect):
             FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
         "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id = ANY(%(ids)s::text[])""",
-        "group_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
+        # A completed child's time is never used (see SQLStorage._read_outcomes).
+        "group_outcomes": """SELECT id, type, status, result, last_error,
+                CASE WHEN status = 'completed' THEN NULL ELSE finished_at END AS finished_at,
+                parent_id
             FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
         "decided_parents": """SELECT id, queue, wait_group, children_spare FROM sdj_jobs
             WHERE status = 'waiting' AND wait_group IS NOT NULL

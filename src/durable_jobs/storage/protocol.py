@@ -279,7 +279,7 @@ class JobStore(Protocol):
     def spawn(
         self,
         parent_id: str,
-        children: Sequence[Job],
+        children: Iterable[Job],
         checkpoint: Checkpoint,
         *,
         worker_id: str,

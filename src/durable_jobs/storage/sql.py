@@ -986,10 +986,10 @@ class SQLStorage:
         """Count the children among ``outcomes`` just completed (and only they) down
         their parents' waits, in the transaction on ``cur``, one statement per parent;
         the queues of parents this resumed are added to ``woken``."""
-        by_parent: dict[str, list[str]] = {}
+        by_parent: dict[str, set[str]] = {}  # each child once: the count joins its ids
         for o in outcomes:
             if o.parent_id is not None and o.job_id in accepted:
-                by_parent.setdefault(o.parent_id, []).append(o.job_id)
+                by_parent.setdefault(o.parent_id, set()).add(o.job_id)
         if not by_parent:
             return
         now = self.dialect.time_param(at)
@@ -997,7 +997,7 @@ class SQLStorage:
         resumed: list[str] = []
         # In parent order: two batches lock the parents they share in the same order.
         for parent_id in sorted(by_parent):
-            ids = self.dialect.list_param(by_parent[parent_id])
+            ids = self.dialect.list_param(sorted(by_parent[parent_id]))
             cur.execute(sql, {"parent": parent_id, "ids": ids})
             rows = cur.fetchall()
             if not rows:
@@ -1151,7 +1151,7 @@ class SQLStorage:
     def spawn(
         self,
         parent_id: str,
-        children: Sequence[Job],
+        children: Iterable[Job],
         checkpoint: Checkpoint,
         *,
         worker_id: str,
@@ -1161,7 +1161,8 @@ class SQLStorage:
         """Store ``children`` of the running job ``parent_id`` (their ``parent_id`` and
         ``parent_group`` set) with ``checkpoint``, the step that made them, in one
         transaction fenced by the parent's run: a replay finds the checkpoint and stores
-        nothing twice. The children go in by the batch path (``enqueue_many``'s).
+        nothing twice. The children go in by the batch path (``enqueue_many``'s), drawn
+        a chunk at a time; an error raised while drawing them stores nothing.
 
         ``wait`` (a fan-out): the parent counts these children from now on, so that
         their outcomes decide its wait even before it suspends. Returns False (nothing
@@ -1178,8 +1179,10 @@ class SQLStorage:
             )
             if not _saved(checkpoint, cur.fetchall()):  # pragma: no cover - the run is locked
                 raise StorageError(f"job {parent_id}: the checkpoint of a spawn was refused")
-            if children:
-                self.dialect.insert_in(self, cur, _chunks(children, self.dialect.insert_chunk), now)
+            chunks = _chunks(children, self.dialect.insert_chunk)
+            first = next(chunks, None)
+            if first is not None:
+                self.dialect.insert_in(self, cur, itertools.chain([first], chunks), now)
             if wait is not None:
                 left, need, spare = wait.counters(0, 0)
                 start = {

@@ -745,8 +745,8 @@ class SQLiteDialect(Dialect):
         # down together: once per batch. Found by their ids alone (see PostgreSQL's).
         "settle_children": """UPDATE sdj_jobs SET children_left = children_left - s.n,
                 children_need = children_need - s.n
-            FROM (SELECT parent_group, COUNT(*) AS n FROM sdj_jobs
-                WHERE id IN (SELECT value FROM json_each(:ids)) GROUP BY parent_group) AS s
+            FROM (SELECT c.parent_group, COUNT(*) AS n FROM json_each(:ids) AS j
+                JOIN sdj_jobs AS c ON c.id = j.value GROUP BY c.parent_group) AS s
             WHERE sdj_jobs.id = :parent AND sdj_jobs.wait_group = s.parent_group
             RETURNING id, queue, status, wait_group, children_left, children_need,
                 children_spare""",
@@ -810,7 +810,10 @@ class SQLiteDialect(Dialect):
             FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
         "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id IN (SELECT value FROM json_each(:ids))""",
-        "group_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
+        # A completed child's time is never used (see SQLStorage._read_outcomes).
+        "group_outcomes": """SELECT id, type, status, result, last_error,
+                CASE WHEN status = 'completed' THEN NULL ELSE finished_at END AS finished_at,
+                parent_id
             FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
         # Parents whose wait was decided but who still wait (a wake-up lost): workers
         # resume them.
