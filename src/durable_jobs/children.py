@@ -198,14 +198,14 @@ def _fan_out(pos: durable.Position, described: list[Sub], rule: dict[str, Any]) 
             return (_child(pos.ctx, s, "jobs.fan_out", now) for s in described)
 
         cp = _store_children(pos, build, len(described), FAN_OUT, rule, wait)
-    ids = _stored_ids(pos, cp, FAN_OUT, "a fan-out")
+    stored = _stored(pos, cp, FAN_OUT, "a fan-out")  # decoded once: it holds every id
+    ids: list[str] = stored["ids"]
     if len(ids) != len(described):
         raise NondeterminismError(
             f"durable call {pos.path} of job {pos.ctx.job.id} fans out {len(described)}"
             f" children on this run but fanned out {len(ids)} when it was checkpointed; the"
             " workflow's calls must happen in the same order on every run"
         )
-    stored = codec.loads(cp.result or b"{}")
     wait = _wait_of(pos.path, len(ids), stored)  # the first run's rule stands
     if fresh and not decided(*wait.counters(0, 0)):
         # Children stored a moment ago have hardly run: reading every outcome (all of
@@ -456,11 +456,18 @@ def _stored_at(pos: durable.Position) -> Checkpoint | None:
 
 
 def _stored_ids(pos: durable.Position, cp: Checkpoint, call_type: str, what: str) -> list[str]:
+    ids: list[str] = _stored(pos, cp, call_type, what)["ids"]
+    return ids
+
+
+def _stored(pos: durable.Position, cp: Checkpoint, call_type: str, what: str) -> dict[str, Any]:
+    """The decoded checkpoint ``cp`` of a step that is ``what`` (``call_type``) on this
+    run too (``NondeterminismError`` otherwise)."""
     if cp.call_type != call_type:
         raise NondeterminismError(
             f"durable call {pos.path} of job {pos.ctx.job.id} is {what} on this run but was"
             f" {cp.call_type!r} when it was checkpointed; the workflow's calls must happen in"
             " the same order on every run"
         )
-    ids: list[str] = codec.loads(cp.result or b"{}")["ids"]
-    return ids
+    stored: dict[str, Any] = codec.loads(cp.result or b"{}")
+    return stored
