@@ -348,16 +348,17 @@ class Queue:
         ):
             # The storage draws jobs while it stores those before: building them and
             # storing them overlap. A bad item raises from inside, and nothing is stored.
-            jobs: list[Job] = []
+            # The jobs are kept only for those told of them: thousands kept until the
+            # last is stored would each be traced by the garbage collector's full passes.
+            stored = Stored(keep=self.tells_of_jobs)
             try:
-                storage.enqueue_many(_kept(built, jobs))
+                ids = storage.enqueue_many(_told(built, stored))
             except Exception as exc:
                 self._explain(exc)
                 raise
-            self._announce(jobs, None)
-        else:
-            return self._store(list(built), connection)
-        return [job.id for job in jobs]
+            self.announce_stored(stored)
+            return ids
+        return self._store(list(built), connection)
 
     def _item_job(self, position: int, item: Any, now: datetime) -> Job:
         if not isinstance(item, tuple) or len(item) not in (2, 3):
@@ -878,10 +879,11 @@ def _unique(item: Any) -> bool:
     )
 
 
-def _kept(jobs: Iterable[Job], into: list[Job]) -> Iterator[Job]:
-    """``jobs``, each also appended to ``into`` as it is drawn."""
+def _told(jobs: Iterable[Job], stored: Stored) -> Iterator[Job]:
+    """``jobs``, each also added to ``stored`` as it is drawn."""
+    stored.clear()  # drawn again if the storage retries
     for job in jobs:
-        into.append(job)
+        stored.add(job)
         yield job
 
 
