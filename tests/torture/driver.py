@@ -950,7 +950,7 @@ class Run:
         worker = self.rng.choice(candidates)
         worker.proc.send_signal(signal.SIGSTOP)
         time.sleep(0.3)  # let a transaction in flight elsewhere finish
-        if not self._held(worker, executing=True) or self._holds_database_lock():
+        if not self._held(worker, executing=True) or self._holds_database_lock(worker.pid):
             # Frozen inside a transaction, it would stall everyone rather than lose its
             # locks; that is the database's lock timeout's business, not this test's.
             worker.proc.send_signal(signal.SIGCONT)
@@ -961,11 +961,13 @@ class Run:
         self.event(f"froze {worker.pid} ({worker.log.name}) holding {self._held(worker)} jobs")
         return True
 
-    def _holds_database_lock(self) -> bool:
-        """Whether a frozen worker may hold a database lock: SQLite's write lock, or a
-        server session's transaction open for over 200 ms, whatever the session does:
-        idle, sending a COPY, or waiting for a lock (once granted, the frozen worker
-        holds it with all its transaction took before)."""
+    def _holds_database_lock(self, pid: int) -> bool:
+        """Whether the frozen worker ``pid`` may hold a database lock: SQLite's write
+        lock (anyone's: the file has one), or a transaction of one of its server
+        sessions open for over 200 ms, whatever the session does: idle, sending a COPY,
+        or waiting for a lock (once granted, the frozen worker holds it with all its
+        transaction took before). Other workers' transactions do not count: on a busy
+        server some session is nearly always in one, or waiting for a claim's lock."""
         if self.storage.dialect.name == "sqlite":
             path = self.storage.engine.url.database
             assert path is not None
@@ -978,16 +980,18 @@ class Run:
                 return True
             finally:
                 conn.close()
+        ports = ",".join(str(port) for port in _client_ports(pid)) or "0"
         if self.storage.dialect.name == "postgresql":
             statement = (
-                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                f"SELECT count(*) FROM pg_stat_activity WHERE client_port IN ({ports})"
                 " AND xact_start < now() - interval '200 milliseconds'"
             )
         else:  # MariaDB: an InnoDB transaction whose session has been in one state long
             statement = (
                 "SELECT count(*) FROM information_schema.innodb_trx t"
                 " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
-                " WHERE p.time_ms > 200 OR t.trx_state = 'LOCK WAIT'"
+                f" WHERE SUBSTRING_INDEX(p.host, ':', -1) IN ({ports})"
+                " AND (p.time_ms > 200 OR t.trx_state = 'LOCK WAIT')"
             )
         rows = _retry("reading sessions", lambda: _query(self.storage, statement))
         return bool(rows[0][0])
@@ -1753,6 +1757,27 @@ def _check_queue_pause(
             )
     if not report.side_held:
         problem(f"none of the jobs enqueued on the paused queue {pause.queue} ran")
+
+
+def _client_ports(pid: int) -> set[int]:
+    """The local ports of the TCP connections process ``pid`` has open (its database
+    sessions' client ports), read from /proc."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _most_at_once(intervals: list[tuple[float, float, str]]) -> tuple[int, float, list[str]]:
