@@ -986,12 +986,13 @@ class Run:
                 f"SELECT count(*) FROM pg_stat_activity WHERE client_port IN ({ports})"
                 " AND xact_start < now() - interval '200 milliseconds'"
             )
-        else:  # MariaDB: an InnoDB transaction whose session has been in one state long
+        else:  # MariaDB: an InnoDB transaction that holds locks or waits for one (one
+            # that only reads holds none: its frozen snapshot stalls nobody)
             statement = (
                 "SELECT count(*) FROM information_schema.innodb_trx t"
                 " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
                 f" WHERE SUBSTRING_INDEX(p.host, ':', -1) IN ({ports})"
-                " AND (p.time_ms > 200 OR t.trx_state = 'LOCK WAIT')"
+                " AND (t.trx_lock_structs > 0 OR t.trx_state = 'LOCK WAIT')"
             )
         rows = _retry("reading sessions", lambda: _query(self.storage, statement))
         return bool(rows[0][0])
