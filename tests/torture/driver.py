@@ -963,11 +963,12 @@ class Run:
 
     def _holds_database_lock(self, pid: int) -> bool:
         """Whether the frozen worker ``pid`` may hold a database lock: SQLite's write
-        lock (anyone's: the file has one), or a transaction of one of its server
-        sessions open for over 200 ms, whatever the session does: idle, sending a COPY,
-        or waiting for a lock (once granted, the frozen worker holds it with all its
-        transaction took before). Other workers' transactions do not count: on a busy
-        server some session is nearly always in one, or waiting for a claim's lock."""
+        lock (anyone's: the file has one); on PostgreSQL, any session's transaction
+        open for over 200 ms, whatever the session does: idle, sending a COPY, or
+        waiting for a lock (once granted, the frozen worker holds it with all its
+        transaction took before). On MariaDB, a transaction of the worker's own sessions
+        that holds locks or waits for one: on a busy server some session nearly always
+        waits for a claim's lock, and a read-only snapshot is listed with its age."""
         if self.storage.dialect.name == "sqlite":
             path = self.storage.engine.url.database
             assert path is not None
@@ -980,10 +981,9 @@ class Run:
                 return True
             finally:
                 conn.close()
-        ports = ",".join(str(port) for port in _client_ports(pid)) or "0"
         if self.storage.dialect.name == "postgresql":
             statement = (
-                f"SELECT count(*) FROM pg_stat_activity WHERE client_port IN ({ports})"
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
                 " AND xact_start < now() - interval '200 milliseconds'"
             )
         else:  # MariaDB: an InnoDB transaction that holds locks or waits for one (one
@@ -991,7 +991,7 @@ class Run:
             statement = (
                 "SELECT count(*) FROM information_schema.innodb_trx t"
                 " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
-                f" WHERE SUBSTRING_INDEX(p.host, ':', -1) IN ({ports})"
+                f" WHERE SUBSTRING_INDEX(p.host, ':', -1) IN ({_ports_of(pid)})"
                 " AND (t.trx_lock_structs > 0 OR t.trx_state = 'LOCK WAIT')"
             )
         rows = _retry("reading sessions", lambda: _query(self.storage, statement))
@@ -1758,6 +1758,11 @@ def _check_queue_pause(
             )
     if not report.side_held:
         problem(f"none of the jobs enqueued on the paused queue {pause.queue} ran")
+
+
+def _ports_of(pid: int) -> str:
+    """``_client_ports(pid)`` for an SQL ``IN (...)`` list (``0`` when there are none)."""
+    return ",".join(str(port) for port in sorted(_client_ports(pid))) or "0"
 
 
 def _client_ports(pid: int) -> set[int]:
