@@ -277,27 +277,25 @@ def _await(
     ``ChildFailed`` (after cancelling the wait's unfinished children).
     """
     ctx = pos.ctx
-    storage = ctx.queue.storage
-    found = retry_transient(
-        # A fan-out's children are exactly its group's: read through the parent's index.
-        (lambda: storage.children_outcomes(ids))
-        if foreign
-        else (lambda: storage.group_outcomes(ctx.job.id, wait.group)),
-        within=ctx.lock_timeout,
-        what=f"reading the children of job {ctx.job.id}",
-    )
-    ok = sum(1 for i in ids if i in found and found[i].status is JobStatus.COMPLETED)
-    failed = sum(1 for i in ids if i not in found or found[i].status in _FAILED)
+    found, plain = _outcomes(ctx, ids, wait.group, foreign)
+    # With ``plain``, each child not found completed with no result (see _outcomes).
+    missing = None if plain else _NOT_FOUND
+    outcomes = [found.get(id_, missing) for id_ in ids]
+    ok = sum(1 for o in outcomes if o is None or o.status is JobStatus.COMPLETED)
+    failed = sum(1 for o in outcomes if o is not None and o.status in _FAILED)
     left, need, spare = wait.counters(ok, failed)
     if not decided(left, need, spare):
         waiting_for = children_wait(ok + failed, wait.total)
-        mine = all(i in found and found[i].parent_id == ctx.job.id for i in ids)
-        if foreign and not mine:
+        if foreign and not all(o is not None and o.parent_id == ctx.job.id for o in outcomes):
             raise Suspend(ctx.queue.clock.now() + FOREIGN_POLL, waiting_for)
         raise Suspend(None, waiting_for, children=wait)
     decoders: dict[str, Callable[[bytes], Any]] = {}
-    results = [_result(ctx, decoders, index, id_, found.get(id_)) for index, id_ in enumerate(ids)]
+    results = [
+        _result(ctx, decoders, index, id_, o)
+        for index, (id_, o) in enumerate(zip(ids, outcomes, strict=True))
+    ]
     if fails and spare < 0:
+        storage = ctx.queue.storage
         retry_transient(
             lambda: storage.cancel_children(ctx.job.id, wait.group),
             within=ctx.lock_timeout,
@@ -307,6 +305,27 @@ def _await(
     return results
 
 
+def _outcomes(
+    ctx: context.JobContext, ids: list[str], group: str, foreign: bool
+) -> tuple[dict[str, ChildOutcome], int]:
+    """The outcomes of ``ids`` found, and how many more completed with no result (those
+    are not in the first; only a fan-out's own group is read so)."""
+    storage = ctx.queue.storage
+
+    def read() -> tuple[dict[str, ChildOutcome], int]:
+        if not foreign:
+            # A fan-out's children are exactly its group's: read through the parent's
+            # index. Should one have gone (deleted by hand), each id is looked up.
+            found, plain = storage.group_outcomes(ctx.job.id, group)
+            if plain + len(found) == len(ids) and found.keys() <= set(ids):
+                return found, plain
+        return storage.children_outcomes(ids), 0
+
+    return retry_transient(
+        read, within=ctx.lock_timeout, what=f"reading the children of job {ctx.job.id}"
+    )
+
+
 def _result(
     ctx: context.JobContext,
     decoders: dict[str, Callable[[bytes], Any]],
@@ -314,8 +333,11 @@ def _result(
     job_id: str,
     job: ChildOutcome | None,
 ) -> Result:
-    """The ``Result`` of one child; ``decoders`` caches each job type's result decoder."""
+    """The ``Result`` of one child (None: it completed with no result; ``_NOT_FOUND``:
+    there is no such job); ``decoders`` caches each job type's result decoder."""
     if job is None:
+        return Result(index, job_id, True, None, None)
+    if job is _NOT_FOUND:
         return Result(index, job_id, False, None, f"JobNotFound: no job with id {job_id!r}")
     if job.status is JobStatus.COMPLETED:
         if job.result is None:
@@ -332,6 +354,8 @@ def _result(
 
 
 _FAILED = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+# Stands for a job that does not exist, where None stands for one completed with no result.
+_NOT_FOUND = ChildOutcome("", "", JobStatus.FAILED, None, None, None, None)
 
 
 def _child_failed(

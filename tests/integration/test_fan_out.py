@@ -339,6 +339,55 @@ def test_outside_a_job_the_child_functions_raise_not_in_job() -> None:
 # -- lost wake-ups ----------------------------------------------------------------------------
 
 
+def test_results_of_children_with_none_values_and_failures_and_one_gone(
+    queue: jobs.Queue,
+) -> None:
+    """A resume only counts the children that completed with no result: each still gets
+    its own ``Result``, in order, beside values and failures; a child deleted by hand
+    is named as not found."""
+
+    @queue.job(retries=0, queue="c")
+    def child(i: int) -> int | None:
+        if i % 3 == 0:
+            return None
+        if i % 3 == 1:
+            return i
+        raise jobs.NoRetry(f"child {i} failed")
+
+    @queue.job(retries=0, queue="p")
+    def parent(n: int) -> list[list[Any]]:
+        results = jobs.fan_out([jobs.sub(child, i) for i in range(n)], on_failure="collect")
+        return [[r.index, r.ok, r.value, r.error] for r in results]
+
+    def run_children_of(parent_id: str) -> None:
+        with queue.worker({"p": 1}, **WORKER):  # the parent fans out and suspends
+            wait_for(lambda: (j := queue.get_job(parent_id)) is not None and j.status == "waiting")
+        with queue.worker({"c": 4}, **WORKER):  # the children finish: the parent is due
+            wait_for(lambda: (j := queue.get_job(parent_id)) is not None and j.status == "pending")
+
+    def expected(i: int) -> list[Any]:
+        if i % 3 == 2:
+            return [i, False, None, f"NoRetry: child {i} failed"]
+        return [i, True, None if i % 3 == 0 else i, None]
+
+    whole = queue.enqueue(parent, 9)
+    run_children_of(whole)
+    with queue.worker({"p": 1}, **WORKER):
+        assert queue.result(whole, timeout=10) == [expected(i) for i in range(9)]
+
+    gone = queue.enqueue(parent, 9)
+    run_children_of(gone)
+    with queue.storage.engine.begin() as conn:
+        third = conn.exec_driver_sql(
+            f"SELECT id FROM sdj_jobs WHERE parent_id = {_param(queue)} AND args = '3'", (gone,)
+        ).scalar_one()
+        conn.exec_driver_sql(f"DELETE FROM sdj_jobs WHERE id = {_param(queue)}", (third,))
+    with queue.worker({"p": 1}, **WORKER):
+        outcome = queue.result(gone, timeout=10)
+    assert outcome[3] == [3, False, None, f"JobNotFound: no job with id {third!r}"]
+    assert outcome[:3] + outcome[4:] == [expected(i) for i in range(9) if i != 3]
+
+
 def test_workers_resume_a_parent_whose_wake_up_was_lost_exactly_once(queue: jobs.Queue) -> None:
     @queue.job(retries=0, queue="c")
     def child(i: int) -> int:

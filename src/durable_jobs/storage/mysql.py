@@ -751,11 +751,16 @@ class MySQLDialect(Dialect):
             FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
         "children_outcomes": f"""SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id IN ({_in_list("ids")})""",
-        # A completed child's time is never used (see SQLStorage._read_outcomes).
-        "group_outcomes": """SELECT id, type, status, result, last_error,
-                CASE WHEN status = 'completed' THEN NULL ELSE finished_at END AS finished_at,
-                parent_id
-            FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s""",
+        # The children of a wait group, but those completed with no result: these only
+        # count, in the row without an id (see SQLStorage.group_outcomes).
+        "group_outcomes": """SELECT id, type, status, result, last_error, finished_at,
+                parent_id, 1 AS n
+            FROM sdj_jobs WHERE parent_id = %(parent)s AND parent_group = %(group)s
+              AND (status <> 'completed' OR result IS NOT NULL)
+            UNION ALL
+            SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, COUNT(*) FROM sdj_jobs
+            WHERE parent_id = %(parent)s AND parent_group = %(group)s
+              AND status = 'completed' AND result IS NULL""",
         "decided_parents": f"""SELECT id, queue, wait_group, children_spare FROM sdj_jobs
             WHERE status = 'waiting' AND wait_group IS NOT NULL
               AND queue IN ({_in_list("queues")})

@@ -15,6 +15,7 @@ __all__ = [
     "ChildrenWait",
     "Claim",
     "ClaimedJobs",
+    "GroupOutcomes",
     "Outcome",
     "QueueDepth",
     "ScheduleState",
@@ -119,6 +120,18 @@ class ChildOutcome(NamedTuple):
     last_error: str | None
     finished_at: datetime | None  # when it failed or was cancelled; None once completed
     parent_id: str | None
+
+
+class GroupOutcomes(NamedTuple):
+    """The outcomes of one wait group's children (a fan-out's), as a parent reads them
+    on resuming. Children that completed with no result (run for their effect, the
+    common case) are only counted in ``plain``: a fan-out of thousands then reads
+    hardly any rows."""
+
+    #: The other children's outcomes, by id.
+    found: dict[str, ChildOutcome]
+    #: How many children completed with no result (None from their handler).
+    plain: int
 
 
 @dataclass(frozen=True, slots=True)

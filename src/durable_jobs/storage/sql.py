@@ -37,6 +37,7 @@ from .records import (
     ChildOutcome,
     ChildrenWait,
     Claim,
+    GroupOutcomes,
     Outcome,
     QueueDepth,
     ScheduleState,
@@ -106,6 +107,7 @@ _SETTLED_PARENT = (
 )  # fmt: skip
 _DECIDED = ("id", "queue", "wait_group", "children_spare")
 _CHILD_OUTCOME = ("id", "type", "status", "result", "last_error", "finished_at", "parent_id")
+_GROUP_OUTCOME = (*_CHILD_OUTCOME, "n")
 # A status by its stored value: a lookup, where ``JobStatus(value)`` costs a call each.
 _STATUSES = {status.value: status for status in JobStatus}
 _STATUS_VALUES = {status: status.value for status in JobStatus}  # ``.value`` costs a call
@@ -1202,13 +1204,21 @@ class SQLStorage:
             return {}
         return self._read_outcomes("children_outcomes", {"ids": self.dialect.list_param(list(ids))})
 
-    def group_outcomes(self, parent_id: str, group: str) -> dict[str, ChildOutcome]:
+    def group_outcomes(self, parent_id: str, group: str) -> GroupOutcomes:
         """The outcomes of the children of ``parent_id`` counted in its wait ``group``
-        (a fan-out's), by id: read through the parent's index, where a fan-out's
-        thousands of ids would each be looked up."""
-        return self._read_outcomes("group_outcomes", {"parent": parent_id, "group": group})
+        (a fan-out's): read through the parent's index, where a fan-out's thousands of
+        ids would each be looked up. Those that completed with no result are counted."""
+        rows = self._read("group_outcomes", {"parent": parent_id, "group": group}, _GROUP_OUTCOME)
+        # One statement (one snapshot): the children's rows, and a row without an id
+        # that counts the rest.
+        plain = sum(int(row[-1]) for row in rows if row[0] is None)
+        found = self._child_outcomes(row[:-1] for row in rows if row[0] is not None)
+        return GroupOutcomes(found, plain)
 
     def _read_outcomes(self, name: str, params: dict[str, Any]) -> dict[str, ChildOutcome]:
+        return self._child_outcomes(self._read(name, params, _CHILD_OUTCOME))
+
+    def _child_outcomes(self, rows: Iterable[tuple[Any, ...]]) -> dict[str, ChildOutcome]:
         t = self.dialect.time_value
         return {
             id_: ChildOutcome(
@@ -1221,9 +1231,7 @@ class SQLStorage:
                 None if status == "completed" else t(finished),
                 parent,
             )
-            for id_, type_, status, result, error, finished, parent in self._read(
-                name, params, _CHILD_OUTCOME
-            )
+            for id_, type_, status, result, error, finished, parent in rows
         }
 
     def cancel_children(self, parent_id: str, group: str) -> int:

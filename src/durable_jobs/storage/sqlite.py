@@ -810,11 +810,16 @@ class SQLiteDialect(Dialect):
             FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
         "children_outcomes": """SELECT id, type, status, result, last_error, finished_at, parent_id
             FROM sdj_jobs WHERE id IN (SELECT value FROM json_each(:ids))""",
-        # A completed child's time is never used (see SQLStorage._read_outcomes).
-        "group_outcomes": """SELECT id, type, status, result, last_error,
-                CASE WHEN status = 'completed' THEN NULL ELSE finished_at END AS finished_at,
-                parent_id
-            FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group""",
+        # The children of a wait group, but those completed with no result: these only
+        # count, in the row without an id (see SQLStorage.group_outcomes).
+        "group_outcomes": """SELECT id, type, status, result, last_error, finished_at,
+                parent_id, 1 AS n
+            FROM sdj_jobs WHERE parent_id = :parent AND parent_group = :group
+              AND (status <> 'completed' OR result IS NOT NULL)
+            UNION ALL
+            SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, COUNT(*) FROM sdj_jobs
+            WHERE parent_id = :parent AND parent_group = :group
+              AND status = 'completed' AND result IS NULL""",
         # Parents whose wait was decided but who still wait (a wake-up lost): workers
         # resume them.
         "decided_parents": """SELECT id, queue, wait_group, children_spare FROM sdj_jobs
