@@ -4,7 +4,10 @@ after its own worker's lock timeout, and a job taken back waits its backoff."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +22,7 @@ from durable_jobs.maintenance import Heartbeat, Reaper
 from durable_jobs.storage import Outcome, SQLStorage
 from durable_jobs.storage.admin import Admin
 from tests.helpers import undo_migration_6, wait_for
+from tests.storage.helpers import count
 
 W1, W2 = "worker-1", "worker-2"
 PAST = datetime.now(UTC) - timedelta(hours=1)  # a due run time, whatever `now` a claim says
@@ -374,5 +378,45 @@ def test_a_sqlite_heartbeat_that_waited_for_the_write_lock_extends_from_when_it_
     assert done.wait(10)
     beating.join()
     expires = get(storage, job_id).lock_expires_at
+    # SQLite's clock reads whole milliseconds: the heartbeat may run within the one
+    # the lock was released in.
+    released = released.replace(microsecond=released.microsecond // 1000 * 1000)
     assert expires is not None and expires >= released + timedelta(seconds=3)
+    storage.close()
+
+
+def test_a_prune_in_another_process_never_keeps_writers_out_for_long(tmp_path: Path) -> None:
+    # SQLite has one write lock, and its own busy handler sleeps ever longer (up to
+    # 100 ms a try) while another process holds it: a prune committing batch after
+    # batch kept a worker's writes out for seconds. Writes here must get their turn.
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    storage = SQLStorage(url)
+    storage.migrate()
+    old = storage.dialect.time_param(datetime.now(UTC) - timedelta(days=30))
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO sdj_jobs (id, type, args, queue, priority, status, attempt,"
+            " max_retries, run_at, created_at, updated_at, finished_at)"
+            " WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 50000)"
+            " SELECT printf('%012d', i), 't', 'null', 'default', 0, 'completed', 1, 3,"
+            " ?, ?, ?, ? FROM s",
+            (old, old, old, old),
+        )
+    command = [sys.executable, "-m", "durable_jobs.cli", "prune", "--older-than", "7d"]
+    pruning = subprocess.Popen(
+        [*command, "--database-url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    waits: list[float] = []
+    try:
+        while pruning.poll() is None:
+            began = time.monotonic()
+            storage.enqueue(Job(type="t"))
+            waits.append(time.monotonic() - began)
+            time.sleep(0.005)  # a worker's stream of writes, not one write after another
+    finally:
+        _out, err = pruning.communicate(timeout=120)
+    assert pruning.returncode == 0, err.decode()
+    assert count(storage) == len(waits)  # the prune took the old jobs, and only those
+    assert len(waits) >= 20, "the prune ended before the writes could overlap it"
+    assert max(waits) < 0.5, f"a write waited {max(waits):.3f} s for the prune's lock"
     storage.close()

@@ -127,3 +127,29 @@ def test_a_worker_with_a_retention_policy_prunes_finished_jobs(
     with queue.worker(poll_interval=0.05, retention=policy):
         wait_for(lambda: queue.get_job(old) is None)
     assert queue.get_job(young_failed) is not None
+
+
+def test_a_prune_batch_reads_jobs_created_at_once_in_the_status_index_order(
+    storage: jobs.SQLStorage,
+) -> None:
+    # One enqueue_many gives its jobs one created_at: a batch that sorted them to go on
+    # from the last one's (time, id) read them all, every batch (a million: hours).
+    queue = jobs.Queue(storage)
+    ids = queue.enqueue_many([("done", i) for i in range(300)])
+    at = storage.dialect.time_param(utcnow() - timedelta(days=10))
+    done = "UPDATE sdj_jobs SET status = 'completed', created_at = :t, finished_at = :t"
+    sql(storage, done, t=at)
+    cutoff = storage.dialect.time_param(utcnow() - timedelta(days=7))
+    params = {"status": "completed", "cutoff": cutoff, "after_at": at, "after": 5, "limit": 10}
+    name = storage.dialect.name
+    explain = {"sqlite": "EXPLAIN QUERY PLAN ", "postgresql": "EXPLAIN ", "mysql": "EXPLAIN "}
+    with storage._cursor(write=True, atomic=True) as cur:
+        if name == "postgresql":
+            cur.execute("SET LOCAL enable_seqscan = off")  # a small table, as if a big one
+        if name == "mysql":
+            params["after"] = ids[5]
+        cur.execute(explain[name] + storage.dialect.sql["prunable"], params)
+        plan = " ".join(" ".join(str(v) for v in row if v is not None) for row in cur.fetchall())
+    assert "sdj_jobs_status" in plan, plan
+    assert not any(step in plan for step in ("TEMP B-TREE", "Sort", "filesort")), plan
+    assert retention.prune(storage, timedelta(days=7), batch=7) == 300

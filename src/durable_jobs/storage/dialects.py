@@ -237,6 +237,9 @@ class Dialect:
     #: Whether the database takes one writer at a time: this process's writers then
     #: queue on a lock of the storage rather than on the database's.
     one_writer: ClassVar[bool] = False
+    #: Seconds a write of many transactions in a row (a prune) pauses between them, so
+    #: that writers waiting for the database's only write lock get their turn.
+    writer_pause: ClassVar[float] = 0.0
     #: Jobs of a batch built before they are sent.
     insert_chunk: ClassVar[int] = 1000
     #: The driver's module: its errors can only have been raised once it is imported.

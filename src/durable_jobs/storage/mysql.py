@@ -271,6 +271,8 @@ _MYSQL_MIGRATION_12 = (
 
 # Nothing here: see sqlite.py's migration 13.
 _MYSQL_MIGRATION_13: tuple[str, ...] = ()
+# Nothing here: see postgres.py's migration 14.
+_MYSQL_MIGRATION_14: tuple[str, ...] = ()
 
 # DDL commits by itself in MySQL, so a migration step interrupted half-way is run again
 # by the next migrator: these errors ("table/column/index exists") then mean the part
@@ -316,9 +318,10 @@ _MYSQL_OPS = {
         WHERE id = %(id)s AND status = 'running' AND fence = %(fence)s""",
     "attempts": """SELECT attempt, worker, error, traceback, started_at, finished_at
         FROM sdj_attempts WHERE job_id = %(job_id)s ORDER BY seq""",
-    "prunable": f"""SELECT id, created_at FROM sdj_jobs AS j
+    # Ordered as the status index is (InnoDB's holds the primary key, the id).
+    "prunable": f"""SELECT id, created_at, id AS position FROM sdj_jobs AS j
         WHERE status = %(status)s AND created_at < %(cutoff)s AND finished_at < %(cutoff)s
-          AND created_at >= %(after_at)s AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND created_at >= %(after_at)s AND (created_at > %(after_at)s OR id > %(after)s)
           AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sdj_jobs AS p
               WHERE p.id = j.parent_id AND p.status NOT IN {_MYSQL_FINISHED}))
         ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
@@ -483,6 +486,7 @@ class MySQLDialect(Dialect):
         _MYSQL_MIGRATION_11,
         _MYSQL_MIGRATION_12,
         _MYSQL_MIGRATION_13,
+        _MYSQL_MIGRATION_14,
     )
     insert_chunk = 1000
 

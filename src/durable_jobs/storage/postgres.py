@@ -253,6 +253,15 @@ _POSTGRES_MIGRATION_13 = (
         EXECUTE FUNCTION sdj_notify_outcome()""",
 )
 
+# The status index ends with the enqueue order: jobs enqueued in one batch share their
+# created_at, and a page of list_jobs or a prune's batch among a million of them then
+# starts where the last one stopped instead of sorting them all. (SQLite's indexes end
+# with the rowid, InnoDB's with the primary key: theirs already do.)
+_POSTGRES_MIGRATION_14 = (
+    "DROP INDEX sdj_jobs_status",
+    "CREATE INDEX sdj_jobs_status ON sdj_jobs (status, created_at, seq)",
+)
+
 _POSTGRES_FINISHED = "('completed', 'failed', 'cancelled')"
 _POSTGRES_OPS = {
     "record_attempt": """INSERT INTO sdj_attempts
@@ -270,12 +279,13 @@ _POSTGRES_OPS = {
     "attempts": """SELECT attempt, worker, error, traceback, started_at, finished_at
         FROM sdj_attempts WHERE job_id = %(job_id)s ORDER BY seq""",
     # Locked, skipping rows others hold: a job being retried meanwhile is left alone.
-    "prunable": f"""SELECT id, created_at FROM sdj_jobs AS j
+    # Ordered as the status index is (see SQLite's).
+    "prunable": f"""SELECT id, created_at, seq AS position FROM sdj_jobs AS j
         WHERE status = %(status)s AND created_at < %(cutoff)s AND finished_at < %(cutoff)s
-          AND created_at >= %(after_at)s AND (created_at > %(after_at)s OR id > %(after_id)s)
+          AND created_at >= %(after_at)s AND (created_at > %(after_at)s OR seq > %(after)s)
           AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sdj_jobs AS p
               WHERE p.id = j.parent_id AND p.status NOT IN {_POSTGRES_FINISHED}))
-        ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED""",
+        ORDER BY created_at, seq LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED""",
     "prune_checkpoints": "DELETE FROM sdj_checkpoints WHERE job_id = ANY(%(ids)s::text[])",
     "prune_signals": "DELETE FROM sdj_signals WHERE job_id = ANY(%(ids)s::text[])",
     "prune_attempts": "DELETE FROM sdj_attempts WHERE job_id = ANY(%(ids)s::text[])",
@@ -412,6 +422,7 @@ class PostgresDialect(Dialect):
         _POSTGRES_MIGRATION_11,
         _POSTGRES_MIGRATION_12,
         _POSTGRES_MIGRATION_13,
+        _POSTGRES_MIGRATION_14,
     )
     autocommit = ("autocommit", True)
     # Enough jobs to amortise the work per chunk, few enough that the server starts

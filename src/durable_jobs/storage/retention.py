@@ -4,8 +4,9 @@ A batch is one short transaction: it picks up to ``PRUNE_BATCH`` finished jobs o
 status that finished before the cutoff (locked, skipping rows others hold, on PostgreSQL
 and MySQL; under the write lock on SQLite), then deletes their checkpoints, signals,
 attempt history, labels and the jobs themselves. Batches walk the status index from a
-(created_at, id) position, so each job is looked at once. A finished child whose parent
-has not finished is kept: the parent may still read its outcome.
+(created_at, position) point, the position ordering the jobs created at once as the
+index does, so each job is looked at once. A finished child whose parent has not
+finished is kept: the parent may still read its outcome.
 """
 
 from __future__ import annotations
@@ -78,20 +79,24 @@ def prune(
     wanted = check_statuses(statuses)
     cutoff = storage.dialect.time_param(storage._now() - check_older_than(older_than))
     deleted = 0
+    pause = stop if stop is not None else threading.Event()
     for status in wanted:
-        after: tuple[Any, str] = (storage.dialect.time_param(_START), "")
-        while stop is None or not stop.is_set():
+        # Before every job: the position (the tie-break among jobs created at once) is
+        # not looked at then.
+        after: tuple[Any, Any] = (storage.dialect.time_param(_START), None)
+        while not pause.is_set():
             count, last = _prune_batch(storage, status, cutoff, after, batch)
             deleted += count
             if last is None:
                 break
             after = last
+            pause.wait(storage.dialect.writer_pause)
     return deleted
 
 
 def _prune_batch(
-    storage: SQLStorage, status: JobStatus, cutoff: Any, after: tuple[Any, str], limit: int
-) -> tuple[int, tuple[Any, str] | None]:
+    storage: SQLStorage, status: JobStatus, cutoff: Any, after: tuple[Any, Any], limit: int
+) -> tuple[int, tuple[Any, Any] | None]:
     """One batch in one transaction: how many jobs it deleted, and the position to go on
     from (None once no job is left past ``after``)."""
     sql = storage.dialect.sql
@@ -99,7 +104,7 @@ def _prune_batch(
         "status": status.value,
         "cutoff": cutoff,
         "after_at": after[0],
-        "after_id": after[1],
+        "after": after[1],
         "limit": limit,
     }
     with storage._cursor(write=True, atomic=True) as cur:
@@ -107,10 +112,10 @@ def _prune_batch(
         rows = cur.fetchall()
         if not rows:
             return 0, None
-        rows = storage._named(cur, sql["prunable"], ("id", "created_at"), rows)
+        rows = storage._named(cur, sql["prunable"], ("id", "created_at", "position"), rows)
         ids = {"ids": storage.dialect.list_param([row[0] for row in rows])}
         for name in _DELETES:
             cur.execute(sql[name], ids)
         count = int(cur.rowcount)
     last = rows[-1]
-    return count, ((last[1], last[0]) if len(rows) == limit else None)
+    return count, ((last[1], last[2]) if len(rows) == limit else None)

@@ -60,6 +60,41 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
+#: How long (ms) one try at the write lock waits inside SQLite on the storage's own
+#: connections, before ``_PatientCursor`` tries again.
+LOCK_POLL_MS = 1
+#: How long a storage's write that takes many transactions in a row (a prune) pauses
+#: between them: longer than a waiting writer's poll, so that it gets its turn.
+WRITER_PAUSE = 0.002
+
+
+class _PatientCursor(sqlite3.Cursor):
+    """A cursor whose statements wait for the write lock another process holds by trying
+    again every millisecond, up to the busy timeout.
+
+    SQLite's own busy handler sleeps ever longer between tries (up to 100 ms each), so
+    a process writing transaction after transaction (a prune) kept a waiting worker out
+    for seconds; a writer that tries every millisecond gets the lock at the other's
+    next pause. Only a statement outside a transaction is tried again: one that failed
+    there has changed nothing.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _PatientCursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) != sqlite3.SQLITE_BUSY or self.connection.in_transaction:
+                raise
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return super().execute(sql, parameters)
+            except sqlite3.OperationalError as exc:
+                busy = _primary_code(exc) == sqlite3.SQLITE_BUSY
+                if not busy or self.connection.in_transaction or time.monotonic() > deadline:
+                    raise
+
+
 def full_sync(dbapi_conn: Any, _record: Any) -> None:
     """Make every commit reach the disk before it returns (``synchronous=FULL``)."""
     # Whatever default this SQLite was built with: a committed job survives a power cut.
@@ -315,6 +350,8 @@ _SQLITE_MIGRATION_12 = (
 # for its outcome trigger; this backend's waiters need no mark (SQLite watches the
 # file; MySQL re-reads). The version keeps the backends' schema versions in step.
 _SQLITE_MIGRATION_13: tuple[str, ...] = ()
+# Nothing here: see postgres.py's migration 14.
+_SQLITE_MIGRATION_14: tuple[str, ...] = ()
 
 # Operations' statements (``search.py``, ``retention.py``), at the end of ``sql``.
 _SQLITE_FINISHED = "('completed', 'failed', 'cancelled')"
@@ -337,12 +374,14 @@ _SQLITE_OPS = {
     # position, along the status index (finished_at >= created_at, so the created_at
     # range holds them all). A child whose parent has not finished stays: the parent
     # may still read its outcome.
-    "prunable": f"""SELECT id, created_at FROM sdj_jobs AS j
+    # Ordered as the status index is (jobs of one batch share created_at): each batch
+    # goes on from where the last one stopped, however many share a time.
+    "prunable": f"""SELECT id, created_at, rowid AS position FROM sdj_jobs AS j
         WHERE status = :status AND created_at < :cutoff AND finished_at < :cutoff
-          AND created_at >= :after_at AND (created_at > :after_at OR id > :after_id)
+          AND created_at >= :after_at AND (created_at > :after_at OR rowid > :after)
           AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sdj_jobs AS p
               WHERE p.id = j.parent_id AND p.status NOT IN {_SQLITE_FINISHED}))
-        ORDER BY created_at, id LIMIT :limit""",
+        ORDER BY created_at, rowid LIMIT :limit""",
     "prune_checkpoints": """DELETE FROM sdj_checkpoints
         WHERE job_id IN (SELECT value FROM json_each(:ids))""",
     "prune_signals": "DELETE FROM sdj_signals WHERE job_id IN (SELECT value FROM json_each(:ids))",
@@ -537,9 +576,11 @@ class SQLiteDialect(Dialect):
         _SQLITE_MIGRATION_11,
         _SQLITE_MIGRATION_12,
         _SQLITE_MIGRATION_13,
+        _SQLITE_MIGRATION_14,
     )
     autocommit = ("isolation_level", None)
     one_writer = True
+    writer_pause = WRITER_PAUSE
     insert_chunk = _chunk_size()
 
     @classmethod
@@ -955,6 +996,21 @@ class SQLiteDialect(Dialect):
         sa.event.listen(engine, "connect", _on_connect)
         if owned:
             sa.event.listen(engine, "connect", full_sync)
+
+    def cursor(self, raw: Any) -> Any:
+        return raw.cursor(_PatientCursor)
+
+    def enter_autocommit(self, conn: Any) -> Any:
+        # While the storage keeps the connection: short waits inside SQLite, and tries
+        # again from the cursor (see _PatientCursor).
+        timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout={LOCK_POLL_MS}")
+        return super().enter_autocommit(conn), timeout
+
+    def restore_autocommit(self, conn: Any, was: Any) -> None:
+        isolation, timeout = was
+        conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
+        super().restore_autocommit(conn, isolation)
 
     def begin(
         self, raw: Any, cur: Any, *, write: bool, atomic: bool
