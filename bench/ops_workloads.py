@@ -9,7 +9,10 @@ enqueues.
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -155,8 +158,11 @@ def _tag_plan(queue: jobs.Queue) -> str:
 
 def prune_while_draining(backend: str, sizes: Sizes) -> Result:
     """Prune ``sizes.ops_rows`` completed jobs (finished 30 days ago) while an in-process
-    worker drains a steady stream of no-op jobs; the longest gap between two completions
-    of the drain while the prune ran is its longest stall."""
+    worker drains a steady stream of no-op jobs: first by ``queue.prune`` in the
+    draining process (as a worker's ``retention=`` does), then, the table filled again,
+    by ``sdj prune`` in a process of its own (as an operator does). The longest gap
+    between two completions of the drain while a prune ran is its longest stall; beside
+    them, the drain's own longest stall alone, over as long a window."""
     rows = sizes.ops_rows
     with database(backend) as url:
         fill_s = _fill(url, rows, ("completed", "completed"), labels=False)
@@ -176,10 +182,15 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
                 # stall on this machine, over a window as long, to compare with.
                 time.sleep(min(ended - began, 60))
                 alone = time.perf_counter()
+                _fill(url, rows, ("completed", "completed"), labels=False)
+                other_began = time.perf_counter()
+                other_deleted = _prune_elsewhere(url)
+                other_ended = time.perf_counter()
                 stop.set()
                 feeder.join(10)
             during = _longest_gap(stamps, began, ended)
-            before = _longest_gap(stamps, ended, min(alone, ended + 60))
+            before = _longest_gap(stamps, ended, alone)
+            elsewhere = _longest_gap(stamps, other_began, other_ended)
             drained = sum(1 for t in stamps if began <= t <= ended)
     prune_s = ended - began
     return Result(
@@ -194,9 +205,35 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
                 "prune.stall.ref", "longest drain stall without pruning, after", before * 1000, "ms"
             ),
             Figure("prune.drain", "drain while pruning", drained / prune_s, "jobs/s"),
+            Figure(
+                "prune.other.rate",
+                f"sdj prune of {count(rows)} in another process",
+                other_deleted / (other_ended - other_began),
+                "jobs/s",
+            ),
+            Figure(
+                "prune.other.stall",
+                "longest drain stall while sdj prune runs",
+                elsewhere * 1000,
+                "ms",
+            ),
         ],
         [f"{backend}: filled {rows:,} completed jobs in {fill_s:.1f} s; deleted {deleted:,}"],
     )
+
+
+def _prune_elsewhere(url: str) -> int:
+    """Run ``sdj prune`` of the jobs finished over a week ago in a process of its own;
+    returns how many it deleted."""
+    command = [sys.executable, "-m", "durable_jobs.cli", "prune", "--older-than", "7d"]
+    done = subprocess.run(
+        [*command, "--json", "--database-url", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=3600,
+    )
+    return int(json.loads(done.stdout)["deleted"])
 
 
 def _feed(queue: jobs.Queue, stamps: list[float], stop: threading.Event) -> None:
