@@ -240,6 +240,9 @@ class Dialect:
     #: Seconds a write of many transactions in a row (a prune) pauses between them, so
     #: that writers waiting for the database's only write lock get their turn.
     writer_pause: ClassVar[float] = 0.0
+    #: Errors a lone statement may fail with while another process holds a lock it
+    #: needs: ``wait_for_lock`` then decides (none by default).
+    busy_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Jobs of a batch built before they are sent.
     insert_chunk: ClassVar[int] = 1000
     #: The driver's module: its errors can only have been raised once it is imported.
@@ -286,6 +289,12 @@ class Dialect:
     def cursor(self, raw: Any) -> Any:
         """A new cursor on ``raw``, a pooled connection."""
         return raw.cursor()
+
+    @staticmethod
+    def wait_for_lock(cur: Any, sql: str, params: Any, exc: BaseException) -> None:
+        """Run ``sql`` on ``cur`` again until the lock that made it fail with ``exc``
+        (one of ``busy_errors``) is free; raises ``exc`` when that is not why it failed."""
+        raise exc
 
     def enter_autocommit(self, conn: Any) -> Any:
         """Put the driver connection ``conn`` in autocommit; returns its setting before."""

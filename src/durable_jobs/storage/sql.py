@@ -454,7 +454,10 @@ class SQLStorage:
             try:
                 cur = self._kept_cursor(raw)
                 try:
-                    cur.execute(sql, params)
+                    try:
+                        cur.execute(sql, params)
+                    except self.dialect.busy_errors as exc:
+                        self.dialect.wait_for_lock(cur, sql, params, exc)
                     if not self._has_rows(cur):
                         return []
                     rows = cur.fetchall()

@@ -61,16 +61,16 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 #: How long (ms) one try at the write lock waits inside SQLite on the storage's own
-#: connections, before ``_PatientCursor`` tries again.
+#: connections, before ``_wait_for_lock`` tries again.
 LOCK_POLL_MS = 1
 #: How long a storage's write that takes many transactions in a row (a prune) pauses
 #: between them: longer than a waiting writer's poll, so that it gets its turn.
 WRITER_PAUSE = 0.002
 
 
-class _PatientCursor(sqlite3.Cursor):
-    """A cursor whose statements wait for the write lock another process holds by trying
-    again every millisecond, up to the busy timeout.
+def _wait_for_lock(cur: Any, sql: str, params: Any, exc: BaseException) -> None:
+    """Run ``sql`` again every millisecond while another process holds the write lock
+    (``exc``, the first try's error, said so), up to the busy timeout.
 
     SQLite's own busy handler sleeps ever longer between tries (up to 100 ms each), so
     a process writing transaction after transaction (a prune) kept a waiting worker out
@@ -78,21 +78,16 @@ class _PatientCursor(sqlite3.Cursor):
     next pause. Only a statement outside a transaction is tried again: one that failed
     there has changed nothing.
     """
-
-    def execute(self, sql: str, parameters: Any = (), /) -> _PatientCursor:
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        busy = _primary_code(exc) == sqlite3.SQLITE_BUSY
+        if not busy or cur.connection.in_transaction or time.monotonic() > deadline:
+            raise exc
         try:
-            return super().execute(sql, parameters)
-        except sqlite3.OperationalError as exc:
-            if _primary_code(exc) != sqlite3.SQLITE_BUSY or self.connection.in_transaction:
-                raise
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                return super().execute(sql, parameters)
-            except sqlite3.OperationalError as exc:
-                busy = _primary_code(exc) == sqlite3.SQLITE_BUSY
-                if not busy or self.connection.in_transaction or time.monotonic() > deadline:
-                    raise
+            cur.execute(sql, params)
+            return
+        except sqlite3.OperationalError as again:
+            exc = again
 
 
 def full_sync(dbapi_conn: Any, _record: Any) -> None:
@@ -581,6 +576,7 @@ class SQLiteDialect(Dialect):
     autocommit = ("isolation_level", None)
     one_writer = True
     writer_pause = WRITER_PAUSE
+    busy_errors = (sqlite3.OperationalError,)
     insert_chunk = _chunk_size()
 
     @classmethod
@@ -997,12 +993,9 @@ class SQLiteDialect(Dialect):
         if owned:
             sa.event.listen(engine, "connect", full_sync)
 
-    def cursor(self, raw: Any) -> Any:
-        return raw.cursor(_PatientCursor)
-
     def enter_autocommit(self, conn: Any) -> Any:
         # While the storage keeps the connection: short waits inside SQLite, and tries
-        # again from the cursor (see _PatientCursor).
+        # again from Python (see _wait_for_lock).
         timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
         conn.execute(f"PRAGMA busy_timeout={LOCK_POLL_MS}")
         return super().enter_autocommit(conn), timeout
@@ -1012,13 +1005,20 @@ class SQLiteDialect(Dialect):
         conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
         super().restore_autocommit(conn, isolation)
 
+    @staticmethod
+    def wait_for_lock(cur: Any, sql: str, params: Any, exc: BaseException) -> None:
+        _wait_for_lock(cur, sql, params, exc)
+
     def begin(
         self, raw: Any, cur: Any, *, write: bool, atomic: bool
     ) -> contextlib.AbstractContextManager[Any] | None:
         if write:
             # Taking the write lock up front avoids the deadlock of two deferred
             # transactions that both read and then try to write.
-            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                _wait_for_lock(cur, "BEGIN IMMEDIATE", (), exc)
         return None
 
     def group_commit(self, storage: SQLStorage) -> GroupCommit | None:
