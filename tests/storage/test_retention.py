@@ -4,6 +4,7 @@ worker's retention policy."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -153,3 +154,25 @@ def test_a_prune_batch_reads_jobs_created_at_once_in_the_status_index_order(
     assert "sdj_jobs_status" in plan, plan
     assert not any(step in plan for step in ("TEMP B-TREE", "Sort", "filesort")), plan
     assert retention.prune(storage, timedelta(days=7), batch=7) == 300
+
+
+def test_a_prune_pauses_after_each_batch_as_long_as_it_took(storage: jobs.SQLStorage) -> None:
+    class Pauses(threading.Event):
+        """A stop event that records each pause asked of it, and takes none."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: list[float | None] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.asked.append(timeout)
+            return False
+
+    queue = jobs.Queue(storage)
+    for job_id in queue.enqueue_many([("done", i) for i in range(11)]):
+        _age(storage, job_id, "completed", 10)
+    pauses = Pauses()
+    assert retention.prune(storage, timedelta(days=7), batch=3, stop=pauses) == 11
+    assert len(pauses.asked) == 3  # between the four batches, none after the last
+    floor = max(storage.dialect.writer_pause, 1e-6)  # a batch takes some time
+    assert all(p is not None and p >= floor for p in pauses.asked), pauses.asked

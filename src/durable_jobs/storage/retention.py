@@ -12,6 +12,7 @@ finished is kept: the parent may still read its outcome.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -85,12 +86,17 @@ def prune(
         # not looked at then.
         after: tuple[Any, Any] = (storage.dialect.time_param(_START), None)
         while not pause.is_set():
+            began = time.monotonic()
             count, last = _prune_batch(storage, status, cutoff, after, batch)
             deleted += count
             if last is None:
                 break
             after = last
-            pause.wait(storage.dialect.writer_pause)
+            # As long again as the batch took: a prune never takes more than half of
+            # what the database can write (its log's flushes, SQLite's one write lock)
+            # from the workers.
+            took = time.monotonic() - began
+            pause.wait(max(took, storage.dialect.writer_pause))
     return deleted
 
 
