@@ -20,7 +20,7 @@ from .procs import Outstanding, WorkerProcesses, outstanding, rss_mb
 from .references import idle_commit_ms
 from .report import Figure, Result, latency_figures
 from .sizes import CONCURRENCY, Sizes, count, drain_timeout
-from .workloads import IDLE_GAP, LATENCY_WARM_UP
+from .workloads import IDLE_GAP, LATENCY_WARM_UP, idle_before_other_process_sample
 
 __all__ = [
     "drain_processes",
@@ -120,11 +120,12 @@ def probe_socket() -> Iterator[socket.socket]:
 
 def probe_waits(queue: jobs.Queue, sock: socket.socket, samples: int) -> list[float]:
     """ms from each ``enqueue`` of a probe to its start in a worker process (which
-    reports it to ``sock``), after ``IDLE_GAP`` of idleness; warm-up samples left out."""
+    reports it to ``sock``), after ``IDLE_GAP`` of idleness and a random part of the
+    worker's poll interval; warm-up samples left out."""
     port = sock.getsockname()[1]
     waits = []
     for seq in range(LATENCY_WARM_UP + samples):
-        time.sleep(IDLE_GAP)
+        idle_before_other_process_sample(queue)
         sent = time.perf_counter()
         queue.enqueue("probe", {"port": port, "seq": seq})
         started = receive(sock, seq)

@@ -21,7 +21,14 @@ from .process_workloads import probe_socket, probe_waits, receive, warm_up
 from .procs import WorkerProcesses, outstanding
 from .report import Figure, Result, percentile
 from .sizes import CONCURRENCY, Sizes, count, drain_timeout
-from .workloads import IDLE_GAP, LATENCY_WARM_UP, _Completions, _same_process_waits, _timed_drain
+from .workloads import (
+    IDLE_GAP,
+    LATENCY_WARM_UP,
+    _Completions,
+    _same_process_waits,
+    _timed_drain,
+    idle_before_other_process_sample,
+)
 
 __all__ = ["fan_out", "signal_latency", "sleep_lateness"]
 
@@ -307,7 +314,7 @@ def _other_process_signal_waits(queue: jobs.Queue, sock: socket.socket, n: int) 
     for seq in range(LATENCY_WARM_UP + n):
         job_id = queue.enqueue("waiter", {"port": port, "seq": seq})
         _wait_until_waiting(queue, job_id)
-        time.sleep(IDLE_GAP)
+        idle_before_other_process_sample(queue)
         sent = time.perf_counter()
         queue.signal(job_id, SIGNAL, seq)
         started = receive(sock, seq)

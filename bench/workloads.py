@@ -7,6 +7,7 @@ workloads with worker processes are in ``process_workloads.py``.
 
 from __future__ import annotations
 
+import random
 import statistics
 import threading
 import time
@@ -32,6 +33,19 @@ __all__ = [
 # Between latency samples: long enough that the worker is idle, waiting for a wake-up.
 IDLE_GAP = 0.015
 LATENCY_WARM_UP = 5
+# How often a worker in another process looks for others' commits, where it polls
+# (SQLite's file watch; MySQL re-reads; PostgreSQL is notified).
+_OTHER_PROCESS_POLL = {"sqlite": 0.002, "mysql": 0.05, "postgresql": 0.0}
+_PHASES = random.Random(0)
+
+
+def idle_before_other_process_sample(queue: jobs.Queue) -> None:
+    """``IDLE_GAP``, and a random part of the other process's poll interval: samples
+    taken at a fixed rhythm lock onto the poll's phase, each kind of sample (a plain
+    enqueue, a signal) onto its own, and then differ by where in it they fall rather
+    than by what they cost. Spread over the interval, each waits half of it on average."""
+    poll = _OTHER_PROCESS_POLL[queue.storage.dialect.name]
+    time.sleep(IDLE_GAP + _PHASES.uniform(0, poll))
 
 
 # -- references ------------------------------------------------------------------------
