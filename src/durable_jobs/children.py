@@ -317,7 +317,7 @@ def _outcomes(
             # A fan-out's children are exactly its group's: read through the parent's
             # index. Should one have gone (deleted by hand), each id is looked up.
             found, plain = storage.group_outcomes(ctx.job.id, group)
-            if plain + len(found) == len(ids) and found.keys() <= set(ids):
+            if plain + len(found) == len(ids) and (not found or found.keys() <= set(ids)):
                 return found, plain
         return storage.children_outcomes(ids), 0
 

@@ -420,3 +420,30 @@ def test_a_prune_in_another_process_never_keeps_writers_out_for_long(tmp_path: P
     assert len(waits) >= 20, "the prune ended before the writes could overlap it"
     assert max(waits) < 0.5, f"a write waited {max(waits):.3f} s for the prune's lock"
     storage.close()
+
+
+def test_waiting_for_the_sqlite_lock_never_spins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite may refuse the lock without waiting its 1 ms; the tries that follow must
+    # still come a poll apart, not as fast as the loop goes, until the busy timeout.
+    from durable_jobs.storage import sqlite as sqlite_dialect
+
+    def busy() -> sqlite3.OperationalError:
+        exc = sqlite3.OperationalError("database is locked")
+        exc.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+        return exc
+
+    class Refusing:
+        """A cursor whose every statement finds the lock taken, at once."""
+
+        connection = sqlite3.connect(":memory:")
+        tries = 0
+
+        def execute(self, sql: str, params: Any) -> None:
+            self.tries += 1
+            raise busy()
+
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_MS", 50)
+    cur = Refusing()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite_dialect._wait_for_lock(cur, "BEGIN IMMEDIATE", (), busy())
+    assert 10 <= cur.tries <= 60  # about one a millisecond over 50 ms

@@ -76,13 +76,19 @@ def _wait_for_lock(cur: Any, sql: str, params: Any, exc: BaseException) -> None:
     a process writing transaction after transaction (a prune) kept a waiting worker out
     for seconds; a writer that tries every millisecond gets the lock at the other's
     next pause. Only a statement outside a transaction is tried again: one that failed
-    there has changed nothing.
+    there has changed nothing. A try that SQLite refused without waiting is followed by
+    the rest of a poll's sleep, so that the loop never spins.
     """
+    poll = LOCK_POLL_MS / 1000
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    tried = 0.0  # the last try began long enough ago: no sleep before the first
     while True:
         busy = _primary_code(exc) == sqlite3.SQLITE_BUSY
         if not busy or cur.connection.in_transaction or time.monotonic() > deadline:
             raise exc
+        if (rest := tried + poll - time.monotonic()) > 0:
+            time.sleep(rest)
+        tried = time.monotonic()
         try:
             cur.execute(sql, params)
             return
