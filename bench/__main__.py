@@ -70,7 +70,11 @@ def main() -> int:
         action="append",
         help="repeat for several (default: all three)",
     )
-    parser.add_argument("--only", metavar="SUBSTRING", help="run the workloads whose name has it")
+    parser.add_argument(
+        "--only",
+        metavar="SUBSTRING",
+        help="run the workloads whose name has it (a whole name: that one)",
+    )
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args()
     if args.list:

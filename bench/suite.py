@@ -70,11 +70,13 @@ WORKLOADS = (
 
 
 def select(only: str | None) -> list[Workload]:
-    """The workloads whose name contains ``only`` (all if None), with what they need."""
+    """The workloads whose name contains ``only`` (all if None; just the one if it is a
+    whole name), with what they need."""
     if only is None:
         return list(WORKLOADS)
     by_name = {wl.name: wl for wl in WORKLOADS}
-    wanted = {wl.name for wl in WORKLOADS if only.lower() in wl.name}
+    only = only.lower()
+    wanted = {only} if only in by_name else {wl.name for wl in WORKLOADS if only in wl.name}
     pending = list(wanted)
     while pending:
         for need in by_name[pending.pop()].needs:

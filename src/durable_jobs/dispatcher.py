@@ -80,6 +80,12 @@ class QueueState:
     drained: set[str] = field(default_factory=set)
     #: Counts releases of ``held``, so a claim that began before one holds nothing back.
     releases: int = 0
+    #: Claims reserved here and not yet back. The dispatcher and the completer never
+    #: claim in one queue at once: with SKIP LOCKED the second would take the jobs after
+    #: those the first holds, and could start them first.
+    claiming: int = 0
+    #: Whether a claim was passed over while another was out: looked for again after.
+    passed_over: bool = False
 
     def limited_to_claim(
         self, limited: dict[str, TypeLimits], now: float, ending: set[str]
@@ -122,6 +128,8 @@ class ClaimRequest:
     generation: int
     #: The queue's ``releases`` when the claim was reserved.
     releases: int = 0
+    #: False for a job stored claimed by its enqueue (``start_enqueued``).
+    reserved: bool = True
 
     @property
     def ahead(self) -> bool:
@@ -185,6 +193,9 @@ class Dispatcher:
         #: against their caps until it has, so only the completer's claims (in the
         #: transaction that stores them) look for their types meanwhile.
         self._ending: dict[tuple[str, int], str] = {}
+        #: The queues the completer's last reserve passed over (a claim was out there):
+        #: the capped types it stores the ends of are claimed by the dispatcher instead.
+        self._completer_passed: set[str] = set()
 
     # -- wake-ups -----------------------------------------------------------------------
 
@@ -268,7 +279,7 @@ class Dispatcher:
 
     def start_enqueued(self, job: Job) -> None:
         """Run ``job``, stored claimed by this worker after ``take_enqueued``."""
-        self.accept(ClaimRequest(Claim(job.queue, 1), -1), [job])
+        self.accept(ClaimRequest(Claim(job.queue, 1), -1, reserved=False), [job])
 
     def skip_type(self, job_type: str, seconds: float) -> None:
         """Leave jobs of ``job_type`` out of claims for ``seconds``."""
@@ -421,7 +432,12 @@ class Dispatcher:
             if self.stopping.is_set():
                 return []
             ending = set() if completing else set(self._ending.values())
+            passed = set()
             for name, state in self.queues.items():
+                if state.claiming:
+                    state.passed_over = True
+                    passed.add(name)
+                    continue
                 capacity = state.capacity()
                 want = capacity - state.claimed
                 # With a prefetch buffer, refill once it is half empty: claims in batches.
@@ -440,12 +456,15 @@ class Dispatcher:
                 if not (plain or tried_ahead):
                     ahead = 0
                 state.claimed += now + ahead
+                state.claiming += bool(now) + bool(ahead)
                 if now:
                     claim = Claim(name, now, skip, 0, tried, plain)
                     requests.append(ClaimRequest(claim, state.generation, state.releases))
                 if ahead:
                     claim = Claim(name, ahead, skip, 1, tried_ahead, plain)
                     requests.append(ClaimRequest(claim, state.generation, state.releases))
+            if completing:
+                self._completer_passed = passed
         return requests
 
     def limited_types(self) -> dict[str, TypeLimits]:
@@ -482,7 +501,8 @@ class Dispatcher:
     def stored(self, outcomes: Sequence[RunOutcome]) -> None:
         """The completer stored ``outcomes`` (or gave up on them): their runs no longer
         count against their types' caps. A completion's type was looked for in the
-        transaction that stored it; the others' types are looked for again now."""
+        transaction that stored it, unless its queue had a claim out then; the others'
+        types are looked for again now."""
         limited = self.limited_types()
         if not limited:
             return
@@ -492,10 +512,12 @@ class Dispatcher:
                 if o.job.type not in limited:
                     continue
                 self._ending.pop((o.job.id, o.job.fence), None)
-                if o.kind != "completed":
+                if o.kind != "completed" or o.job.queue in self._completer_passed:
                     released.add(o.job.type)
             if released:
                 self._release_held(released)
+        if released:
+            self.wakeup.set()
 
     def _next_held(self) -> float:
         """When the next hold of a type by a rate limit ends (inf: none). Holds that
@@ -511,7 +533,17 @@ class Dispatcher:
         """Give back the room of claims that were never made."""
         with self.lock:
             for request in requests:
-                self.queues[request.claim.queue].claimed -= request.claim.limit
+                state = self.queues[request.claim.queue]
+                state.claimed -= request.claim.limit
+                self._claim_back(state)
+
+    def _claim_back(self, state: QueueState) -> None:
+        """One of the queue's claims is back (or never made): a claim passed over
+        meanwhile is looked for now."""
+        state.claiming -= 1
+        if not state.claiming and state.passed_over:
+            state.passed_over = False
+            self.wakeup.set()
 
     def accept(self, request: ClaimRequest, jobs: list[Job]) -> None:
         """Take in the jobs a reserved claim returned, and start those that fit."""
@@ -519,6 +551,8 @@ class Dispatcher:
         with self.lock:
             state = self.queues[request.claim.queue]
             state.claimed -= want - len(jobs)
+            if request.reserved:
+                self._claim_back(state)
             # Only a claim for free slots tells the queue is empty: one that claims ahead
             # leaves out the jobs that allow a single run.
             short = len(jobs) < want and not request.ahead

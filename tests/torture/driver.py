@@ -674,10 +674,15 @@ class Run:
             time.sleep(0.05)
 
     def _produce(
-        self, count: int, kind_only: str | None = None, queue: str | None = None
+        self,
+        count: int,
+        kind_only: str | None = None,
+        queue: str | None = None,
+        delay: float | None = None,
     ) -> list[str]:
         """Enqueue ``count`` jobs (of ``kind_only``, else drawn from the mix, a share of
-        them on the side queue; on ``queue`` if given); their ids."""
+        them on the side queue; on ``queue`` if given; due in ``delay`` s if given); their
+        ids."""
         kinds, weights = list(KINDS), list(KINDS.values())
         chosen = [kind_only] * count if kind_only else self.rng.choices(kinds, weights, k=count)
         batch: list[tuple[jobs.Job, Expected]] = []
@@ -688,7 +693,9 @@ class Run:
                 options["queue"] = queue
             elif kind_only is None and self.rng.random() < SIDE_SHARE:
                 options["queue"] = app.SIDE
-            if kind == "delayed":
+            if delay is not None:
+                options["delay"] = delay
+            elif kind == "delayed":
                 options["delay"] = self.rng.uniform(0.5, 3.0)
             job = self.queue.build_job(kind, n, options)
             job.id = f"{kind}-{n}"
@@ -906,6 +913,9 @@ class Run:
         """
         path = self.storage.engine.url.database
         assert path is not None
+        # Jobs that fall due while the disk is full: idle workers write nothing, and the
+        # episode would test nothing.
+        self._produce(2 * max(1, len(self.fleet.live)), kind_only="plain", delay=DISK_FULL_FOR / 3)
         # An emptied WAL: every commit from now on needs new space (a WAL in use is
         # written over in place, and would hide a full disk).
         _retry("emptying the WAL", lambda: _truncate_wal(path))
