@@ -15,6 +15,7 @@ This module is the lifecycle and the wiring; each thread's work is its own modul
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -336,11 +337,17 @@ class Worker:
 
         If the application has not configured logging (the root logger has no
         handlers), ``run()`` logs INFO and above to stderr first.
+
+        ``run()`` makes the process a worker: what it has loaded by then (the
+        application, its libraries) is kept out of the garbage collector's full passes
+        (``gc.freeze()``), which would otherwise walk it all, stalling every job under
+        way for tens of milliseconds.
         """
         configure_logging()
         restore = self._install_signal_handlers()
         try:
             self.start()
+            gc.freeze()
             while not self._stop_requested.wait(0.5):
                 pass
         finally:

@@ -20,6 +20,7 @@ from tests.helpers import wait_for
 pytestmark = pytest.mark.slow
 
 MODULE = """
+import gc
 import os
 import time
 
@@ -31,7 +32,7 @@ queue = jobs.Queue()  # the database comes from --database-url through $SDJ_DATA
 @queue.job()
 def add(numbers: list[int]) -> dict[str, int]:
     time.sleep(0.05)
-    return {"sum": sum(numbers), "pid": os.getpid()}
+    return {"sum": sum(numbers), "pid": os.getpid(), "frozen": gc.get_freeze_count()}
 """
 
 
@@ -85,6 +86,9 @@ def test_worker_runs_jobs_and_exits_0_on_sigterm(
     results = wait_for(lambda: completed_results(queue, ids), timeout=30)
     assert [r["sum"] for r in results] == [0, 2, 4, 6, 8]
     assert {r["pid"] for r in results} == {proc.pid}
+    # Its start-up heap is kept out of full collections (thousands of objects: the
+    # library, SQLAlchemy, the application).
+    assert min(r["frozen"] for r in results) > 10_000
     output = stop(proc)
     assert "sdj worker tasks:queue" in output and "queues {'default': 3}" in output
     assert "lock timeout 5s" in output and "job types add" in output
