@@ -559,11 +559,13 @@ def _signal_claims(storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _idle(worker: jobs.Worker) -> bool:
-    """Whether ``worker`` has let go of every job: a run that just suspended frees its
-    slot a moment after its job is stored waiting."""
+    """Whether ``worker`` has let go of every job and looks for none: a run that just
+    suspended frees its slot a moment after its job is stored waiting, and the queue is
+    woken then (a signal may have come meanwhile): a claim round follows, which holds
+    the queue's room until it comes back empty."""
     dispatcher = worker._dispatcher
     with dispatcher.lock:
-        return all(state.claimed == 0 for state in dispatcher.queues.values())
+        return all(s.claimed == 0 and not s.maybe_work for s in dispatcher.queues.values())
 
 
 def _approve() -> Any:
@@ -571,13 +573,17 @@ def _approve() -> Any:
 
 
 def test_a_signal_hands_the_resume_to_a_free_worker_of_this_process(
-    queue: jobs.Queue, storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch
+    queue: jobs.Queue,
+    storage: jobs.SQLStorage,
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[jobs.Event],
 ) -> None:
     queue.register("approve", _approve, retries=0)
     job_id = queue.enqueue("approve")
     runs = _signal_claims(storage, monkeypatch)
     with queue.worker(**SLOW_POLL) as worker:
-        wait_for(lambda: _waiting_for(queue, job_id, "signal:approval") and _idle(worker))
+        # Reported after the suspension is stored and its queue woken.
+        wait_for(lambda: any(isinstance(e, jobs.JobWaiting) for e in events) and _idle(worker))
         queue.signal(job_id, "approval", "yes")
         [run] = runs  # claimed with the wake-up, for this worker: no claim, no poll
         assert run is not None and (run.id, run.locked_by) == (job_id, worker.id)
