@@ -105,9 +105,6 @@ class Completer:
                     self.dispatcher.wake_at(o.job.queue, o.run_at)
             if o.kind == "waiting" and self._store_suspension(o):
                 accepted.add(o.job.id)
-                if o.signal is not None:
-                    # A signal that came meanwhile made it a due resume at once.
-                    self.dispatcher.wake((o.job.queue,))
                 if o.run_at is not None:
                     # Its worker (and this process's others) end the wait at its
                     # deadline, not at a poll after it.

@@ -443,11 +443,14 @@ def test_a_signal_sent_before_the_suspension_commits_is_not_missed(storage: SQLS
     )  # fmt: skip
     assert looked == []
     assert storage.signal(job_id, "go", b"1") == (True, None)  # running: not woken
+    heard: list[str] = []
+    storage.add_wake_listener(heard.extend)  # this process's workers: woken at once
     assert storage.suspend(
         job_id, worker_id=W1, fence=job.fence, until=None, waiting_for="signal:go", signal="go"
     )
     due = get(storage, job_id)
     assert due.status is JobStatus.PENDING and due.wait_until is not None
+    assert heard == [due.queue]
     assert claim_one(storage).attempt == 1
 
 

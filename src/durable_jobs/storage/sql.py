@@ -1106,6 +1106,7 @@ class SQLStorage:
             return self._suspend_for_children(params, children)
         if signal is None:
             return bool(self._run("suspend", params))
+        woken: list[str] = []
         with self._cursor(write=True, atomic=True) as cur:
             cur.execute(self._sql["suspend"], params)
             suspended = bool(cur.fetchall())
@@ -1115,8 +1116,9 @@ class SQLStorage:
                 if cur.fetchall():
                     wake = {"id": job_id, "waiting_for": waiting_for, "now": now}
                     cur.execute(self._sql["wake_signalled"], wake)
-                    woken = cur.fetchall()
-                    self.dialect.notify_queues(cur, [row[0] for row in woken])
+                    woken = [row[0] for row in cur.fetchall()]
+                    self.dialect.notify_queues(cur, woken)
+        self._announce_woken(woken)
         return suspended
 
     def _suspend_for_children(self, params: dict[str, Any], wait: ChildrenWait) -> bool:

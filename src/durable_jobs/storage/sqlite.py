@@ -583,6 +583,7 @@ class SQLiteDialect(Dialect):
     one_writer = True
     writer_pause = WRITER_PAUSE
     busy_errors = (sqlite3.OperationalError,)
+    wait_for_lock = staticmethod(_wait_for_lock)
     insert_chunk = _chunk_size()
 
     @classmethod
@@ -1010,10 +1011,6 @@ class SQLiteDialect(Dialect):
         isolation, timeout = was
         conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
         super().restore_autocommit(conn, isolation)
-
-    @staticmethod
-    def wait_for_lock(cur: Any, sql: str, params: Any, exc: BaseException) -> None:
-        _wait_for_lock(cur, sql, params, exc)
 
     def begin(
         self, raw: Any, cur: Any, *, write: bool, atomic: bool
