@@ -20,7 +20,7 @@ from .errors import NondeterminismError, NoRetry, StaleJobError
 from .events import CheckpointSaved
 from .handler import Handler, InvalidArguments
 from .instrument import wrapped
-from .job import Checkpoint
+from .job import Checkpoint, Job, JobStatus
 from .options import check_options
 from .retry import DEFAULT_BACKOFF, Backoff
 from .storage import retry_transient
@@ -304,14 +304,36 @@ def _save_checkpoint(ctx: context.JobContext, cp: Checkpoint) -> bool:
 
 
 def _read_checkpoints(ctx: context.JobContext) -> list[Checkpoint]:
+    """The job's checkpoints, read while this run still held the job.
+
+    A run that lost its lock before it got here (its worker frozen past the lock
+    timeout) may find none: another run finished the job, and finishing drops them. It
+    would then run every step again. The lock is looked at after the read: held then,
+    no other run can have finished the job before it.
+    """
+    storage = ctx.queue.storage
+
+    def read() -> tuple[list[Checkpoint], Job | None]:
+        found = storage.get_checkpoints(ctx.job.id)
+        return found, storage.get_job(ctx.job.id)
+
     # Idempotent reads and fenced writes: a brief storage error (shorter than the lock
     # timeout, after which the run may have been taken back) is waited out in place
     # rather than failing the run and costing it an attempt.
-    return retry_transient(
-        lambda: ctx.queue.storage.get_checkpoints(ctx.job.id),
-        within=ctx.lock_timeout,
-        what=f"reading the checkpoints of job {ctx.job.id}",
+    found, job = retry_transient(
+        read, within=ctx.lock_timeout, what=f"reading the checkpoints of job {ctx.job.id}"
     )
+    held = (
+        job is not None
+        and job.status is JobStatus.RUNNING
+        and job.locked_by == ctx.worker_id
+        and job.fence == ctx.job.fence
+    )
+    if not held:
+        raise context.fenced_out(
+            ctx, f"job {ctx.job.id} lost its lock before its steps were replayed"
+        )
+    return found
 
 
 def _succeeded(step: _Step, value: Any) -> Any:

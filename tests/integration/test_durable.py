@@ -15,6 +15,8 @@ import pydantic
 import pytest
 
 import durable_jobs as jobs
+from durable_jobs.errors import StaleJobError
+from durable_jobs.executor import Executor
 from tests.helpers import run_to_end, wait_for
 
 FAST = {"poll_interval": 0.05, "lock_timeout": 5}
@@ -382,6 +384,38 @@ def test_a_step_that_lost_the_jobs_lock_is_not_retried_in_place(
     assert job is not None and job.status == "failed"
     assert job.last_error is not None and job.last_error.startswith("WorkerLost")
     assert storage.get_checkpoints(job_id) == []
+
+
+def test_a_run_that_lost_the_job_before_its_replay_runs_no_step_again(
+    queue: jobs.Queue, runs: Counter[str]
+) -> None:
+    # Its worker froze past the lock timeout between claim and start; meanwhile another
+    # run finished the job, which dropped its checkpoints. The thawed run must not find
+    # "no checkpoints" and run every step again.
+    storage = queue.storage
+    assert isinstance(storage, jobs.SQLStorage)
+    counted(queue, runs, "inner")
+
+    @queue.job(**NOW)
+    def workflow() -> object:
+        return jobs.call("inner")
+
+    job_id = queue.enqueue(workflow)
+    [frozen] = storage.claim("default", "frozen-worker", 1)
+    storage.release_stale_locks(timedelta(microseconds=1))  # taken back
+    with queue.worker(**FAST):
+        wait_for(lambda: status_of(queue, job_id) is jobs.JobStatus.COMPLETED)
+    assert runs == {"inner": 1} and storage.get_checkpoints(job_id) == []
+
+    outcome = Executor(queue, "frozen-worker", lock_timeout=5).run(frozen)  # thawed
+    assert isinstance(outcome.error, StaleJobError)
+    assert runs == {"inner": 1}, "the thawed run ran a step the job had checkpointed"
+    assert status_of(queue, job_id) is jobs.JobStatus.COMPLETED
+
+
+def status_of(queue: jobs.Queue, job_id: str) -> jobs.JobStatus | None:
+    job = queue.get_job(job_id)
+    return None if job is None else job.status
 
 
 def test_nondeterminism_in_a_nested_call_is_not_retried_in_place(
