@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 from .database import admin_engine
 from .report import render_table
@@ -50,7 +51,25 @@ def _context(backends: list[str], quick: bool) -> str:
         version = _server_version("mysql")
         name = "MariaDB" if "MariaDB" in version else "MySQL"
         parts.append(f"{name} {version.split('-')[0]}")
+    writeback = _writeback()
+    if writeback:
+        parts.append(writeback)
     return "; ".join(parts)
+
+
+def _writeback() -> str:
+    """How much written data Linux lets wait in memory, and for how long: what it writes
+    back at once then stalls every commit behind it (docs/benchmarks.md, stalls)."""
+    vm = "/proc/sys/vm"
+    try:
+        names = ("dirty_background_bytes", "dirty_background_ratio", "dirty_expire_centisecs")
+        limit, ratio, expire = (int(Path(vm, name).read_text()) for name in names)
+        total_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return ""
+    held = limit if limit else total_kb * 1024 * ratio // 100
+    held_mb, after_s = held / 2**20, expire / 100
+    return f"kernel write-back from {held_mb:,.0f} MB of dirty pages or after {after_s:.0f} s"
 
 
 def _exit_on_sigterm() -> None:

@@ -232,7 +232,18 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
                 "ms",
             ),
         ],
-        [f"{backend}: filled {rows:,} completed jobs in {fill_s:.1f} s; deleted {deleted:,}"],
+        [
+            f"{backend}: filled {rows:,} completed jobs in {fill_s:.1f} s; deleted {deleted:,}",
+            f"{backend}: drain stalls over 100 ms: "
+            + "; ".join(
+                f"{_stalls(stamps, start, end)} in {end - start:.0f} s {what}"
+                for what, start, end in (
+                    ("while pruning", began, ended),
+                    ("alone, after", ended, alone),
+                    ("while sdj prune runs", other_began, other_ended),
+                )
+            ),
+        ],
     )
 
 
@@ -259,6 +270,12 @@ def _feed(queue: jobs.Queue, stamps: list[float], stop: threading.Event) -> None
             enqueued += 500
         else:
             stop.wait(0.005)
+
+
+def _stalls(stamps: list[float], start: float, end: float, over: float = 0.1) -> int:
+    """How many gaps between completions within the window are longer than ``over``."""
+    inside = [start, *(t for t in stamps if start <= t <= end), end]
+    return sum(1 for a, b in itertools.pairwise(inside) if b - a > over)
 
 
 def _longest_gap(stamps: list[float], start: float, end: float) -> float:
