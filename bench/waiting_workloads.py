@@ -164,7 +164,7 @@ def _sleep_lateness(queue: jobs.Queue, n: int) -> list[float]:
             time.sleep(IDLE_GAP)
             job_id = queue.enqueue("sleeper")
             if not resumed.wait(SAMPLE_TIMEOUT):
-                raise TimeoutError(f"a sleeper did not resume within {SAMPLE_TIMEOUT:g} s")
+                raise _stuck(queue, job_id, "did not resume from its sleep")
             finished.wait(job_id)
     return late[LATENCY_WARM_UP:]
 
@@ -331,8 +331,24 @@ def _wait_until_waiting(queue: jobs.Queue, job_id: str) -> None:
         if job is not None and job.status is jobs.JobStatus.WAITING:
             return
         if time.monotonic() > limit:
-            raise TimeoutError(f"job {job_id} did not suspend within {SAMPLE_TIMEOUT:g} s")
+            raise _stuck(queue, job_id, "did not suspend")
         time.sleep(0.001)
+
+
+def _stuck(queue: jobs.Queue, job_id: str, what: str) -> TimeoutError:
+    """A sample's timeout, with where the job stands: enough to tell a lost wake-up from
+    a slow database in a run's log."""
+    job = queue.get_job(job_id)
+    if job is None:
+        return TimeoutError(f"job {job_id} {what} within {SAMPLE_TIMEOUT:g} s, and is gone")
+    state = f"{job.status.value}, attempt {job.attempt}, run_at {job.run_at:%H:%M:%S.%f}"
+    if job.wait_until is not None:
+        state += f", wait_until {job.wait_until:%H:%M:%S.%f}"
+    why = queue.explain(job_id).message
+    return TimeoutError(
+        f"job {job_id} {what} within {SAMPLE_TIMEOUT:g} s ({datetime.now(UTC):%H:%M:%S.%f}):"
+        f" {state}, locked by {job.locked_by}. {why}"
+    )
 
 
 class _Finished:
@@ -340,6 +356,7 @@ class _Finished:
     sample starts with the worker idle."""
 
     def __init__(self, queue: jobs.Queue, job_type: str) -> None:
+        self._queue = queue
         self._type = job_type
         self._done: set[str] = set()
         self._lock = threading.Condition()
@@ -355,4 +372,4 @@ class _Finished:
     def wait(self, job_id: str) -> None:
         with self._lock:
             if not self._lock.wait_for(lambda: job_id in self._done, SAMPLE_TIMEOUT):
-                raise TimeoutError(f"job {job_id} did not complete within {SAMPLE_TIMEOUT:g} s")
+                raise _stuck(self._queue, job_id, "did not complete")
