@@ -274,11 +274,15 @@ def _feed(queue: jobs.Queue, stamps: list[float], stop: threading.Event) -> None
 
 def _stalls(stamps: list[float], start: float, end: float, over: float = 0.1) -> int:
     """How many gaps between completions within the window are longer than ``over``."""
-    inside = [start, *(t for t in stamps if start <= t <= end), end]
-    return sum(1 for a, b in itertools.pairwise(inside) if b - a > over)
+    return sum(1 for gap in _gaps(stamps, start, end) if gap > over)
 
 
 def _longest_gap(stamps: list[float], start: float, end: float) -> float:
     """The longest time between completions (or an end of the window) within it."""
+    return max(_gaps(stamps, start, end))
+
+
+def _gaps(stamps: list[float], start: float, end: float) -> list[float]:
+    """The times between completions (and the window's ends) within the window."""
     inside = [start, *(t for t in stamps if start <= t <= end), end]
-    return max(b - a for a, b in itertools.pairwise(inside))
+    return [b - a for a, b in itertools.pairwise(inside)]

@@ -560,9 +560,8 @@ def _signal_claims(storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch) ->
 
 def _idle(worker: jobs.Worker) -> bool:
     """Whether ``worker`` has let go of every job and looks for none: a run that just
-    suspended frees its slot a moment after its job is stored waiting, and the queue is
-    woken then (a signal may have come meanwhile): a claim round follows, which holds
-    the queue's room until it comes back empty."""
+    suspended frees its slot a moment after its job is stored waiting, and a claim round
+    under way holds the queue's room until it comes back empty."""
     dispatcher = worker._dispatcher
     with dispatcher.lock:
         return all(s.claimed == 0 and not s.maybe_work for s in dispatcher.queues.values())
@@ -582,7 +581,7 @@ def test_a_signal_hands_the_resume_to_a_free_worker_of_this_process(
     job_id = queue.enqueue("approve")
     runs = _signal_claims(storage, monkeypatch)
     with queue.worker(**SLOW_POLL) as worker:
-        # Reported after the suspension is stored and its queue woken.
+        # Reported after the suspension is stored.
         wait_for(lambda: any(isinstance(e, jobs.JobWaiting) for e in events) and _idle(worker))
         queue.signal(job_id, "approval", "yes")
         [run] = runs  # claimed with the wake-up, for this worker: no claim, no poll
