@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -41,12 +42,17 @@ from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     from .queue import Queue
+    from .storage.protocol import JobStore
 
 __all__ = ["DEFAULT_CONCURRENCY", "Worker"]
 
 log = logging.getLogger("durable_jobs")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+# The storages whose upkeep warning was looked for: one warning however many workers
+# start on a storage (tests and benchmarks start dozens).
+_upkeep_checked: weakref.WeakSet[JobStore] = weakref.WeakSet()
+_upkeep_lock = threading.Lock()
 # After stopping gave up on running jobs, how long writes releasing them may keep failing.
 _RELEASE_GRACE = 2.0
 # Runs are checked against their timeouts this often (seconds), and against cancels by
@@ -204,6 +210,7 @@ class Worker:
         if self.retention is not None:
             self._retention = Retention(storage, self.retention)
         self._run_service("heartbeat", self._heartbeat.run_once)  # listed as live before claiming
+        self._warn_upkeep(storage)
         for handler_name in self.queue.job_types:
             handler = self.queue.handler(handler_name)
             if handler is not None and handler.is_async:
@@ -540,6 +547,16 @@ class Worker:
     def cancel_runs(self, job_ids: set[str]) -> None:
         """Tell this worker's runs of ``job_ids`` (just cancelled) to stop."""
         self._dispatcher.executor.stop_runs(job_ids, "cancelled")
+
+    def _warn_upkeep(self, storage: JobStore) -> None:
+        """Log the database's upkeep warning, if it has one, once per storage."""
+        with _upkeep_lock:
+            if storage in _upkeep_checked:
+                return
+            _upkeep_checked.add(storage)
+        upkeep = self._run_service("upkeep check", storage.upkeep_warning)
+        if upkeep:
+            log.warning("worker %s: %s", self.id, upkeep, extra={"worker_id": self.id})
 
     def _run_service(self, name: str, fn: Callable[[], Any]) -> Any:
         try:

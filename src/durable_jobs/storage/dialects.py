@@ -404,6 +404,13 @@ class Dialect:
         rows: list[Any] = cur.fetchall()
         return rows
 
+    # -- upkeep -------------------------------------------------------------------------
+
+    def upkeep_warning(self, cur: Any) -> str | None:
+        """A sentence for the operator when the database is set up in a way that slows
+        the queue down over time (None when it is not)."""
+        return None
+
     # -- wake-ups -----------------------------------------------------------------------
 
     def listener(self, engine: sa.Engine) -> Listener | None:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .records import Outcome
     from .sql import SQLStorage
 
-__all__ = ["PostgresDialect", "PostgresListener"]
+__all__ = ["PostgresDialect", "PostgresListener", "autovacuum_warning"]
 
 MISSING_DRIVER = "PostgreSQL support needs psycopg: pip install 'simple-durable-jobs[postgres]'"
 
@@ -400,6 +400,35 @@ _PERMANENT_CLASSES = ("54",)
 # Connection exceptions, bad credentials, no such database, a server starting up or
 # shutting down.
 _UNAVAILABLE_CLASSES = ("08", "28", "3D", "57P")
+
+
+# Whether autovacuum runs on the server, and the jobs table's own setting (None if unset).
+_AUTOVACUUM = """SELECT current_setting('autovacuum'),
+        (SELECT option_value FROM pg_options_to_table(c.reloptions)
+         WHERE option_name = 'autovacuum_enabled')
+    FROM pg_class c WHERE c.oid = to_regclass('sdj_jobs')"""
+_OFF = ("off", "false", "no", "0", "f", "n")
+
+
+def autovacuum_warning(server: str, table: str | None) -> str | None:
+    """The operator's warning when autovacuum skips the jobs table, given the server's
+    ``autovacuum`` setting and the table's ``autovacuum_enabled`` option (None if unset).
+
+    Every claim moves a job out of the claim index's range and leaves an entry behind
+    that only VACUUM removes; claims walk past all of them, so without vacuum they slow
+    down with every job run.
+    """
+    if server.lower() in _OFF:
+        where = "on this PostgreSQL server"
+    elif table is not None and table.lower() in _OFF:
+        where = "for table sdj_jobs"
+    else:
+        return None
+    return (
+        f"autovacuum is off {where}: every job claimed leaves an index entry behind that "
+        "only VACUUM removes, and claims slow down as they pile up; turn autovacuum on or "
+        "VACUUM sdj_jobs regularly (see PostgreSQL upkeep in the operations docs)"
+    )
 
 
 class PostgresDialect(Dialect):
@@ -919,6 +948,13 @@ class PostgresDialect(Dialect):
         }
         cur.execute(_COMPLETE_MANY, params)
         return {row[0] for row in cur.fetchall()}
+
+    # -- upkeep -------------------------------------------------------------------------
+
+    def upkeep_warning(self, cur: Any) -> str | None:
+        cur.execute(_AUTOVACUUM)
+        row = cur.fetchone()
+        return autovacuum_warning(row[0], row[1]) if row else None
 
     # -- wake-ups -----------------------------------------------------------------------
 

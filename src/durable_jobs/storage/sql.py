@@ -207,6 +207,12 @@ class SQLStorage:
         """The database URL with the password hidden."""
         return self.engine.url.render_as_string(hide_password=True)
 
+    def upkeep_warning(self) -> str | None:
+        """A sentence for the operator when the database is set up in a way that slows
+        the queue down over time (PostgreSQL without autovacuum); None otherwise."""
+        with self._cursor() as cur:
+            return self.dialect.upkeep_warning(cur)
+
     def listener(self) -> Listener | None:
         """The wake-up listener for this storage's database: an object whose
         ``run(on_notify, on_reconnect, stop_event)`` reports queues that got new jobs
