@@ -46,7 +46,7 @@ def _context(backends: list[str], quick: bool) -> str:
         f"SQLite {sqlite3.sqlite_version}",
     ]
     if "postgresql" in backends:
-        parts.append(f"PostgreSQL {_server_version('postgresql')}")
+        parts.append(f"PostgreSQL {_server_version('postgresql')}{_autovacuum()}")
     if "mysql" in backends:
         version = _server_version("mysql")
         name = "MariaDB" if "MariaDB" in version else "MySQL"
@@ -70,6 +70,20 @@ def _writeback() -> str:
     held = limit if limit else total_kb * 1024 * ratio // 100
     held_mb, after_s = held / 2**20, expire / 100
     return f"kernel write-back from {held_mb:,.0f} MB of dirty pages or after {after_s:.0f} s"
+
+
+def _autovacuum() -> str:
+    """ " (autovacuum off)" when the PostgreSQL server runs without it: the long drains
+    then have a stand-in run it (bench/database.py)."""
+    engine = admin_engine("postgresql")
+    try:
+        with engine.connect() as conn:
+            off = conn.exec_driver_sql("SHOW autovacuum").scalar() == "off"
+    except Exception:  # unreachable: the version says so
+        return ""
+    finally:
+        engine.dispose()
+    return " (autovacuum off)" if off else ""
 
 
 def _exit_on_sigterm() -> None:

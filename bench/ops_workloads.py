@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -19,12 +20,19 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 import durable_jobs as jobs
 from durable_jobs.job import utcnow
 
-from .database import backend_of, connect, database, queue_on
+from . import disk
+from .database import Vacuum, autovacuum_standin, backend_of, connect, database, queue_on
 from .report import Figure, Result
 from .sizes import CONCURRENCY, Sizes, count
+
+# A page flushed this slowly holds up every commit behind it: a drain's stall that
+# overlaps one is the disk's.
+_SLOW_FLUSH = 0.05
 
 __all__ = ["list_jobs_big_table", "prune_while_draining"]
 
@@ -172,7 +180,11 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
     rows = sizes.ops_rows
     with database(backend) as url:
         fill_s = _fill(url, rows, ("completed", "completed"), labels=False)
-        with queue_on(url) as queue:
+        with (
+            autovacuum_standin(url) as vacuums,
+            disk.fsync_probe(_probe_dir(url)) as flushes,
+            queue_on(url) as queue,
+        ):
             queue.register("noop", lambda: None)
             stamps: list[float] = []
             queue.on_job_complete(lambda job: stamps.append(time.perf_counter()))
@@ -214,7 +226,19 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
             Figure(
                 "prune.rate", f"prune {count(rows)} completed jobs", deleted / prune_s, "jobs/s"
             ),
-            Figure("prune.stall", "longest drain stall while pruning", during * 1000, "ms"),
+            Figure(
+                "ref.prune.disk",
+                "longest disk flush while pruning",
+                disk.longest(flushes, began, ended) * 1000,
+                "ms",
+            ),
+            Figure(
+                "prune.stall",
+                "longest drain stall while pruning",
+                during * 1000,
+                "ms",
+                "ref.prune.disk",
+            ),
             Figure(
                 "prune.stall.ref", "longest drain stall without pruning, after", before * 1000, "ms"
             ),
@@ -226,25 +250,47 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
                 "jobs/s",
             ),
             Figure(
+                "ref.prune.other.disk",
+                "longest disk flush while sdj prune runs",
+                disk.longest(flushes, other_began, other_ended) * 1000,
+                "ms",
+            ),
+            Figure(
                 "prune.other.stall",
                 "longest drain stall while sdj prune runs",
                 elsewhere * 1000,
                 "ms",
+                "ref.prune.other.disk",
             ),
         ],
         [
             f"{backend}: filled {rows:,} completed jobs in {fill_s:.1f} s; deleted {deleted:,}",
-            f"{backend}: drain stalls over 100 ms: "
+            f"{backend}: drain stalls over 100 ms (of them, as the disk took over "
+            f"{_SLOW_FLUSH * 1000:.0f} ms to flush a page): "
             + "; ".join(
-                f"{_stalls(stamps, start, end)} in {end - start:.0f} s {what}"
+                "{} ({}) in {:.0f} s {}".format(
+                    *_stalls(stamps, start, end, flushes), end - start, what
+                )
                 for what, start, end in (
                     ("while pruning", began, ended),
                     ("alone, after", ended, alone),
                     ("while sdj prune runs", other_began, other_ended),
                 )
             ),
+            *_vacuum_note(backend, vacuums, began),
         ],
     )
+
+
+def _vacuum_note(backend: str, vacuums: list[Vacuum], began: float) -> list[str]:
+    """What the stand-in for autovacuum ran, if it ran (times from the first prune's
+    start)."""
+    if not vacuums:
+        return []
+    ran = ", ".join(
+        f"{v.action} {v.table} at {v.began - began:.0f} s ({v.seconds:.1f} s)" for v in vacuums
+    )
+    return [f"{backend}: autovacuum is off on the server; in its stead the bench ran {ran}"]
 
 
 def _prune_elsewhere(url: str) -> int:
@@ -272,17 +318,34 @@ def _feed(queue: jobs.Queue, stamps: list[float], stop: threading.Event) -> None
             stop.wait(0.005)
 
 
-def _stalls(stamps: list[float], start: float, end: float, over: float = 0.1) -> int:
-    """How many gaps between completions within the window are longer than ``over``."""
-    return sum(1 for gap in _gaps(stamps, start, end) if gap > over)
+def _stalls(
+    stamps: list[float],
+    start: float,
+    end: float,
+    flushes: list[tuple[float, float]],
+    over: float = 0.1,
+) -> tuple[int, int]:
+    """How many gaps between completions within the window are longer than ``over``,
+    and how many of those overlap a disk flush slower than ``_SLOW_FLUSH``."""
+    slow = [(began, began + took) for began, took in flushes if took > _SLOW_FLUSH]
+    stalls = [(a, b) for a, b in _gaps(stamps, start, end) if b - a > over]
+    disk_bound = sum(1 for a, b in stalls if any(s < b and a < e for s, e in slow))
+    return len(stalls), disk_bound
 
 
 def _longest_gap(stamps: list[float], start: float, end: float) -> float:
     """The longest time between completions (or an end of the window) within it."""
-    return max(_gaps(stamps, start, end))
+    return max(b - a for a, b in _gaps(stamps, start, end))
 
 
-def _gaps(stamps: list[float], start: float, end: float) -> list[float]:
-    """The times between completions (and the window's ends) within the window."""
+def _gaps(stamps: list[float], start: float, end: float) -> list[tuple[float, float]]:
+    """The spans between completions (and the window's ends) within the window."""
     inside = [start, *(t for t in stamps if start <= t <= end), end]
-    return [b - a for a, b in itertools.pairwise(inside)]
+    return list(itertools.pairwise(inside))
+
+
+def _probe_dir(url: str) -> str:
+    """Where to measure the disk: beside an SQLite file, else on the local disk."""
+    if backend_of(url) == "sqlite":
+        return os.path.dirname(sa.make_url(url).database or "") or disk.PROBE_DIR
+    return disk.PROBE_DIR

@@ -67,6 +67,8 @@ CEILING_NAMES = {
     "ref.latency.sleep": "enqueue-to-start",
     "ref.latency.signal": "enqueue-to-start",
     "ref.latency.signal.other": "enqueue-to-start",
+    "ref.prune.disk": "disk flush",
+    "ref.prune.other.disk": "disk flush",
 }
 
 HEADER = (
