@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .database import admin_engine
+from .database import admin_engine, autovacuum_off
 from .report import render_table
 from .sizes import FULL, QUICK
 from .suite import WORKLOADS, run, select
@@ -73,16 +73,12 @@ def _writeback() -> str:
 
 
 def _autovacuum() -> str:
-    """ " (autovacuum off)" when the PostgreSQL server runs without it: the long drains
-    then have a stand-in run it (bench/database.py)."""
-    engine = admin_engine("postgresql")
+    """A mark for the server's version when it runs without autovacuum: the long
+    drains then have a stand-in run it (bench/database.py)."""
     try:
-        with engine.connect() as conn:
-            off = conn.exec_driver_sql("SHOW autovacuum").scalar() == "off"
+        off = autovacuum_off()
     except Exception:  # unreachable: the version says so
         return ""
-    finally:
-        engine.dispose()
     return " (autovacuum off)" if off else ""
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "PG_ADMIN",
     "Vacuum",
     "admin_engine",
+    "autovacuum_off",
     "autovacuum_standin",
     "backend_of",
     "connect",
@@ -197,7 +198,7 @@ class Vacuum:
 # What autovacuum reads to decide when to vacuum or analyze a table (its defaults
 # unless the server sets them), and the cost-based pacing it vacuums with.
 _AUTOVACUUM_SETTINGS = """SELECT name, setting FROM pg_settings WHERE name IN (
-    'autovacuum', 'autovacuum_naptime',
+    'autovacuum_naptime',
     'autovacuum_vacuum_threshold', 'autovacuum_vacuum_scale_factor',
     'autovacuum_vacuum_insert_threshold', 'autovacuum_vacuum_insert_scale_factor',
     'autovacuum_analyze_threshold', 'autovacuum_analyze_scale_factor',
@@ -208,10 +209,14 @@ _TABLE_STATS = """SELECT s.relname, GREATEST(c.reltuples, 0), s.n_dead_tup,
     WHERE s.relname LIKE 'sdj%'"""
 
 
-def autovacuum_off(url: str) -> bool:
-    """Whether the PostgreSQL server of ``url`` runs without autovacuum."""
-    with connect(url) as conn:
-        return bool(conn.execute("SHOW autovacuum").fetchone()[0] == "off")
+def autovacuum_off() -> bool:
+    """Whether the PostgreSQL server the benchmarks use runs without autovacuum."""
+    engine = admin_engine("postgresql")
+    try:
+        with engine.connect() as conn:
+            return bool(conn.exec_driver_sql("SHOW autovacuum").scalar() == "off")
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -227,7 +232,7 @@ def autovacuum_standin(url: str) -> Iterator[list[Vacuum]]:
     default server, not that (docs/benchmarks.md, the longest stalls).
     """
     ran: list[Vacuum] = []
-    if backend_of(url) != "postgresql" or not autovacuum_off(url):
+    if backend_of(url) != "postgresql" or not autovacuum_off():
         yield ran
         return
     stop = threading.Event()
@@ -239,7 +244,7 @@ def autovacuum_standin(url: str) -> Iterator[list[Vacuum]]:
     finally:
         stop.set()
         thread.join(1)
-        if thread.is_alive():  # in a VACUUM, paced to take its time: cut it short
+        if thread.is_alive() and pid:  # in a VACUUM, paced to take its time: cut it short
             with connect(url) as conn:
                 conn.execute("SELECT pg_cancel_backend(%s)", (pid[0],))
             thread.join()
