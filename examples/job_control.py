@@ -44,10 +44,11 @@ def slow_report() -> str:
 
 
 if __name__ == "__main__":
+    # Enqueued twice with one key while the first is unfinished (before a worker could
+    # run it): one job.
+    first = queue.enqueue(sync_user, 7, unique_key="sync:7")
+    again = queue.enqueue(sync_user, 7, unique_key="sync:7")
     with queue.worker():
-        # Enqueued twice with one key while the first is unfinished: one job.
-        first = queue.enqueue(sync_user, 7, unique_key="sync:7")
-        again = queue.enqueue(sync_user, 7, unique_key="sync:7")
         print("one job for sync:7:", first == again, "->", queue.result(first, timeout=10))
 
         # No worker claims from a paused queue until it is resumed.
