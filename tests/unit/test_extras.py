@@ -90,3 +90,21 @@ def test_a_postgresql_url_without_psycopg_names_the_extra_to_install(tmp_path: P
     assert done.returncode == 0, done.stderr
     expected = "PostgreSQL support needs psycopg: pip install 'simple-durable-jobs[postgres]'"
     assert done.stdout.splitlines() == [expected, expected]
+
+
+def test_sdj_worker_on_a_postgresql_app_without_psycopg_says_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "pg_app.py").write_text(
+        "import durable_jobs as jobs\nqueue = jobs.Queue('postgresql://localhost/db')\n"
+    )
+    done = _run(
+        _WITHOUT_PSYCOPG,
+        """
+        from durable_jobs.cli import app
+        app(["worker", "pg_app:queue"])
+        """,
+        tmp_path=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    expected = "PostgreSQL support needs psycopg: pip install 'simple-durable-jobs[postgres]'"
+    assert done.stderr.strip().splitlines() == [f"Error: {expected}"]

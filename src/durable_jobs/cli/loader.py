@@ -7,7 +7,9 @@ import os
 import sys
 import traceback
 
+from ..errors import StorageError
 from ..queue import Queue
+from ..storage.dialects import MissingDriver
 from .errors import CLIError
 
 __all__ = ["load_queue"]
@@ -19,7 +21,8 @@ def load_queue(target: str) -> Queue:
     The current directory goes first on ``sys.path`` so a project's own modules import
     as they do in ``python -m``. An error raised inside the module is printed with its
     traceback (it is the module's bug, which its author needs to find), then reported
-    as the command's one-line error.
+    as the command's one-line error. A missing driver or an unreachable database met
+    while importing is the user's setup, not the module's bug: its sentence is the error.
     """
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
@@ -33,6 +36,8 @@ def load_queue(target: str) -> Queue:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
             raise _failed_import(module_name, exc) from exc  # something it imports is missing
         raise CLIError(f"cannot import {module_name!r}: {exc}") from None
+    except (MissingDriver, StorageError):
+        raise
     except Exception as exc:
         raise _failed_import(module_name, exc) from exc
     queue = getattr(module, attribute, None)
