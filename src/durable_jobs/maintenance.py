@@ -13,9 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
 from .job import JobStatus
+from .options import positive_seconds
 from .release import __version__
 from .retry import Backoff
 from .storage import JobStore
+from .storage.transient import retry_transient
 
 __all__ = ["RETENTION_EVERY", "Heartbeat", "Reaper", "Retention"]
 
@@ -49,16 +51,27 @@ class Heartbeat:
         self.version = __version__
 
     def run_once(self) -> None:
-        """One heartbeat: a single statement group for the worker and all its jobs."""
-        self.storage.heartbeat_worker(
-            self.worker_id,
-            host=self.host,
-            pid=self.pid,
-            queues=self.queues,
-            types=self.types(),
-            jobs=[job_id for job_id, _fence in self.running()],
-            lock_timeout=self.lock_timeout,
-            version=self.version,
+        """One heartbeat: a single statement group for the worker and all its jobs.
+
+        A transient failure (MySQL picks a heartbeat as a deadlock's victim when a
+        completion locks the same jobs in another order) is retried at once, for up to
+        a tenth of the lock timeout: the beat only writes times, so running it twice is
+        harmless, and the next one is a fifth of the lock timeout away.
+        """
+        jobs = [job_id for job_id, _fence in self.running()]
+        retry_transient(
+            lambda: self.storage.heartbeat_worker(
+                self.worker_id,
+                host=self.host,
+                pid=self.pid,
+                queues=self.queues,
+                types=self.types(),
+                jobs=jobs,
+                lock_timeout=self.lock_timeout,
+                version=self.version,
+            ),
+            within=positive_seconds("lock_timeout", self.lock_timeout) / 10,
+            what=f"worker {self.worker_id}: heartbeat",
         )
 
 

@@ -160,6 +160,43 @@ def test_heartbeats_set_the_expiry_on_the_database_clock(
     assert get(storage, job_id).status is JobStatus.RUNNING
 
 
+def test_a_heartbeat_that_loses_a_deadlock_is_run_again_at_once(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = storage.enqueue(Job(type="t"))
+    claim_one(storage, lock_timeout=30)
+    expires_before = get(storage, job_id).lock_expires_at
+    real_beat = storage.heartbeat_worker
+    calls: list[str] = []
+
+    def deadlocked_once(*args: Any, **kwargs: Any) -> None:
+        calls.append("beat")
+        if len(calls) == 1:  # what a driver's deadlock (MySQL 1213) becomes
+            raise jobs.StorageError("Deadlock found when trying to get lock", transient=True)
+        real_beat(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "heartbeat_worker", deadlocked_once)
+    beat(storage, W1, [job_id], 30)
+    assert calls == ["beat", "beat"]
+    expires = get(storage, job_id).lock_expires_at
+    assert expires is not None and expires_before is not None and expires > expires_before
+
+
+def test_a_heartbeat_that_fails_for_good_is_not_retried(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        calls.append("beat")
+        raise jobs.StorageError("value too long for column", transient=False)
+
+    monkeypatch.setattr(storage, "heartbeat_worker", refused)
+    with pytest.raises(jobs.StorageError, match="too long"):
+        beat(storage, W1, [], 30)
+    assert calls == ["beat"]
+
+
 def test_a_reaper_applies_each_lock_its_own_timeout(storage: SQLStorage) -> None:
     long_id, short_id = storage.enqueue_many(
         [Job(type="t", run_at=PAST), Job(type="t", run_at=PAST, priority=-1)]
