@@ -83,3 +83,37 @@ def test_the_explain_panel_follows_the_job(queue: jobs.Queue, backend: str) -> N
         finally:
             browser.close()
     assert problems == []
+
+
+# The page's JavaScript is the same on every backend.
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_button_held_while_the_page_refreshes_still_clicks(queue: jobs.Queue) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium", pytrace=False)
+
+    @queue.job()
+    def send(to: str) -> str:
+        return to
+
+    job_id = queue.enqueue("send", "ada@example.com")
+    app = create_app(queue, auth=lambda request: True, refresh=0.2)
+    with serve(app) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/jobs/{job_id}")
+            box = page.locator("#pause").bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            # Two refreshes end while the button is held: the second starts only after
+            # the first has been handled, when a swap would have replaced the button.
+            for _ in range(2):
+                with page.expect_response(lambda response: "fragment=1" in response.url):
+                    pass
+            page.mouse.up()
+            expect(page.locator(".flash.ok")).to_contain_text("Job paused")
+            job = queue.get_job(job_id)
+            assert job is not None and job.status is jobs.JobStatus.PAUSED
+        finally:
+            browser.close()

@@ -1,7 +1,7 @@
 // Live updates for the dashboard: every few seconds, re-fetch the page's live region
 // as an HTML fragment (rendered and escaped by the server) and swap it in. No build
-// step, no library. Refreshing pauses while the tab is hidden or a field inside the
-// region has focus, and on the Pause button.
+// step, no library. Refreshing pauses while the tab is hidden, a field inside the
+// region has focus or a button in it is being pressed, and on the Pause button.
 (function () {
   "use strict";
 
@@ -11,6 +11,9 @@
   var toggle = document.getElementById("live-toggle");
   var paused = false;
   var busy = false;
+  // A swap between a button's press and its release would drop the click: the release
+  // would land on the new copy of the button, and no click reaches either.
+  var pressing = false;
 
   function fragmentUrl() {
     var url = new URL(window.location.href);
@@ -27,8 +30,12 @@
     return active && region.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
   }
 
+  function stopped() {
+    return paused || document.hidden || editing();
+  }
+
   function refresh() {
-    if (paused || busy || document.hidden || editing()) {
+    if (busy || stopped()) {
       return;
     }
     busy = true;
@@ -40,6 +47,9 @@
         return response.text();
       })
       .then(function (html) {
+        if (pressing || stopped()) {
+          return;  // a press is short: the next refresh brings it
+        }
         region.innerHTML = html;
         show("live · " + new Date().toLocaleTimeString());
       })
@@ -61,6 +71,17 @@
       if (!paused) {
         refresh();
       }
+    });
+    region.addEventListener("pointerdown", function () {
+      pressing = true;
+    });
+    // The click follows the release in the same task: clear the flag after it.
+    ["pointerup", "pointercancel"].forEach(function (name) {
+      document.addEventListener(name, function () {
+        window.setTimeout(function () {
+          pressing = false;
+        }, 0);
+      });
     });
     var every = parseInt(region.getAttribute("data-interval"), 10) || 5000;
     window.setInterval(refresh, every);
