@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 import durable_jobs as jobs
 from durable_jobs.job import Job, utcnow
 from durable_jobs.storage import retention
+from tests.conftest import BACKENDS
 from tests.helpers import wait_for
 from tests.storage.helpers import claim_one, count, sql
 
@@ -176,3 +178,46 @@ def test_a_prune_pauses_after_each_batch_as_long_as_it_took(storage: jobs.SQLSto
     assert len(pauses.asked) == 3  # between the four batches, none after the last
     floor = max(storage.dialect.writer_pause, 1e-6)  # a batch takes some time
     assert all(p is not None and p >= floor for p in pauses.asked), pauses.asked
+
+
+class _Watched:
+    """A driver cursor that reads the session's ``synchronous_commit`` before each
+    ``watched`` statement (inside that statement's transaction)."""
+
+    def __init__(self, cur: Any, watched: str, seen: list[str]) -> None:
+        self._cur = cur
+        self._watched = watched
+        self._seen = seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def execute(self, statement: str, *params: Any) -> Any:
+        if statement == self._watched:
+            self._cur.execute("SHOW synchronous_commit")
+            self._seen.append(self._cur.fetchone()[0])
+        return self._cur.execute(statement, *params)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_prune_alone_commits_without_waiting_for_the_disk(
+    storage: jobs.SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = jobs.Queue(storage)
+    for job_id in queue.enqueue_many([("done", i) for i in range(5)]):
+        _age(storage, job_id, "completed", 10)
+    seen: list[str] = []
+    prunable = storage.dialect.sql["prunable"]
+    kept = storage._kept_cursor
+    monkeypatch.setattr(storage, "_kept_cursor", lambda raw: _Watched(kept(raw), prunable, seen))
+    assert retention.prune(storage, timedelta(days=7), batch=2) == 5
+    # Each batch's transaction (the last finds nothing left) ...
+    assert seen == ["off"] * 3
+    # ... and only it: the setting ends with it, on every connection the storage keeps.
+    monkeypatch.undo()
+    assert storage._idle
+    for raw in storage._idle:
+        cur = raw.cursor()
+        cur.execute("SHOW synchronous_commit")
+        assert cur.fetchone()[0] == "on"
+        cur.close()

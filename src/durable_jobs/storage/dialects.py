@@ -240,6 +240,9 @@ class Dialect:
     #: Seconds a write of many transactions in a row (a prune) pauses between them, so
     #: that writers waiting for the database's only write lock get their turn.
     writer_pause: ClassVar[float] = 0.0
+    #: The statement that lets the transaction under way commit without waiting for its
+    #: log to reach the disk (None: the database cannot): a crash may undo it.
+    lazy_commit: ClassVar[str | None] = None
     #: Errors a lone statement may fail with while another process holds a lock it
     #: needs: ``wait_for_lock`` then decides (none by default).
     busy_errors: ClassVar[tuple[type[BaseException], ...]] = ()

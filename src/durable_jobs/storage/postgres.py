@@ -437,6 +437,11 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     driver_module = "psycopg"
     title = "PostgreSQL"
+    # A prune's batches need not wait for the disk: a crash can only undo their last
+    # deletions (the finished jobs come back, and the next prune deletes them), and any
+    # later commit that depends on one flushes it with its own log. Its commits then do
+    # not queue for the log's flushes beside the workers'.
+    lazy_commit = "SET LOCAL synchronous_commit = off"
     migrations = (
         _POSTGRES_MIGRATION_1,
         _POSTGRES_MIGRATION_2,

@@ -6,7 +6,9 @@ and MySQL; under the write lock on SQLite), then deletes their checkpoints, sign
 attempt history, labels and the jobs themselves. Batches walk the status index from a
 (created_at, position) point, the position ordering the jobs created at once as the
 index does, so each job is looked at once. A finished child whose parent has not
-finished is kept: the parent may still read its outcome.
+finished is kept: the parent may still read its outcome. Where the database allows it
+(``Dialect.lazy_commit``), a batch commits without waiting for the disk: losing the last
+deletions to a crash loses no work.
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ def prune(
                 break
             after = last
             # As long again as the batch took: a prune never takes more than half of
-            # what the database can write (its log's flushes, SQLite's one write lock)
-            # from the workers.
+            # the database's writing (SQLite's one write lock, the pages a server
+            # writes back) from the workers.
             took = time.monotonic() - began
             pause.wait(max(took, storage.dialect.writer_pause))
     return deleted
@@ -114,6 +116,8 @@ def _prune_batch(
         "limit": limit,
     }
     with storage._cursor(write=True, atomic=True) as cur:
+        if storage.dialect.lazy_commit:
+            cur.execute(storage.dialect.lazy_commit)
         cur.execute(sql["prunable"], params)
         rows = cur.fetchall()
         if not rows:
