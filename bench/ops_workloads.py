@@ -266,10 +266,11 @@ def prune_while_draining(backend: str, sizes: Sizes) -> Result:
         [
             f"{backend}: filled {rows:,} completed jobs in {fill_s:.1f} s; deleted {deleted:,}",
             f"{backend}: drain stalls over 100 ms (of them, as the disk took over "
-            f"{_SLOW_FLUSH * 1000:.0f} ms to flush a page): "
+            f"{_SLOW_FLUSH * 1000:.0f} ms to flush a page; as a VACUUM ran) [when, from "
+            "the window's start]: "
             + "; ".join(
-                "{} ({}) in {:.0f} s {}".format(
-                    *_stalls(stamps, start, end, flushes), end - start, what
+                "{} ({}; {}) [{}] in {:.0f} s {}".format(
+                    *_stalls(stamps, start, end, flushes, vacuums), end - start, what
                 )
                 for what, start, end in (
                     ("while pruning", began, ended),
@@ -323,14 +324,22 @@ def _stalls(
     start: float,
     end: float,
     flushes: list[tuple[float, float]],
+    vacuums: list[Vacuum],
     over: float = 0.1,
-) -> tuple[int, int]:
+) -> tuple[int, int, int, str]:
     """How many gaps between completions within the window are longer than ``over``,
-    and how many of those overlap a disk flush slower than ``_SLOW_FLUSH``."""
+    how many of those overlap a disk flush slower than ``_SLOW_FLUSH``, how many
+    overlap a VACUUM of the stand-in for autovacuum, and when the first few began."""
     slow = [(began, began + took) for began, took in flushes if took > _SLOW_FLUSH]
+    ran = [(v.began, v.began + v.seconds) for v in vacuums]
     stalls = [(a, b) for a, b in _gaps(stamps, start, end) if b - a > over]
-    disk_bound = sum(1 for a, b in stalls if any(s < b and a < e for s, e in slow))
-    return len(stalls), disk_bound
+    when = ", ".join(f"{a - start:.0f} s" for a, _b in stalls[:8])
+    return len(stalls), _overlapping(stalls, slow), _overlapping(stalls, ran), when
+
+
+def _overlapping(spans: list[tuple[float, float]], others: list[tuple[float, float]]) -> int:
+    """How many of ``spans`` overlap any of ``others``."""
+    return sum(1 for a, b in spans if any(s < b and a < e for s, e in others))
 
 
 def _longest_gap(stamps: list[float], start: float, end: float) -> float:
