@@ -415,11 +415,17 @@ class Worker:
             loop.call_soon_threadsafe(resolve)
 
         self._stop_callbacks.append(notify)
-        await asyncio.to_thread(self.start)
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
         try:
+            # Shielded: jobs run before start() returns, so a task cancelled meanwhile
+            # must let the start finish and then drain, never leave the worker running.
+            await asyncio.shield(starting)
             await stopped
         finally:
-            await asyncio.to_thread(self.stop)
+            if not starting.done():
+                await asyncio.wait([starting])
+            if starting.exception() is None:  # a start that failed has stopped already
+                await asyncio.to_thread(self.stop)
 
     def __enter__(self) -> Worker:
         self.start()

@@ -457,6 +457,43 @@ def test_run_async_drains_on_cancel(queue: jobs.Queue) -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_run_async_cancelled_while_the_worker_starts_drains_it_too(
+    queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = threading.Event()
+    queue.register("t", lambda: done.set())
+    # start() waits once the worker is attached to the queue: a job enqueued in this
+    # process then runs at once on one of its slots, before start() returns.
+    attached, release = threading.Event(), threading.Event()
+    attach = queue.attach
+
+    def slow_attach(worker: object) -> None:
+        attach(worker)  # type: ignore[arg-type]
+        attached.set()
+        release.wait(30)
+
+    monkeypatch.setattr(queue, "attach", slow_attach)
+
+    async def main() -> None:
+        worker = queue.worker(**FAST)
+        task = asyncio.create_task(worker.run_async())
+        while not attached.is_set():
+            await asyncio.sleep(0.01)
+        job_id = await queue.enqueue_async("t")
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert release.is_set()  # the task ended only once the start had finished
+        assert not worker.running
+        job = queue.get_job(job_id)
+        assert job is not None and job.status == jobs.JobStatus.COMPLETED
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_in_process_wake_up_beats_the_poll(queue: jobs.Queue) -> None:
     done = threading.Event()
     queue.register("t", lambda: done.set())
