@@ -102,9 +102,14 @@ def test_a_button_held_while_the_page_refreshes_still_clicks(queue: jobs.Queue) 
         try:
             page = browser.new_page()
             page.goto(f"{url}/jobs/{job_id}")
-            box = page.locator("#pause").bounding_box()
-            assert box is not None
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            expect(page.locator("#pause")).to_be_visible()
+            # Read in one go in the page: a refresh may swap the button between the
+            # steps of a locator's bounding_box(). Every copy sits at the same place.
+            box = page.evaluate(
+                "() => { const r = document.getElementById('pause').getBoundingClientRect();"
+                " return [r.x + r.width / 2, r.y + r.height / 2]; }"
+            )
+            page.mouse.move(*box)
             page.mouse.down()
             # Two refreshes end while the button is held: the second starts only after
             # the first has been handled, when a swap would have replaced the button.
