@@ -53,10 +53,10 @@ class Heartbeat:
     def run_once(self) -> None:
         """One heartbeat: a single statement group for the worker and all its jobs.
 
-        A transient failure (MySQL picks a heartbeat as a deadlock's victim when a
-        completion locks the same jobs in another order) is retried at once, for up to
-        a tenth of the lock timeout: the beat only writes times, so running it twice is
-        harmless, and the next one is a fifth of the lock timeout away.
+        A transient failure (MySQL may pick a heartbeat as the victim of a deadlock with
+        other writers of the jobs table) is retried at once, for up to a tenth of the
+        lock timeout: the beat only writes times, so running it twice is harmless, and
+        the next one is a fifth of the lock timeout away.
         """
         jobs = [job_id for job_id, _fence in self.running()]
         retry_transient(
