@@ -422,8 +422,7 @@ class Worker:
             await asyncio.shield(starting)
             await stopped
         finally:
-            if not starting.done():
-                await asyncio.wait([starting])
+            await asyncio.wait([starting])  # at once unless cancelled while starting
             if starting.exception() is None:  # a start that failed has stopped already
                 await asyncio.to_thread(self.stop)
 
